@@ -1,0 +1,50 @@
+"""Shared pytest fixtures: a real PostgreSQL cluster and Ansible's module_utils path.
+
+Fixtures
+- pg_server (session): a running throwaway cluster (tests.pgcluster.Cluster).
+- pg_db (function): a fresh, empty database on it; returns module-style
+  connection parameters (login_host, login_port, login_user, login_password,
+  login_db, connect_timeout). Dropped afterwards.
+"""
+
+import os
+import sys
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+
+# Our module_utils are imported as ansible.module_utils.<name> by the modules;
+# make that import work in-process for the tests, as Ansible does when it packs a module.
+import ansible.module_utils  # noqa: E402
+
+_MU = os.path.join(ROOT, 'module_utils')
+if _MU not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(_MU)
+
+from pgcluster import Cluster  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def pg_server():
+    cluster = Cluster().init().start()
+    cluster.wait_ready()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_db(pg_server):
+    name = 'test_' + uuid.uuid4().hex[:12]
+    pg_server.query('CREATE DATABASE %s' % name)
+    yield pg_server.params(db=name)
+    pg_server.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
+                    'WHERE datname = %s AND pid <> pg_backend_pid()', (name,))
+    pg_server.query('DROP DATABASE IF EXISTS %s' % name)
+
+
+@pytest.fixture
+def repo_root():
+    return ROOT

@@ -1,0 +1,86 @@
+"""pg_migrate run through Ansible itself (ansible-playbook on localhost) against a real PostgreSQL."""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+
+
+def playbook(tmp_path, params, path, **options):
+    task = dict(params, path=str(path))
+    task.update(options)
+    play = [{
+        'name': 'Migrate',
+        'hosts': 'localhost',
+        'gather_facts': False,
+        'tasks': [{'name': 'Apply migrations', 'pg_migrate': task, 'register': 'result'}],
+    }]
+    book = tmp_path / 'migrate.yml'
+    book.write_text(yaml.safe_dump(play))
+    return book
+
+
+def ansible(book, *extra):
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_NOCOLOR='1',
+               ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'), ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', 'localhost,', '-c', 'local', str(book)]
+                          + list(extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return proc
+
+
+def task_result(proc):
+    data = json.loads(proc.stdout[proc.stdout.index('{'):])
+    return data['plays'][0]['tasks'][0]['hosts']['localhost']
+
+
+def test_playbook_check_apply_rerun_and_failure(pg_db, tmp_path):
+    path = tmp_path / 'migrations'
+    path.mkdir()
+    (path / '001_init.sql').write_text('CREATE TABLE aiogram_states (key text PRIMARY KEY, state text);\n')
+    (path / '002_users.sql').write_text('CREATE TABLE users (id bigint PRIMARY KEY);\n')
+    book = playbook(tmp_path, pg_db, path)
+
+    check = ansible(book, '--check', '--diff')
+    assert check.returncode == 0, check.stdout + check.stderr
+    result = task_result(check)
+    assert result['changed'] is True
+    assert result['msg'] == 'Would apply 2 migration(s)'
+    assert '002_users.sql' in result['diff']['after']
+
+    applied = ansible(book)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    result = task_result(applied)
+    assert result['changed'] is True and result['msg'] == 'Applied 2 new migration(s)'
+    assert result['applied'] == ['001_init.sql', '002_users.sql'] and result['current_version'] == '2'
+    assert isinstance(result['duration_ms'], int)
+
+    again = ansible(book)
+    result = task_result(again)
+    assert result['changed'] is False and result['msg'] == 'All migrations up to date'
+
+    (path / '003_broken.sql').write_text('CREATE TABLE ok_part (id int);\nINSERT INTO missing_table VALUES (1);\n')
+    failed = ansible(book)
+    assert failed.returncode != 0
+    result = task_result(failed)
+    assert result['failed'] is True
+    assert '003_broken.sql failed at line 2' in result['msg'] and 'missing_table' in result['msg']
+    assert 'Traceback' not in failed.stdout
+
+
+def test_password_never_printed_even_at_vvv(pg_db, tmp_path):
+    path = tmp_path / 'migrations'
+    path.mkdir()
+    (path / '001_init.sql').write_text('SELECT 1;\n')
+    proc = ansible(playbook(tmp_path, pg_db, path), '-vvv')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert pg_db['login_password'] not in proc.stdout + proc.stderr
+    wrong = dict(pg_db, login_password='wrong-secret-value')
+    proc = ansible(playbook(tmp_path, wrong, path), '-vvv')
+    assert proc.returncode != 0
+    assert 'password authentication failed' in proc.stdout
+    assert 'wrong-secret-value' not in proc.stdout + proc.stderr
