@@ -66,16 +66,21 @@ class MigrationError(Exception):
         self.result = result or {}
 
 
+_VERSION_TEXT = re.compile(r'^[Vv]?(\d+(?:[._]\d+)*)$')
+_VERSION_SEP = re.compile(r'[._]')
+
+
 def parse_version(text):
     """'001' -> (1,), 'V1_2' or '1.2' -> (1, 2); None when text is not a version."""
     if text is None:
         return None
-    text = str(text).strip()
-    if text[:1] in ('V', 'v'):
-        text = text[1:]
-    if not re.match(r'^\d+(?:[._]\d+)*$', text):
+    match = _VERSION_TEXT.match(str(text).strip())
+    if not match:
         return None
-    return tuple(int(part) for part in re.split(r'[._]', text))
+    digits = match.group(1)
+    if digits.isdigit():
+        return (int(digits),)
+    return tuple(int(part) for part in _VERSION_SEP.split(digits))
 
 
 def version_text(key):
@@ -121,10 +126,9 @@ def discover(path):
                              'set path to the directory holding the *.sql files' % path)
     versioned, repeatable, unversioned = [], [], []
     seen = {}
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if not name.endswith('.sql') or not os.path.isfile(full):
-            continue
+    with os.scandir(path) as entries:
+        candidates = sorted((e.name, e.path) for e in entries if e.name.endswith('.sql') and e.is_file())
+    for name, full in candidates:
         with open(full, 'rb') as handle:
             raw = handle.read()
         try:
@@ -499,6 +503,8 @@ class Migrator:
                 for mfile in plan.todo():
                     self._apply(conn, mfile)
                 conn.autocommit = True
+                if not (self.applied or self.baselined or self.notes):
+                    return plan
                 return Plan(versioned, repeatable, self.table.read(cur), None, self.params.get('target'), True)
             finally:
                 if not conn.closed:

@@ -1,0 +1,5 @@
+"""Entry point: python3 -m bot"""
+
+from .app import main
+
+raise SystemExit(main())
