@@ -5,6 +5,9 @@ Fixtures
 - pg_db (function): a fresh, empty database on it; returns module-style
   connection parameters (login_host, login_port, login_user, login_password,
   login_db, connect_timeout). Dropped afterwards.
+- pg_container (session): a running PostgreSQL container on the local Docker
+  engine (tests.pgcontainer.PgContainer: .name, .port, .params(db), .query()),
+  for modules that work through `docker exec`. Removed afterwards.
 """
 
 import os
@@ -25,6 +28,7 @@ if _MU not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(_MU)
 
 from pgcluster import Cluster  # noqa: E402
+from pgcontainer import PgContainer  # noqa: E402
 
 
 @pytest.fixture(scope='session')
@@ -43,6 +47,13 @@ def pg_db(pg_server):
     pg_server.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
                     'WHERE datname = %s AND pid <> pg_backend_pid()', (name,))
     pg_server.query('DROP DATABASE IF EXISTS %s' % name)
+
+
+@pytest.fixture(scope='session')
+def pg_container():
+    container = PgContainer().start()
+    yield container
+    container.remove()
 
 
 @pytest.fixture
