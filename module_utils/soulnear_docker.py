@@ -76,7 +76,7 @@ def exec_argv(container, argv, user=None, env=None, interactive=False):
         cmd.append('-i')
     if user:
         cmd += ['-u', user]
-    for key, value in sorted((env or {}).items()):
+    for key in sorted(env or {}):
         # Only the variable name goes on the command line; the value comes from our environment,
         # so secrets such as PGPASSWORD never show in `ps`.
         cmd += ['-e', key]
