@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Build (or pull) the local images the sandbox, Molecule and the tests rely on.
+# Idempotent and fast on a second run: an image is rebuilt only when missing,
+# when its build context changed, or with IMAGES_FORCE_REBUILD=1.
+#
+# Images (names are a contract used elsewhere in the project - keep them):
+#   soulnear/debian:bookworm    pull debian:bookworm, else debootstrap + docker import
+#   soulnear/postgres:15        pull postgres:15, else build images/postgres (Debian postgresql-15)
+#   soulnear/sandbox:bookworm   images/sandbox: systemd "VPS" host (no docker.io preinstalled)
+#   soulnear/python:3-bookworm  images/python: python3 + psycopg2, base for the sample bot
+# Archives for the nested Docker engine inside the sandbox (docker load):
+#   .cache/images/soulnear-postgres-15.tar
+#   .cache/images/soulnear-python-3-bookworm.tar
+#
+# Environment:
+#   IMAGES_FORCE_REBUILD=1   rebuild everything (no pulls are skipped either)
+#   IMAGES_PULL=0            never try a registry pull (air-gapped hosts: saves nothing
+#                            here as a failing pull is fast, but avoids surprises)
+#   DEBIAN_MIRROR            mirror for debootstrap (default http://deb.debian.org/debian)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+
+FORCE="${IMAGES_FORCE_REBUILD:-0}"
+PULL="${IMAGES_PULL:-1}"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+CACHE_DIR="$ROOT/.cache/images"
+HASH_LABEL="org.soulnear.context-hash"
+
+BASE_IMAGE="soulnear/debian:bookworm"
+PG_IMAGE="soulnear/postgres:15"
+SANDBOX_IMAGE="soulnear/sandbox:bookworm"
+PY_IMAGE="soulnear/python:3-bookworm"
+
+log() { printf '[images] %s\n' "$*"; }
+die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
+
+T0=$SECONDS
+BUILT=0
+step_start=0
+step() { step_start=$SECONDS; BUILT=1; log "$*"; }
+step_done() { log "  done in $(( SECONDS - step_start ))s"; }
+
+command -v docker >/dev/null 2>&1 || die "docker client not found. Fix: run scripts/docker-engine.sh (installs Debian's docker.io)."
+if ! docker info >/dev/null 2>&1; then
+    log "no Docker engine answers: running scripts/docker-engine.sh"
+    "$ROOT/scripts/docker-engine.sh"
+fi
+
+mkdir -p "$CACHE_DIR"
+# One images.sh at a time (CI steps or engineers running it concurrently).
+exec 9>"$CACHE_DIR/.lock"
+if ! flock -n 9; then
+    log "another images.sh is running: waiting for it"
+    flock 9
+fi
+
+image_id()    { docker image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
+image_label() { docker image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true; }
+
+# Content hash of a build context: every file's path and content, plus extra
+# strings (the base image ID, so derived images follow a rebuilt base).
+context_hash() {
+    local dir="$1"; shift
+    {
+        (cd "$dir" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+        printf '%s\n' "$@"
+    } | sha256sum | cut -d' ' -f1
+}
+
+# Should IMAGE be (re)built for the wanted hash?  Returns 0 = build needed.
+#   missing                       -> build
+#   forced                        -> build
+#   exists without our label      -> it came from a registry pull: keep it
+#   exists with a different hash  -> context changed: build
+needs_build() {
+    local image="$1" want="$2" have
+    [ "$FORCE" = 1 ] && return 0
+    [ -n "$(image_id "$image")" ] || return 0
+    have="$(image_label "$image" "$HASH_LABEL")"
+    if [ -z "$have" ] || [ "$have" = "<no value>" ]; then
+        return 1
+    fi
+    [ "$have" != "$want" ]
+}
+
+try_pull() {
+    local remote="$1" local_name="$2"
+    [ "$PULL" = 1 ] || return 1
+    if timeout 300 docker pull -q "$remote" >/dev/null 2>&1; then
+        docker tag "$remote" "$local_name"
+        log "  pulled $remote -> $local_name"
+        return 0
+    fi
+    log "  docker pull $remote failed (no registry?): building locally"
+    return 1
+}
+
+# docker build with the output in a log file; the tail is shown on failure.
+build_image() {
+    local image="$1" dir="$2" hash="$3" logf
+    logf="$CACHE_DIR/build-$(basename "$dir").log"
+    if ! docker build --network host --pull=false \
+            --label "$HASH_LABEL=$hash" -t "$image" "$dir" >"$logf" 2>&1; then
+        tail -n 30 "$logf" >&2
+        die "docker build of $image failed (full log: $logf). Fix: read the log; apt errors usually mean the Debian mirror is unreachable from 'docker build --network host'."
+    fi
+}
+
+# --- soulnear/debian:bookworm ------------------------------------------------
+# The recipe is this function's own text: editing it changes the hash and
+# triggers a rebuild of the base and, through the base ID, of everything on top.
+debootstrap_base() {
+    local rootfs="$1"
+    debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >"$CACHE_DIR/debootstrap.log" 2>&1 \
+        || { tail -n 30 "$CACHE_DIR/debootstrap.log" >&2
+             die "debootstrap failed (log: $CACHE_DIR/debootstrap.log). Fix: check access to $MIRROR."; }
+    # Same apt sources as the official debian:bookworm image (updates + security).
+    rm -f "$rootfs/etc/apt/sources.list"
+    cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $MIRROR
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    # Container-friendly apt/dpkg settings, as in the official image: no caches,
+    # no translations, no recommends-by-accident, no services started during builds.
+    cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+    echo 'Acquire::Languages "none";' >"$rootfs/etc/apt/apt.conf.d/docker-no-languages"
+    printf '#!/bin/sh\n# no service starts inside image builds\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+    chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
+    # Host leftovers and caches that do not belong in an image.
+    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/var/cache/debconf/*-old \
+           "$rootfs"/var/log/* "$rootfs"/tmp/* "$rootfs"/var/tmp/* \
+           "$rootfs/etc/resolv.conf" "$rootfs/etc/hostname" "$rootfs/etc/machine-id" \
+           "$rootfs/debootstrap"
+    : >"$rootfs/etc/machine-id"
+}
+
+ROOTFS=""
+cleanup() {
+    if [ -n "$ROOTFS" ] && [ -d "$ROOTFS" ]; then
+        # debootstrap mounts /proc and /sys in the target; never rm -rf through a mount.
+        for m in proc sys dev/pts dev; do
+            if mountpoint -q "$ROOTFS/rootfs/$m" 2>/dev/null; then
+                umount -l "$ROOTFS/rootfs/$m" || true
+            fi
+        done
+        rm -rf --one-file-system "$ROOTFS"
+    fi
+}
+trap cleanup EXIT
+
+ensure_base() {
+    local want
+    want="$(declare -f debootstrap_base | sha256sum | cut -d' ' -f1)"
+    if ! needs_build "$BASE_IMAGE" "$want"; then
+        log "$BASE_IMAGE up to date"
+        return
+    fi
+    step "$BASE_IMAGE: building"
+    if try_pull debian:bookworm "$BASE_IMAGE"; then step_done; return; fi
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        log "  installing debootstrap"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } \
+            || die "cannot install debootstrap. Fix: apt-get install debootstrap (needs the Debian mirror)."
+    fi
+    # /var/tmp, not /tmp: /tmp may be a small tmpfs or mounted nodev.
+    ROOTFS="$(mktemp -d /var/tmp/soulnear-rootfs.XXXXXX)"
+    log "  debootstrap --variant=minbase bookworm ($MIRROR)"
+    debootstrap_base "$ROOTFS/rootfs"
+    log "  docker import"
+    tar --numeric-owner -C "$ROOTFS/rootfs" -c . \
+        | docker import \
+            --change "LABEL $HASH_LABEL=$want" \
+            --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+            --change 'CMD ["bash"]' \
+            - "$BASE_IMAGE" >/dev/null
+    cleanup
+    ROOTFS=""
+    step_done
+}
+
+# --- images built FROM the base ----------------------------------------------
+ensure_built() {
+    local image="$1" dir="$2" pull_from="${3:-}" want base_id
+    base_id="$(image_id "$BASE_IMAGE")"
+    want="$(context_hash "$ROOT/$dir" "base=$base_id")"
+    if ! needs_build "$image" "$want"; then
+        log "$image up to date"
+        return
+    fi
+    step "$image: building from $dir"
+    if [ -n "$pull_from" ] && try_pull "$pull_from" "$image"; then step_done; return; fi
+    build_image "$image" "$ROOT/$dir" "$want"
+    step_done
+}
+
+# --- archives for the nested engine ------------------------------------------
+# The image ID sits next to the archive; re-save only when it changed.
+save_archive() {
+    local image="$1" archive="$CACHE_DIR/$2" id
+    id="$(image_id "$image")"
+    [ -n "$id" ] || die "cannot save $image: image missing"
+    if [ "$FORCE" != 1 ] && [ -s "$archive" ] && [ "$(cat "$archive.id" 2>/dev/null)" = "$id" ]; then
+        log "${archive#"$ROOT"/} up to date"
+        return
+    fi
+    step "saving $image -> ${archive#"$ROOT"/}"
+    rm -f "$archive.tmp"
+    docker save -o "$archive.tmp" "$image" \
+        || { rm -f "$archive.tmp"; die "docker save $image failed. Fix: check free space in $CACHE_DIR."; }
+    chmod 0644 "$archive.tmp"   # docker save creates 0600; nothing secret in here
+    mv -f "$archive.tmp" "$archive"
+    printf '%s\n' "$id" >"$archive.id.tmp" && mv -f "$archive.id.tmp" "$archive.id"
+    log "  $(du -h "$archive" | cut -f1)"
+    step_done
+}
+
+ensure_base
+ensure_built "$PG_IMAGE" images/postgres postgres:15
+ensure_built "$SANDBOX_IMAGE" images/sandbox
+ensure_built "$PY_IMAGE" images/python
+save_archive "$PG_IMAGE" soulnear-postgres-15.tar
+save_archive "$PY_IMAGE" soulnear-python-3-bookworm.tar
+
+# Old builds of ours that lost their tag (only untagged images carrying our
+# label; images still used by a container are kept by docker).
+if [ "$BUILT" = 1 ]; then
+    docker image prune -f --filter "label=$HASH_LABEL" >/dev/null 2>&1 || true
+fi
+
+log "all images ready in $(( SECONDS - T0 ))s"
