@@ -1,0 +1,55 @@
+"""Helpers for the Molecule verify tests: the deployed VPS is testinfra's `host`."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+PROJECT = os.environ.get('MOLECULE_PROJECT_DIRECTORY', os.path.abspath(os.path.join(os.path.dirname(__file__),
+                                                                                   '..', '..', '..')))
+DB = 'soulnear_postgres'
+BOT = 'soulnear_bot'
+
+
+def psql(host, sql, db='soul_bot'):
+    """Run SQL as postgres inside the database container on the VPS; returns stripped output."""
+    return host.check_output('docker exec %s psql -X -U postgres -d %s -Atc %s', DB, db, sql).strip()
+
+
+def container_health(host, name):
+    out = host.run('docker inspect -f "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}" %s',
+                   name)
+    return out.stdout.strip() if out.rc == 0 else 'missing'
+
+
+def wait_healthy(host, names=(DB, BOT), timeout=240):
+    deadline = time.time() + timeout
+    states = {}
+    while time.time() < deadline:
+        states = dict((name, container_health(host, name)) for name in names)
+        if all(state == 'running healthy' for state in states.values()):
+            return states
+        time.sleep(3)
+    raise AssertionError('containers not healthy within %ss: %s' % (timeout, states))
+
+
+def instance_name():
+    """The Molecule platform's container (the VPS) on the controller's Docker engine."""
+    return os.environ.get('SOULNEAR_MOLECULE_INSTANCE', 'soulnear-molecule')
+
+
+def run_playbook(playbook, *args, timeout=900):
+    """ansible-playbook from the project against Molecule's inventory; returns CompletedProcess (text)."""
+    inventory = os.environ['MOLECULE_INVENTORY_FILE']
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, 'ansible.cfg'), ANSIBLE_NOCOLOR='1',
+               ANSIBLE_FORCE_COLOR='0')
+    binary = os.path.join(PROJECT, '.venv', 'bin', 'ansible-playbook')
+    return subprocess.run([binary, '-i', inventory, os.path.join(PROJECT, playbook)] + list(args), cwd=PROJECT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def healthy(host):
+    """The deployment is healthy before (and is expected to be after) the test."""
+    return wait_healthy(host)
