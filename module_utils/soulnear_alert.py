@@ -4,7 +4,7 @@
 """The alert hook shared by the health monitor and the backup command.
 
 Three channels, any combination, configured in /etc/soulnear/soulnear.json
-("alert" section, written by the common role):
+("alert" section, written by the soulnear role):
 - command: run with the message on stdin and SOULNEAR_ALERT_SUBJECT set;
 - webhook_url: receives a JSON POST {"subject", "text", "host"};
 - telegram_token + telegram_chat_id: a message to the admins' Telegram chat.

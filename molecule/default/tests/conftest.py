@@ -13,8 +13,14 @@ BOT = 'soulnear_bot'
 
 
 def psql(host, sql, db='soul_bot'):
-    """Run SQL as postgres inside the database container on the VPS; returns stripped output."""
-    return host.check_output('docker exec %s psql -X -U postgres -d %s -Atc %s', DB, db, sql).strip()
+    """Run SQL as postgres inside the database container on the VPS; returns stripped output.
+
+    Over TCP (tcp_keepalives_* read 0 on a Unix-socket session), with the password from the
+    container's mounted secret file: initdb ran with --auth-host=scram-sha-256.
+    """
+    script = ('PGPASSWORD="$(cat /run/secrets/soulnear/superuser_password)" '
+              'psql -X -h 127.0.0.1 -U postgres -d "$0" -Atc "$1"')
+    return host.check_output('docker exec %s sh -c %s %s %s', DB, script, db, sql).strip()
 
 
 def container_health(host, name):
