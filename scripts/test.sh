@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): prepares a fresh machine, then runs lint and every test.
-#   1. virtualenv from the pinned requirements        (scripts/venv.sh)
+#   1. setup: virtualenv, Docker engine, images        (scripts/setup.sh)
 #   2. PostgreSQL server binaries for the pytest suite (scripts/test-deps.sh)
 #   3. lint: yamllint, ansible-lint, ruff              (scripts/lint.sh)
-#   4. pytest: modules against a real PostgreSQL       (tests/)
+#   4. pytest: modules against real PostgreSQL servers and containers (tests/)
+#   5. Molecule: deploy.yml on a disposable systemd VPS, idempotence, verify (molecule/)
+# PYTEST_ARGS and MOLECULE_SCENARIOS narrow a run while developing; CI uses the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
-step "virtualenv"; scripts/venv.sh
+step "setup"; scripts/setup.sh
 step "test dependencies"; scripts/test-deps.sh
 step "lint"; scripts/lint.sh
-step "pytest"; # shellcheck disable=SC2086 # PYTEST_ARGS is a word list on purpose
+step "pytest"
+# shellcheck disable=SC2086 # PYTEST_ARGS is a word list on purpose
 .venv/bin/python -m pytest ${PYTEST_ARGS:--q}
+export PATH="$PWD/.venv/bin:$PATH"
+for scenario in ${MOLECULE_SCENARIOS:-default}; do
+  step "molecule test -s $scenario"
+  # The nested engine's volume outlives `molecule destroy`; start every run from an empty one.
+  docker volume rm -f soulnear-molecule-docker >/dev/null
+  molecule test -s "$scenario"
+done
 step "all tests passed"
