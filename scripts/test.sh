@@ -21,6 +21,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 for scenario in ${MOLECULE_SCENARIOS:-default}; do
   step "molecule test -s $scenario"
   # The nested engine's volume outlives `molecule destroy`; start every run from an empty one.
+  molecule destroy -s "$scenario" >/dev/null 2>&1 || true
   docker volume rm -f soulnear-molecule-docker >/dev/null
   molecule test -s "$scenario"
 done
