@@ -17,7 +17,9 @@ for i, line in enumerate(lines):
         continue
     match = re.match(r'^([a-z_]+):\s*(.*)$', line)
     if match:
-        value = match.group(2) if match.group(2) not in ('', '>-', '|') else ' '.join(l.strip() for l in lines[i + 1:i + 4] if l.startswith('  '))
+        value = match.group(2)
+        if value in ('', '>-', '|'):
+            value = ' '.join(nxt.strip() for nxt in lines[i + 1:i + 4] if nxt.startswith('  '))
         value = value.replace('|', '\\|')
         print('| `%s` | `%s` | %s |' % (match.group(1), value[:60], ' '.join(comment[-1:])))
     comment = [] if not line.startswith('#') else comment
