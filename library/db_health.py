@@ -1,0 +1,337 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: SoulNear operations contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: db_health
+short_description: One structured health report of a PostgreSQL-backed bot deployment
+description:
+  - Answers "is it healthy?" for a SoulNear deployment with one report, used by the deploy, the redeploy, the
+    C(health.yml) playbook and (through the same Python code in C(module_utils/soulnear_health.py)) by the health
+    monitor on the host.
+  - "Gap it fills: C(community.postgresql.postgresql_ping) only proves that a connection can be opened and
+    C(community.postgresql.postgresql_info) collects facts without judging them; neither checks that the
+    application's tables exist, that migrations are applied and none failed, how close the server is to
+    C(max_connections), the state and restart count of the containers, the age of the newest verified backup
+    or free disk, and neither fails with the fix an operator needs."
+  - "Checks (each reported as C(ok), C(value), C(message); a failed check's message names the likely fix):
+    C(database): connect with the retry policy and C(SELECT 1) as the given role (proves login and query, which
+    C(pg_isready) does not); C(tables): O(required_tables) exist; C(migrations): against O(migrations_path),
+    none pending, none failed, no drift; C(connections): slots in use against C(max_connections), a warning above
+    O(connections_warn_percent); C(db_container) / C(bot_container): running, Docker health status, restart
+    count (a warning when it grew); C(backup_age): newest verified backup younger than
+    O(backup_max_age_hours); C(disk): used space of O(disk_paths), the backup directory and the data volume."
+  - Checks that need their option (migrations, containers, backups, disk) run only when it is set. When the
+    database cannot be reached, the checks that need a connection are listed in RV(skipped).
+  - Connection-class failures are retried O(retries) times with 0.5 s, 1 s, 2 s backoff; a wrong password or
+    a missing role or database fails at once.
+  - The task fails when a check fails, unless O(fail_on_unhealthy=false); warnings never fail it.
+version_added: "1.0.0"
+author: SoulNear operations contributors
+options:
+  required_tables:
+    description: Tables that must exist, optionally schema-qualified. A missing one on a database that held data
+      means the volume was probably re-initialised (suspected data loss).
+    type: list
+    elements: str
+    default: [aiogram_states, schema_migrations]
+  migrations_path:
+    description: Directory of the C(*.sql) migrations on the managed host. When set, the C(migrations) check
+      compares it with the tracking table, with the same rules as the C(pg_migrate) module.
+    type: path
+  migrations_table:
+    description: Migration tracking table.
+    type: str
+    default: schema_migrations
+  connections_warn_percent:
+    description: Warn when the client connections in use reach this share of the slots a non-superuser can use
+      (C(max_connections) minus the reserved ones).
+    type: int
+    default: 80
+  db_container:
+    description: Name of the database container to check (running, health status, restart count). Needs the
+      docker CLI on the managed host.
+    type: str
+  bot_container:
+    description: Name of the bot container to check, like O(db_container).
+    type: str
+  state_file:
+    description:
+      - JSON file on the managed host that remembers the containers' restart counts between runs, so a count
+        that grew since the last run is reported as a warning. Without it, any restart count above 0 is a
+        warning (Docker resets the count when a container is started by hand).
+      - Not written in check mode.
+    type: path
+  backup_dir:
+    description: Backups directory of the backup command (C(backup_YYYYMMDD_HHMMSS.dump) files with a
+      C(.sha256) sidecar written after verification). Enables the C(backup_age) check and adds the directory to
+      the disk check.
+    type: path
+  backup_name_pattern:
+    description: File name pattern of the backups (the backup role's C(backup_name_pattern)); the age comes from
+      the time in the name, which the backup command writes in the host's local time.
+    type: str
+    default: backup_%Y%m%d_%H%M%S.dump
+  backup_max_age_hours:
+    description: The C(backup_age) check fails when the newest verified backup is older than this.
+    type: float
+    default: 26
+  require_backup:
+    description: Fail the C(backup_age) check when no backup exists yet (by default that is reported as
+      C(no backups yet) and passes).
+    type: bool
+    default: false
+  disk_paths:
+    description: Paths whose file system must not be fuller than O(disk_max_used_percent).
+    type: list
+    elements: path
+    default: []
+  db_volume:
+    description: Docker volume of the database; its mount point on the host is added to the disk check.
+    type: str
+  disk_max_used_percent:
+    description: The C(disk) check fails above this used share of a file system.
+    type: int
+    default: 90
+  fail_on_unhealthy:
+    description: Fail the task when a check fails. With V(false) the report is returned with RV(ok=false) and the
+      play goes on.
+    type: bool
+    default: true
+  login_user:
+    description: Role to connect as. Use the application's role, so the check proves that the bot can log in.
+    type: str
+    default: postgres
+  login_password:
+    description: Password of O(login_user).
+    type: str
+    default: ''
+  login_host:
+    description: Host to connect to. Empty means the local Unix socket.
+    type: str
+    default: ''
+  login_unix_socket:
+    description: Directory of the Unix socket; takes precedence over O(login_host).
+    type: str
+    default: ''
+  login_port:
+    description: Port to connect to.
+    type: int
+    default: 5432
+    aliases: [port]
+  login_db:
+    description: Database to check.
+    type: str
+    default: ''
+    aliases: [db]
+  connect_timeout:
+    description: Seconds to wait for one connection attempt.
+    type: int
+    default: 10
+  ssl_mode:
+    description: libpq sslmode.
+    type: str
+    default: prefer
+    choices: [allow, disable, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description: Root certificate file for O(ssl_mode=verify-ca) or O(ssl_mode=verify-full).
+    type: str
+    aliases: [ssl_rootcert]
+  retries:
+    description: How many times a connection-class failure is retried (backoff 0.5 s, 1 s, 2 s).
+    type: int
+    default: 3
+attributes:
+  check_mode:
+    support: full
+    details: Every check is read-only and runs in check mode too; only the O(state_file) is not updated.
+  diff_mode:
+    support: none
+requirements:
+  - psycopg2 on the managed host
+  - the docker CLI on the managed host for the container checks and O(db_volume)
+notes:
+  - The same checks run every 60 s on the host through the C(soulnear-health) command of the monitoring role,
+    which adds recovery (container restarts) and alerts.
+seealso:
+  - module: community.postgresql.postgresql_ping
+  - module: community.postgresql.postgresql_info
+'''
+
+EXAMPLES = r'''
+- name: Check the deployment's health as the bot's role
+  db_health:
+    login_host: 127.0.0.1
+    login_user: soulnear
+    login_password: "{{ vault_app_db_password }}"
+    login_db: soul_bot
+    migrations_path: /opt/soulnear/app/src/database/migrations
+    db_container: soulnear_postgres
+    bot_container: soulnear_bot
+    backup_dir: /var/backups/soulnear
+    db_volume: soulnear_postgres_data
+  register: health
+
+- name: Collect the report without failing, then print it
+  db_health:
+    login_host: 127.0.0.1
+    login_user: soulnear
+    login_password: "{{ vault_app_db_password }}"
+    login_db: soul_bot
+    required_tables: [aiogram_states, schema_migrations, users, events]
+    fail_on_unhealthy: false
+  register: health
+
+- name: Show the failing checks
+  ansible.builtin.debug:
+    msg: "{{ health.failed_checks | map('extract', health.checks) | map(attribute='message') | list }}"
+  when: not health.ok
+'''
+
+RETURN = r'''
+ok:
+  description: True when no check failed (warnings allowed).
+  returned: always
+  type: bool
+  sample: true
+msg:
+  description: One-line summary; when unhealthy, every failing check with its message and fix.
+  returned: always
+  type: str
+  sample: "healthy: 7 check(s) passed"
+checks:
+  description:
+    - Check name -> result, in the order database, tables, migrations, connections, db_container, bot_container,
+      backup_age, disk. Only configured checks appear.
+    - Each result has C(ok) (bool), C(value) (what was measured), C(message) (for people; on failure it names
+      the fix) and, when something deserves attention without failing, C(warning).
+  returned: always
+  type: dict
+  sample:
+    database: {ok: true, message: "SELECT 1 as soulnear on soul_bot answered in 0.4 ms",
+               value: {user: soulnear, database: soul_bot, server_version: 150010, latency_ms: 0.4,
+                       system_identifier: "7313214194725303163"}}
+    tables: {ok: false, message: "required table(s) missing: aiogram_states. DATA LOSS SUSPECTED ...",
+             value: {missing: [aiogram_states], required: [aiogram_states, schema_migrations]}}
+    connections: {ok: true, message: "5 of 197 usable connection slots in use (3%; max_connections 200)",
+                  value: {used: 5, max_connections: 200, reserved: 3, usable: 197, percent: 2.5}}
+failed_checks:
+  description: Names of the failed checks (empty when healthy). Named C(failed) in the report itself; returned
+    under this name because Ansible reserves C(failed) for the task status.
+  returned: always
+  type: list
+  elements: str
+  sample: [tables, migrations]
+check_warnings:
+  description: "C(check: warning) for every check that passed with a warning (also shown as task warnings)."
+  returned: always
+  type: list
+  elements: str
+  sample: ["connections: 170 of 197 usable connection slots in use (86%; ...)"]
+skipped:
+  description: Checks that could not run (no database connection) -> why.
+  returned: always
+  type: dict
+  sample: {tables: "not checked: no database connection"}
+restart_counts:
+  description: Container name -> Docker restart count seen by this run.
+  returned: always
+  type: dict
+  sample: {soulnear_postgres: 0, soulnear_bot: 1}
+report_lines:
+  description: The report for people, one line per check (name, ok/FAIL/skip, message, warning).
+  returned: always
+  type: list
+  elements: str
+  sample: ["database      ok   SELECT 1 as soulnear on soul_bot answered in 0.4 ms",
+           "tables        FAIL required table(s) missing: aiogram_states. DATA LOSS SUSPECTED ..."]
+duration_ms:
+  description: Wall time of all checks in milliseconds.
+  returned: always
+  type: int
+  sample: 41
+'''
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.soulnear_pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
+from ansible.module_utils.soulnear_health import report_lines, run_checks
+
+
+def read_state(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle).get('restart_counts') or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def write_state(path, restart_counts):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + '.tmp'
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, 'w') as handle:
+        json.dump(dict(restart_counts=restart_counts), handle, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def main():
+    argument_spec = connection_argument_spec()
+    argument_spec.update(
+        required_tables=dict(type='list', elements='str', default=['aiogram_states', 'schema_migrations']),
+        migrations_path=dict(type='path'),
+        migrations_table=dict(type='str', default='schema_migrations'),
+        connections_warn_percent=dict(type='int', default=80),
+        db_container=dict(type='str'),
+        bot_container=dict(type='str'),
+        state_file=dict(type='path'),
+        backup_dir=dict(type='path'),
+        backup_name_pattern=dict(type='str', default='backup_%Y%m%d_%H%M%S.dump'),
+        backup_max_age_hours=dict(type='float', default=26),
+        require_backup=dict(type='bool', default=False),
+        disk_paths=dict(type='list', elements='path', default=[]),
+        db_volume=dict(type='str'),
+        disk_max_used_percent=dict(type='int', default=90),
+        fail_on_unhealthy=dict(type='bool', default=True),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+
+    params = dict(module.params)
+    state_file = params.pop('state_file')
+    if state_file:
+        params['restart_counts'] = read_state(state_file)
+    try:
+        report = run_checks(params)
+    except Exception as exc:  # noqa: BLE001 - the operator gets one message, never a traceback
+        module.fail_json(msg='db_health could not finish its checks: %s: %s. This is a bug in db_health; run '
+                         'soulnear-health report on the host for the same checks' % (exc.__class__.__name__, exc))
+    if state_file and not module.check_mode:
+        try:
+            write_state(state_file, report['restart_counts'])
+        except OSError as exc:
+            module.warn('could not update the state file %s: %s' % (state_file, exc))
+
+    for warning in report['warnings']:
+        module.warn(warning)
+    result = dict(changed=False, ok=report['ok'], msg=report['msg'], checks=report['checks'],
+                  failed_checks=report['failed'], check_warnings=report['warnings'], skipped=report['skipped'],
+                  restart_counts=report['restart_counts'], report_lines=report_lines(report),
+                  duration_ms=report['duration_ms'])
+    if not report['ok'] and module.params['fail_on_unhealthy']:
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,324 @@
+"""pg_backup against a real PostgreSQL container: pg_dump runs inside it through `docker exec`.
+
+Databases hold real data: pgbench tables (pgbench -i, the binary on this machine, against the
+container's port) plus the sample bot's tables from examples/bot/database/migrations with rows.
+test_pg_restore.py reuses the fixtures and helpers defined here.
+"""
+
+import glob
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+
+import psycopg2
+import pytest
+import yaml
+from ansible.module_utils.soulnear_backup import BackupError, create_backup, list_backups, make_settings
+from psycopg2 import sql
+from test_pg_migrate_ansible import ansible, task_result
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MIGRATIONS = os.path.join(ROOT, 'examples', 'bot', 'database', 'migrations')
+
+
+def app_connect(pg_container, db):
+    conn = psycopg2.connect(host=pg_container.host, port=pg_container.port, user=db['owner'],
+                            password=db['password'], dbname=db['name'], connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+def fill_bot_tables(conn, users=300, events=1500):
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO users (id, username) SELECT g, 'user_' || g FROM generate_series(1, %s) g", (users,))
+        cur.execute("INSERT INTO events (update_id, user_id, chat_id, kind, payload) "
+                    "SELECT g, 1 + g %% %s, -1000 - g %% 7, 'message', "
+                    "jsonb_build_object('text', 'привет ' || g, 'n', g) FROM generate_series(1, %s) g",
+                    (users, events))
+        cur.execute("INSERT INTO aiogram_states (key, chat_id, user_id, state, data) "
+                    "SELECT 'fsm:' || g || ':' || g, g, g, 'Form:name', '{\"step\": 2}' FROM generate_series(1, 50) g")
+
+
+@pytest.fixture(scope='session')
+def bot_template(pg_container):
+    """Filled once: an app role and a template database with pgbench tables and the bot's tables filled."""
+    uid = uuid.uuid4().hex[:8]
+    db = dict(name='bk_tpl_' + uid, owner='app_' + uid, password='app-secret-' + uid)
+    pg_container.query(sql.SQL('CREATE ROLE {} LOGIN PASSWORD {}').format(sql.Identifier(db['owner']),
+                                                                         sql.Literal(db['password'])))
+    pg_container.query(sql.SQL('CREATE DATABASE {} OWNER {}').format(sql.Identifier(db['name']),
+                                                                     sql.Identifier(db['owner'])))
+    subprocess.run(['pgbench', '-i', '-s', '1', '-q', '-h', pg_container.host, '-p', str(pg_container.port),
+                    '-U', db['owner'], db['name']], check=True, capture_output=True,
+                   env=dict(os.environ, PGPASSWORD=db['password']))
+    conn = app_connect(pg_container, db)
+    with conn.cursor() as cur:
+        for path in sorted(glob.glob(os.path.join(MIGRATIONS, '*.sql'))):
+            with open(path) as handle:
+                cur.execute(handle.read())
+    fill_bot_tables(conn)
+    conn.close()
+    yield db
+    pg_container.query(sql.SQL('DROP DATABASE {}').format(sql.Identifier(db['name'])))
+    pg_container.query(sql.SQL('DROP ROLE {}').format(sql.Identifier(db['owner'])))
+
+
+@pytest.fixture(name='bot_db')
+def bot_db_fixture(pg_container, bot_template):
+    """A fresh copy of the template (its own name, the same app role), dropped with its restore leftovers."""
+    db = dict(bot_template, name='bk_' + uuid.uuid4().hex[:8])
+    pg_container.query(sql.SQL('CREATE DATABASE {} TEMPLATE {} OWNER {}').format(
+        sql.Identifier(db['name']), sql.Identifier(bot_template['name']), sql.Identifier(db['owner'])))
+    yield db
+    for (name,) in pg_container.query('SELECT datname FROM pg_database WHERE datname LIKE %s',
+                                      (db['name'] + '%',)):
+        pg_container.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s', (name,))
+        pg_container.query(sql.SQL('DROP DATABASE {}').format(sql.Identifier(name)))
+
+
+def settings_for(pg_container, db, backup_dir, **options):
+    return make_settings(pg_container.params(db['name']), container=pg_container.name, backup_dir=str(backup_dir),
+                         **options)
+
+
+def table_checksums(pg_container, dbname):
+    """{schema.table: (rows, md5 of every row's text in a fixed order)} for every user table."""
+    tables = pg_container.query("SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN "
+                                "('pg_catalog', 'information_schema') ORDER BY 1, 2", db=dbname)
+    sums = {}
+    for schema, table in tables:
+        sums['%s.%s' % (schema, table)] = tuple(pg_container.query(sql.SQL(
+            "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {}.{} t").format(
+            sql.Identifier(schema), sql.Identifier(table)), db=dbname)[0])
+    return sums
+
+
+def archive_list(pg_container, path):
+    with open(path, 'rb') as handle:
+        return subprocess.run(['docker', 'exec', '-i', pg_container.name, 'pg_restore', '--list'], stdin=handle,
+                              capture_output=True, text=True)
+
+
+def test_backup_is_verified_private_and_sha256sum_compatible(pg_container, bot_db, tmp_path):
+    backup_dir = tmp_path / 'backups'
+    steps = []
+    result = create_backup(settings_for(pg_container, bot_db, backup_dir), log=steps.append)
+
+    path = result['path']
+    name = os.path.basename(path)
+    assert name.startswith('backup_') and name.endswith('.dump') and os.path.dirname(path) == str(backup_dir)
+    assert result['changed'] is True and result['verified'] is True and result['created_dir'] is True
+    assert result['size'] == os.path.getsize(path) > 100000
+    assert result['tables'] == 7  # 4 pgbench tables + users, events, aiogram_states
+    assert result['compression'] == 'gzip'  # auto on PostgreSQL 15
+    assert result['pruned'] == [] and result['duration'] > 0
+    assert stat.S_IMODE(os.stat(backup_dir).st_mode) == 0o700
+    for item in (path, path + '.sha256'):
+        assert stat.S_IMODE(os.stat(item).st_mode) == 0o600
+    # Only the dump, its sidecar and the lock file: no temporary file left.
+    assert sorted(os.listdir(backup_dir)) == sorted(['.soulnear-backup.lock', name, name + '.sha256'])
+    check = subprocess.run(['sha256sum', '-c', name + '.sha256'], cwd=backup_dir, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.strip() == name + ': OK'
+    assert result['sha256'] in (backup_dir / (name + '.sha256')).read_text()
+    listed = archive_list(pg_container, path)
+    assert listed.returncode == 0 and 'TABLE DATA public events' in listed.stdout
+    assert any(s.startswith('dumping %s' % bot_db['name']) for s in steps)
+
+    # A second backup in the same second gets the next free name instead of overwriting.
+    again = create_backup(settings_for(pg_container, bot_db, backup_dir))
+    assert again['path'] != path and len(list_backups(str(backup_dir))) == 2
+
+
+def test_check_mode_writes_nothing(pg_container, bot_db, tmp_path):
+    backup_dir = tmp_path / 'not-yet'
+    result = create_backup(settings_for(pg_container, bot_db, backup_dir), check_mode=True)
+    assert result['changed'] is True and result['created_dir'] is True
+    assert result['size'] is None and result['sha256'] is None
+    assert result['path'].startswith(str(backup_dir) + '/backup_')
+    assert not backup_dir.exists()
+
+    backup_dir.mkdir()
+    first = create_backup(settings_for(pg_container, bot_db, backup_dir, keep_last=1, keep_daily=1))
+    before = sorted(os.listdir(backup_dir))
+    planned = create_backup(settings_for(pg_container, bot_db, backup_dir, keep_last=1, keep_daily=1),
+                            check_mode=True)
+    assert sorted(os.listdir(backup_dir)) == before
+    # A real run would make a newer backup of the same day and prune the first one.
+    assert planned['pruned'] == [os.path.basename(first['path'])]
+
+
+def test_retention_runs_after_a_real_backup(pg_container, bot_db, tmp_path):
+    backup_dir = tmp_path / 'backups'
+    real = create_backup(settings_for(pg_container, bot_db, backup_dir, prune=False))
+    data = open(real['path'], 'rb').read()
+    sidecar = open(real['path'] + '.sha256').read().split()[0]
+    old = ['backup_201901%02d_020000.dump' % day for day in range(1, 11)]
+    for name in old:
+        (backup_dir / name).write_bytes(data)
+        (backup_dir / (name + '.sha256')).write_text('%s  %s\n' % (sidecar, name))
+
+    result = create_backup(settings_for(pg_container, bot_db, backup_dir, keep_daily=3, keep_weekly=0,
+                                        keep_monthly=0, keep_last=1))
+    # Daily 3: today's newest backup and the two newest old days; everything else goes.
+    kept = sorted(k['name'] for k in result['kept'])
+    assert kept == sorted([os.path.basename(result['path']), 'backup_20190110_020000.dump',
+                           'backup_20190109_020000.dump'])
+    assert sorted(result['pruned']) == sorted(old[:8] + [os.path.basename(real['path'])])
+    assert sorted(b['name'] for b in list_backups(str(backup_dir))) == kept
+    assert not [n for n in os.listdir(backup_dir) if n.endswith('.sha256') and n[:-7] not in kept]
+
+
+def test_offsite_copy_to_a_second_directory_and_a_failed_copy(pg_container, bot_db, tmp_path):
+    offsite = tmp_path / 'offsite' / 'soulnear'
+    result = create_backup(settings_for(pg_container, bot_db, tmp_path / 'backups', offsite=str(offsite)))
+    name = os.path.basename(result['path'])
+    assert result['offsite'] == dict(target=str(offsite), ok=True, kind='path', pruned=[])
+    assert sorted(os.listdir(offsite)) == [name, name + '.sha256']
+    assert stat.S_IMODE(os.stat(offsite).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(offsite / name).st_mode) == 0o600
+    assert subprocess.run(['sha256sum', '-c', name + '.sha256'], cwd=offsite, capture_output=True).returncode == 0
+
+    # A second location that cannot be written: reported, and the local backup is still good.
+    blocker = tmp_path / 'not-a-directory'
+    blocker.write_text('')
+    result = create_backup(settings_for(pg_container, bot_db, tmp_path / 'backups', offsite=str(blocker / 'x')))
+    assert result['offsite']['ok'] is False and 'not-a-directory' in result['offsite']['error']
+    assert result['verified'] is True and os.path.exists(result['path'])
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 256 KB file system (tmpfs): too small for any of the test databases' dumps."""
+    path = tmp_path / 'tiny'
+    path.mkdir()
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k,mode=0700', 'tmpfs', str(path)], check=True)
+    yield path
+    subprocess.run(['umount', str(path)], check=True)
+
+
+def test_backup_refused_when_the_disk_is_too_small(pg_container, bot_db, tiny_disk):
+    with pytest.raises(BackupError) as failure:
+        create_backup(settings_for(pg_container, bot_db, tiny_disk))
+    message = str(failure.value)
+    assert 'not enough free disk space' in message and 'Nothing was written' in message
+    assert 'space_margin 1.2' in message
+    assert os.listdir(tiny_disk) == []
+
+
+def test_disk_filling_up_during_the_dump_leaves_no_partial_file(pg_container, bot_db, tiny_disk):
+    # A margin so low that the check passes: the disk then really fills up half-way through the dump.
+    with pytest.raises(BackupError) as failure:
+        create_backup(settings_for(pg_container, bot_db, tiny_disk, space_margin=0.001))
+    assert 'filled up' in str(failure.value) and 'partial file was removed' in str(failure.value)
+    assert os.listdir(tiny_disk) == ['.soulnear-backup.lock']
+    # pg_dump inside the container does not linger after its reader went away.
+    for _ in range(50):
+        if not pg_container.query("SELECT 1 FROM pg_stat_activity WHERE application_name = 'pg_dump' "
+                                  "AND datname = %s", (bot_db['name'],)):
+            break
+        subprocess.run(['sleep', '0.1'])
+    else:
+        pytest.fail('pg_dump is still connected after the failed backup')
+
+
+def test_failures_name_the_cause(pg_container, bot_db, tmp_path):
+    with pytest.raises(BackupError, match='database container no-such-container is missing'):
+        create_backup(make_settings(pg_container.params(bot_db['name']), container='no-such-container',
+                                    backup_dir=str(tmp_path)))
+    with pytest.raises(BackupError, match='password authentication failed'):
+        create_backup(make_settings(pg_container.params(bot_db['name'], password='wrong'),
+                                    container=pg_container.name, backup_dir=str(tmp_path)))
+    with pytest.raises(BackupError, match='compression=zstd needs pg_dump 16 or later'):
+        create_backup(settings_for(pg_container, bot_db, tmp_path, compression='zstd'))
+    with pytest.raises(BackupError, match='no database given'):
+        make_settings(pg_container.params(''), container=pg_container.name, backup_dir=str(tmp_path))
+    assert list_backups(str(tmp_path)) == []
+
+
+def render_host_command(tmp_path, pg_container, db, **overrides):
+    """Render the soulnear role's soulnear.json and the backup role's backup.json and wrapper with Ansible itself."""
+    etc, bin_dir = tmp_path / 'etc', tmp_path / 'bin'
+    etc.mkdir(exist_ok=True)
+    bin_dir.mkdir(exist_ok=True)
+    extra = dict(soulnear_lib_dir=os.path.join(ROOT, 'module_utils'), soulnear_config_dir=str(etc),
+                 soulnear_backup_dir=str(tmp_path / 'backups'), soulnear_log_dir=str(tmp_path / 'log'),
+                 soulnear_db_container=pg_container.name, soulnear_db_host=pg_container.host,
+                 soulnear_db_port=pg_container.port, soulnear_db_name=db['name'],
+                 vault_postgres_password=pg_container.password, vault_app_db_password=db['password'],
+                 soulnear_bot_container='', soulnear_alert_command='cat > %s' % (tmp_path / 'alert.txt'),
+                 backup_python=sys.executable)
+    extra.update(overrides)
+    (tmp_path / 'extra.json').write_text(json.dumps(extra))
+    templates = [('soulnear', 'soulnear.json.j2', str(etc / 'soulnear.json'), '0600'),
+                 ('backup', 'backup.json.j2', str(etc / 'backup.json'), '0600'),
+                 ('backup', 'soulnear-backup.j2', str(bin_dir / 'soulnear-backup'), '0755')]
+    play = [{'name': 'Render the host command', 'hosts': 'localhost', 'gather_facts': False,
+             'vars_files': [os.path.join(ROOT, 'roles', 'soulnear', 'defaults', 'main.yml'),
+                            os.path.join(ROOT, 'roles', 'backup', 'defaults', 'main.yml')],
+             'tasks': [{'name': 'Render %s' % src, 'ansible.builtin.template': {
+                 'src': os.path.join(ROOT, 'roles', role, 'templates', src), 'dest': dest, 'mode': mode}}
+                 for role, src, dest, mode in templates]}]
+    book = tmp_path / 'render.yml'
+    book.write_text(yaml.safe_dump(play))
+    proc = ansible(book, '-e', '@' + str(tmp_path / 'extra.json'))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return bin_dir / 'soulnear-backup'
+
+
+def test_host_command_backs_up_tests_restore_and_alerts_on_failure(pg_container, bot_db, tmp_path):
+    command = render_host_command(tmp_path, pg_container, bot_db)
+    proc = subprocess.run([str(command), 'backup'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'soulnear-backup backup: OK ' in proc.stdout and pg_container.password not in proc.stdout
+    backups = list_backups(str(tmp_path / 'backups'))
+    assert len(backups) == 1 and backups[0]['verified']
+
+    proc = subprocess.run([str(command), 'restore-test'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'Restore test of %s passed: 7 tables' % backups[0]['name'] in proc.stdout
+    assert not pg_container.query("SELECT 1 FROM pg_database WHERE datname LIKE %s",
+                                  (bot_db['name'] + '__restore_test%',))
+
+    proc = subprocess.run([str(command), 'list'], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and backups[0]['name'] in proc.stdout and 'verified' in proc.stdout
+
+    # A failing scheduled backup exits non-zero and calls the alert hook with the reason.
+    backup_json = tmp_path / 'etc' / 'backup.json'
+    backup_json.write_text(json.dumps(dict(json.loads(backup_json.read_text()), space_margin=1000000)))
+    proc = subprocess.run([str(command), 'backup'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert 'FAILED: not enough free disk space' in proc.stdout
+    alert = (tmp_path / 'alert.txt').read_text()
+    assert 'soulnear backup FAILED' in alert and 'not enough free disk space' in alert
+    assert len(list_backups(str(tmp_path / 'backups'))) == 1
+
+
+def test_module_through_ansible_check_real_and_password_hidden(pg_container, bot_db, tmp_path):
+    backup_dir = tmp_path / 'backups'
+    params = dict(pg_container.params(bot_db['name']), container=pg_container.name, backup_dir=str(backup_dir))
+    tasks = [{'name': 'Take a backup', 'pg_backup': params},
+             {'name': 'Take a backup that cannot fit', 'pg_backup': dict(params, space_margin=1000000.0),
+              'ignore_errors': True}]
+    book = tmp_path / 'backup.yml'
+    book.write_text(yaml.safe_dump([{'name': 'Backup', 'hosts': 'localhost', 'gather_facts': False,
+                                     'tasks': tasks}]))
+
+    check = ansible(book, '--check', '--diff')
+    assert check.returncode == 0, check.stdout + check.stderr
+    result = task_result(check)
+    assert result['changed'] is True and result['msg'].startswith('Would back up %s' % bot_db['name'])
+    assert 'backup_' in result['diff']['after'] and not backup_dir.exists()
+
+    proc = ansible(book, '-vvv')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    backed_up, refused = [t['hosts']['localhost'] for t in
+                          json.loads(proc.stdout[proc.stdout.index('{'):])['plays'][0]['tasks']]
+    assert backed_up['changed'] is True and os.path.exists(backed_up['path'])
+    assert set(backed_up) >= {'path', 'size', 'duration', 'sha256', 'pruned'}
+    assert refused['failed'] is True and refused['changed'] is False
+    assert 'not enough free disk space' in refused['msg']
+    assert 'Traceback' not in proc.stdout
+    assert pg_container.password not in proc.stdout + proc.stderr
