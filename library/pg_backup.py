@@ -105,49 +105,16 @@ options:
     default: ''
   login_user:
     description: Role C(pg_dump) and the size query connect as; a superuser or the owner of every object.
-    type: str
-    default: postgres
   login_password:
     description:
       - Password of O(login_user). Passed to C(pg_dump) as the PGPASSWORD environment variable of C(docker exec),
         by name only, so it never shows in a process list.
-    type: str
-    default: ''
   login_host:
     description: Host the module connects to for the size query (the port published on the Docker host).
-    type: str
-    default: ''
-  login_unix_socket:
-    description: Directory of the Unix socket; takes precedence over O(login_host).
-    type: str
-    default: ''
-  login_port:
-    description: Port to connect to.
-    type: int
-    default: 5432
-    aliases: [port]
   login_db:
     description: Database to back up (required).
-    type: str
-    default: ''
-    aliases: [db]
-  connect_timeout:
-    description: Seconds to wait for one connection attempt.
-    type: int
-    default: 10
-  ssl_mode:
-    description: libpq sslmode.
-    type: str
-    default: prefer
-    choices: [allow, disable, prefer, require, verify-ca, verify-full]
-  ca_cert:
-    description: Root certificate file for O(ssl_mode=verify-ca) or O(ssl_mode=verify-full).
-    type: str
-    aliases: [ssl_rootcert]
-  retries:
-    description: How many times a connection-class failure is retried (backoff 0.5 s, 1 s, 2 s).
-    type: int
-    default: 3
+extends_documentation_fragment:
+  - soulnear_connection
 attributes:
   check_mode:
     support: full

@@ -86,47 +86,10 @@ options:
     type: str
   login_user:
     description: Role to connect as. Migrations create objects owned by this role.
-    type: str
-    default: postgres
-  login_password:
-    description: Password of O(login_user).
-    type: str
-    default: ''
-  login_host:
-    description: Host to connect to. Empty means the local Unix socket.
-    type: str
-    default: ''
-  login_unix_socket:
-    description: Directory of the Unix socket; takes precedence over O(login_host).
-    type: str
-    default: ''
-  login_port:
-    description: Port to connect to.
-    type: int
-    default: 5432
-    aliases: [port]
   login_db:
     description: Database to migrate.
-    type: str
-    default: ''
-    aliases: [db]
-  connect_timeout:
-    description: Seconds to wait for one connection attempt.
-    type: int
-    default: 10
-  ssl_mode:
-    description: libpq sslmode.
-    type: str
-    default: prefer
-    choices: [allow, disable, prefer, require, verify-ca, verify-full]
-  ca_cert:
-    description: Root certificate file for O(ssl_mode=verify-ca) or O(ssl_mode=verify-full).
-    type: str
-    aliases: [ssl_rootcert]
-  retries:
-    description: How many times a connection-class failure is retried (backoff 0.5 s, 1 s, 2 s).
-    type: int
-    default: 3
+extends_documentation_fragment:
+  - soulnear_connection
 attributes:
   check_mode:
     support: full

@@ -17,6 +17,8 @@ import time
 
 import psycopg2
 
+from pgclient import ServerClient
+
 SUPERUSER = 'postgres'
 SUPERUSER_PASSWORD = 'test-superuser-secret'
 
@@ -39,7 +41,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
-class Cluster:
+class Cluster(ServerClient):
     """initdb + pg_ctl around a temporary directory."""
 
     def __init__(self, settings=None, standby=False):
@@ -122,21 +124,6 @@ class Cluster:
         """Module-style connection parameters (the names our modules take)."""
         return dict(login_host=self.host, login_port=self.port, login_user=user,
                     login_password=password, login_db=db, connect_timeout=5)
-
-    def connect(self, db='postgres', user=SUPERUSER, password=SUPERUSER_PASSWORD, autocommit=True):
-        conn = psycopg2.connect(host=self.host, port=self.port, user=user, password=password,
-                                dbname=db, connect_timeout=5)
-        conn.autocommit = autocommit
-        return conn
-
-    def query(self, sql, args=None, db='postgres'):
-        conn = self.connect(db)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
 
     def wait_ready(self, timeout=30):
         deadline = time.time() + timeout

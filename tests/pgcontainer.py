@@ -12,6 +12,8 @@ import uuid
 
 import psycopg2
 
+from pgclient import ServerClient
+
 IMAGE = os.environ.get('SOULNEAR_TEST_PG_IMAGE', 'soulnear/postgres:15')
 PASSWORD = 'test-container-secret'
 
@@ -23,7 +25,7 @@ def docker(*args, check=True, timeout=120):
     return proc
 
 
-class PgContainer:
+class PgContainer(ServerClient):
     def __init__(self, image=IMAGE, name=None, extra_args=()):
         self.image = image
         self.name = name or 'soulnear-test-pg-' + uuid.uuid4().hex[:8]
@@ -65,18 +67,3 @@ class PgContainer:
         return dict(login_host=self.host, login_port=self.port, login_user=user,
                     login_password=self.password if password is None else password, login_db=db,
                     connect_timeout=5)
-
-    def connect(self, db='postgres', autocommit=True):
-        conn = psycopg2.connect(host=self.host, port=self.port, user='postgres', password=self.password,
-                                dbname=db, connect_timeout=5)
-        conn.autocommit = autocommit
-        return conn
-
-    def query(self, sql, args=None, db='postgres'):
-        conn = self.connect(db)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()

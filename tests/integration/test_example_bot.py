@@ -20,6 +20,7 @@ import urllib.request
 
 import psycopg2
 import pytest
+from pgclient import connect, query
 from pgcluster import SUPERUSER_PASSWORD, Cluster, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,27 +33,9 @@ BOT_TABLES = {'users', 'aiogram_states', 'events'}
 
 
 # -- helpers -------------------------------------------------------------------
-def connect(params):
-    conn = psycopg2.connect(host=params['login_host'], port=params['login_port'], user=params['login_user'],
-                            password=params['login_password'], dbname=params['login_db'], connect_timeout=5)
-    conn.autocommit = True
-    return conn
-
-
-def query(params, sql, args=None):
-    conn = connect(params)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
-
-
 def migrate(params, apply=MIGRATIONS, failed=()):
     """Apply files as pg_migrate would: one transaction each, recorded in schema_migrations."""
-    conn = psycopg2.connect(host=params['login_host'], port=params['login_port'], user=params['login_user'],
-                            password=params['login_password'], dbname=params['login_db'])
+    conn = connect(params, autocommit=False)
     try:
         with conn, conn.cursor() as cur:
             cur.execute('CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, '

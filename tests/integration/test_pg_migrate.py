@@ -7,6 +7,7 @@ import psycopg2
 import pytest
 
 from ansible.module_utils.soulnear_migrate import MigrationError, Migrator, discover, normalise
+from pgclient import query
 from pgcluster import Cluster
 
 
@@ -29,16 +30,7 @@ def run(params, path, check_mode=False, **options):
     return Migrator(args, check_mode=check_mode).run()
 
 
-def rows(params, sql, args=None):
-    conn = psycopg2.connect(host=params['login_host'], port=params['login_port'], user=params['login_user'],
-                            password=params['login_password'], dbname=params['login_db'])
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall()
-    finally:
-        conn.close()
+rows = query
 
 
 def table_exists(params, name):

@@ -1,0 +1,60 @@
+# -*- coding: utf-8 -*-
+# Copyright: SoulNear operations contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Connection options shared by every SoulNear module (module_utils/soulnear_pg.connection_argument_spec)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r'''
+options:
+  login_user:
+    description: Role to connect as.
+    type: str
+    default: postgres
+  login_password:
+    description: Password of O(login_user).
+    type: str
+    default: ''
+  login_host:
+    description: Host to connect to. Empty means the local Unix socket.
+    type: str
+    default: ''
+  login_unix_socket:
+    description: Directory of the Unix socket; takes precedence over O(login_host).
+    type: str
+    default: ''
+  login_port:
+    description: Port to connect to.
+    type: int
+    default: 5432
+    aliases: [port]
+  login_db:
+    description: Database to connect to.
+    type: str
+    default: ''
+    aliases: [db]
+  connect_timeout:
+    description: Seconds to wait for one connection attempt.
+    type: int
+    default: 10
+  ssl_mode:
+    description: libpq sslmode.
+    type: str
+    default: prefer
+    choices: [allow, disable, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description: Root certificate file for O(ssl_mode=verify-ca) or O(ssl_mode=verify-full).
+    type: str
+    aliases: [ssl_rootcert]
+  retries:
+    description:
+      - How many times a connection-class failure is retried (backoff 0.5 s, 1 s, 2 s).
+      - Retried are SQLSTATE class 08 except 08007, 57P01, 57P03, 53300 and connection errors without a code;
+        authentication, permission, syntax and data errors never are.
+    type: int
+    default: 3
+'''
