@@ -1,6 +1,8 @@
 """psycopg2 helpers over module-style connection parameters (login_host, login_port, login_user,
 login_password, login_db), shared by the test servers (pgcluster, pgcontainer) and the tests."""
 
+import time
+
 import psycopg2
 
 
@@ -31,3 +33,18 @@ class ServerClient:
 
     def query(self, sql, args=None, db='postgres'):
         return query(self.params(db=db), sql, args)
+
+    def wait_ready(self, timeout=30):
+        """Poll until a superuser connection works; after timeout raise not_ready()'s error."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.connect().close()
+                return
+            except psycopg2.OperationalError as exc:
+                if time.time() > deadline:
+                    raise self.not_ready(exc) from None
+                time.sleep(0.1)
+
+    def not_ready(self, exc):
+        return exc

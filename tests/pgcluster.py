@@ -13,9 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 
-import psycopg2
 
 from pgclient import ServerClient
 
@@ -124,14 +122,3 @@ class Cluster(ServerClient):
         """Module-style connection parameters (the names our modules take)."""
         return dict(login_host=self.host, login_port=self.port, login_user=user,
                     login_password=password, login_db=db, connect_timeout=5)
-
-    def wait_ready(self, timeout=30):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.connect().close()
-                return
-            except psycopg2.OperationalError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)

@@ -7,10 +7,8 @@ reachable); override with SOULNEAR_TEST_PG_IMAGE.
 
 import os
 import subprocess
-import time
 import uuid
 
-import psycopg2
 
 from pgclient import ServerClient
 
@@ -47,18 +45,10 @@ class PgContainer(ServerClient):
         self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout=90):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.connect().close()
-                return
-            except psycopg2.OperationalError:
-                if time.time() > deadline:
-                    logs = docker('logs', '--tail', '30', self.name, check=False)
-                    raise RuntimeError('container %s did not accept connections: %s%s'
-                                       % (self.name, logs.stdout, logs.stderr)) from None
-                time.sleep(0.3)
+    def not_ready(self, exc):
+        logs = docker('logs', '--tail', '30', self.name, check=False)
+        return RuntimeError('container %s did not accept connections (%s): %s%s'
+                            % (self.name, exc, logs.stdout, logs.stderr))
 
     def remove(self):
         docker('rm', '-f', '-v', self.name, check=False)
