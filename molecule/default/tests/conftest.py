@@ -45,14 +45,24 @@ def instance_name():
     return os.environ.get('SOULNEAR_MOLECULE_INSTANCE', 'soulnear-molecule')
 
 
-def run_playbook(playbook, *args, timeout=900):
-    """ansible-playbook from the project against Molecule's inventory; returns CompletedProcess (text)."""
+def _playbook_command(playbook, args):
     inventory = os.environ['MOLECULE_INVENTORY_FILE']
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, 'ansible.cfg'), ANSIBLE_NOCOLOR='1',
                ANSIBLE_FORCE_COLOR='0')
     binary = os.path.join(PROJECT, '.venv', 'bin', 'ansible-playbook')
-    return subprocess.run([binary, '-i', inventory, os.path.join(PROJECT, playbook)] + list(args), cwd=PROJECT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return [binary, '-i', inventory, os.path.join(PROJECT, playbook)] + list(args), env
+
+
+def run_playbook(playbook, *args, timeout=900):
+    """ansible-playbook from the project against Molecule's inventory; returns CompletedProcess (text)."""
+    cmd, env = _playbook_command(playbook, args)
+    return subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_playbook_background(playbook, *args):
+    """The same, started in the background; communicate() returns (stdout+stderr, None)."""
+    cmd, env = _playbook_command(playbook, args)
+    return subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture

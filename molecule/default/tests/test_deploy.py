@@ -5,7 +5,8 @@ import re
 import subprocess
 import time
 
-from conftest import BOT, DB, container_health, instance_name, psql, run_playbook, wait_healthy
+from conftest import (BOT, DB, container_health, instance_name, psql, run_playbook, run_playbook_background,
+                      wait_healthy)
 
 MARKERS = ('Database connection successful!', 'Database tables created/verified',
            re.compile(r'Applied \d+ new migration\(s\)|All migrations up to date'),
@@ -115,6 +116,44 @@ def test_changing_max_connections_converges_the_existing_volume_and_hides_passwo
         back = run_playbook('deploy.yml', '--tags', 'postgres')
         assert back.returncode == 0, back.stdout[-3000:]
     assert psql(host, 'SHOW max_connections') == '200'
+    wait_healthy(host)
+
+
+LOCK = '/var/lib/soulnear/deploy.lock'
+
+
+def plant_lock(host, holder, age_seconds):
+    since = int(host.check_output('date +%s')) - age_seconds
+    host.run('mkdir -p %s', LOCK)
+    host.run('sh -c %s', "printf '%%s' '%s' > %s/holder" % (json.dumps({'holder': holder, 'since': since}), LOCK))
+
+
+def test_a_held_deploy_lock_refuses_a_second_deploy(host):
+    plant_lock(host, 'alice@laptop (Deploy SoulNear, run abc)', 60)
+    try:
+        refused = run_playbook('deploy.yml')
+        output = ' '.join(refused.stdout.split())  # the YAML callback wraps long messages
+        assert refused.returncode != 0
+        assert 'holds the lock' in output and 'alice@laptop' in output
+        assert 'Ensure the database container is running' not in refused.stdout  # refused before touching anything
+        assert host.file(LOCK + '/holder').contains('alice@laptop')  # the holder's lock is left alone
+    finally:
+        host.run('rm -rf %s', LOCK)
+    wait_healthy(host)
+
+
+def test_stale_lock_is_taken_over_and_a_concurrent_deploy_is_refused(host):
+    plant_lock(host, 'bob@old-laptop (killed run)', 3 * 3600)
+    first = run_playbook_background('deploy.yml')  # takes over the stale lock
+    deadline = time.time() + 120
+    while time.time() < deadline and not host.file(LOCK + '/holder').contains('Deploy SoulNear'):
+        time.sleep(1)
+    second = run_playbook('deploy.yml')
+    out, _ = first.communicate(timeout=900)
+    assert first.returncode == 0, out[-3000:]
+    assert 'taking it over' in ' '.join(out.split())
+    assert second.returncode != 0 and 'holds the lock' in ' '.join(second.stdout.split())
+    assert not host.file(LOCK).exists  # released by the run that held it
     wait_healthy(host)
 
 
