@@ -13,7 +13,7 @@ module: db_health
 short_description: One structured health report of a PostgreSQL-backed bot deployment
 description:
   - Answers "is it healthy?" for a SoulNear deployment with one report, used by the deploy, the redeploy, the
-    C(health.yml) playbook and (through the same Python code in C(module_utils/soulnear_health.py)) by the health
+    C(health.yml) playbook and (through the same Python code in C(module_utils/soulnear/health.py)) by the health
     monitor on the host.
   - "Gap it fills: C(community.postgresql.postgresql_ping) only proves that a connection can be opened and
     C(community.postgresql.postgresql_info) collects facts without judging them; neither checks that the
@@ -225,8 +225,8 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.soulnear_pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
-from ansible.module_utils.soulnear_health import report_lines, run_checks
+from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
+from ansible.module_utils.soulnear.health import report_lines, run_checks
 
 
 def read_state(path):

@@ -204,8 +204,8 @@ duration_ms:
 '''
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.soulnear_pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
-from ansible.module_utils.soulnear_migrate import MigrationError, Migrator
+from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
+from ansible.module_utils.soulnear.migrate import MigrationError, Migrator
 
 
 def summary(result, check_mode):

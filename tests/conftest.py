@@ -14,12 +14,15 @@ import os
 import sys
 import uuid
 
+# No __pycache__ inside module_utils/: the soulnear role copies that directory to the hosts as it is.
+sys.dont_write_bytecode = True
+
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-# Our module_utils are imported as ansible.module_utils.<name> by the modules;
+# Our package is imported as ansible.module_utils.soulnear.<name> by the modules;
 # make that import work in-process for the tests, as Ansible does when it packs a module.
 import ansible.module_utils  # noqa: E402
 

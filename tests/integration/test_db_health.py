@@ -18,8 +18,8 @@ import psycopg2
 import pytest
 import yaml
 
-from ansible.module_utils import soulnear_health
-from ansible.module_utils.soulnear_migrate import MigrationError, Migrator
+from ansible.module_utils.soulnear import health as soulnear_health
+from ansible.module_utils.soulnear.migrate import MigrationError, Migrator
 from pgcluster import Cluster, free_port
 from pgcontainer import PgContainer, docker
 
@@ -402,13 +402,11 @@ def test_host_command_runs_without_ansible(app_db, tmp_path):
     """The installed command imports the library from a plain directory, with no Ansible on the path."""
     lib = tmp_path / 'lib'
     lib.mkdir()
-    for path in os.listdir(os.path.join(ROOT, 'module_utils')):
-        if path.startswith('soulnear_') and path.endswith('.py'):
-            shutil.copy(os.path.join(ROOT, 'module_utils', path), lib)
+    shutil.copytree(os.path.join(ROOT, 'module_utils', 'soulnear'), str(lib / 'soulnear'))
     args = host_config(tmp_path, app_db)
-    # soulnear_pg imported under its plain name proves the fallback import the host relies on.
-    code = ('import sys; sys.path.insert(0, %r); import soulnear_health; '
-            'assert "soulnear_pg" in sys.modules; sys.exit(soulnear_health.main(sys.argv[1:]))' % str(lib))
+    # The same package the modules import as ansible.module_utils.soulnear, here under its plain name.
+    code = ('import sys; sys.path.insert(0, %r); from soulnear import health; '
+            'assert "ansible" not in sys.modules; sys.exit(health.main(sys.argv[1:]))' % str(lib))
     proc = subprocess.run([sys.executable, '-I', '-c', code] + args + ['report', '--json'], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -263,7 +263,7 @@ def test_renamed_file_counts_as_applied_by_version(pg_db, start_bot):
 
 
 def test_starts_on_a_database_migrated_by_pg_migrate(pg_db, start_bot):
-    from ansible.module_utils import soulnear_migrate
+    from ansible.module_utils.soulnear import migrate as soulnear_migrate
     result = soulnear_migrate.Migrator(dict(pg_db, path=MIGRATIONS_DIR)).run()
     assert result['applied'] == MIGRATIONS
     bot = start_bot(pg_db)

@@ -16,7 +16,7 @@ import uuid
 import psycopg2
 import pytest
 import yaml
-from ansible.module_utils.soulnear_backup import BackupError, create_backup, list_backups, make_settings
+from ansible.module_utils.soulnear.backup import BackupError, create_backup, list_backups, make_settings
 from psycopg2 import sql
 from test_pg_migrate_ansible import ansible, task_result
 

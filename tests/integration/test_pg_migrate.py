@@ -6,7 +6,7 @@ import time
 import psycopg2
 import pytest
 
-from ansible.module_utils.soulnear_migrate import MigrationError, Migrator, discover, normalise
+from ansible.module_utils.soulnear.migrate import MigrationError, Migrator, discover, normalise
 from pgclient import query
 from pgcluster import Cluster
 
@@ -319,7 +319,7 @@ def test_two_runners_started_together_apply_each_file_once(pg_db, tmp_path):
 
 
 def test_lock_timeout_names_the_holder(pg_db, tmp_path):
-    from ansible.module_utils.soulnear_migrate import LOCK_CLASS, TrackingTable
+    from ansible.module_utils.soulnear.migrate import LOCK_CLASS, TrackingTable
     path = write(tmp_path / 'm', BASIC)
     holder = psycopg2.connect(host=pg_db['login_host'], port=pg_db['login_port'], user=pg_db['login_user'],
                               password=pg_db['login_password'], dbname=pg_db['login_db'],

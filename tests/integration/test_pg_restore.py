@@ -17,7 +17,7 @@ import uuid
 import psycopg2
 import pytest
 import yaml
-from ansible.module_utils.soulnear_backup import BackupError, create_backup, restore_database, restore_test
+from ansible.module_utils.soulnear.backup import BackupError, create_backup, restore_database, restore_test
 from test_pg_backup import bot_db_fixture, bot_template  # noqa: F401 - makes the fixtures available here
 from test_pg_backup import app_connect, settings_for, table_checksums
 from test_pg_migrate_ansible import ansible

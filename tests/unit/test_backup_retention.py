@@ -8,7 +8,7 @@ import datetime
 import os
 
 import pytest
-from ansible.module_utils.soulnear_backup import (
+from ansible.module_utils.soulnear.backup import (
     DEFAULT_NAME_PATTERN, BackupError, apply_retention, list_backups, parse_name, pattern_regex, plan_retention,
     remove_stale_partials)
 

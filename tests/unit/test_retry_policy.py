@@ -3,7 +3,7 @@
 import psycopg2
 import pytest
 
-from ansible.module_utils.soulnear_pg import RetryPolicy, describe_error, is_retryable, sqlstate_of
+from ansible.module_utils.soulnear.pg import RetryPolicy, describe_error, is_retryable, sqlstate_of
 
 RETRY = ['08000', '08003', '08006', '08001', '08004', '08P01', '57P01', '57P03', '53300']
 NO_RETRY = ['08007', '22012', '23505', '23503', '42601', '42501', '42P01', '28P01', '28000', '40001', '57014',

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ansible.module_utils.soulnear_sql import (
+from ansible.module_utils.soulnear.sql import (
     SqlSplitError, is_transaction_control, line_of_position, split_statements)
 
 

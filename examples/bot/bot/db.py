@@ -1,6 +1,6 @@
 """Connection pool and retry policy.
 
-Retry policy (same rules as the project's module_utils/soulnear_pg.py; the bot
+Retry policy (same rules as the project's module_utils/soulnear/pg.py; the bot
 ships on its own, so it carries its own copy): retry only what can succeed on
 retry - connection failures (SQLSTATE class 08 except 08007, OperationalError /
 InterfaceError without a code), 57P01, 57P03, 53300 - with 0.5 s / 1 s / 2 s

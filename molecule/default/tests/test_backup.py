@@ -59,7 +59,7 @@ def test_command_configuration_and_backups_directory(host):
     wrapper = host.file(command)
     assert wrapper.exists and wrapper.user == 'root' and wrapper.mode == 0o755
     assert wrapper.content_string.startswith('#!/usr/bin/python3')
-    assert host.file('/opt/soulnear/lib/soulnear_backup.py').exists
+    assert host.file('/opt/soulnear/lib/soulnear/backup.py').exists
     backup_json = host.file('/etc/soulnear/backup.json')
     assert backup_json.mode == 0o600 and backup_json.user == 'root'
     settings = json.loads(backup_json.content_string)

@@ -32,14 +32,8 @@ import socket
 import time
 import zlib
 
-try:
-    from ansible.module_utils.soulnear_pg import (
-        ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2)
-    from ansible.module_utils.soulnear_sql import (
-        SqlSplitError, is_transaction_control, line_of_position, split_statements)
-except ImportError:  # installed on a host next to the host commands
-    from soulnear_pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
-    from soulnear_sql import SqlSplitError, is_transaction_control, line_of_position, split_statements
+from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
+from .sql import SqlSplitError, is_transaction_control, line_of_position, split_statements
 
 if psycopg2 is not None:
     from psycopg2 import sql as pgsql

@@ -50,20 +50,11 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-try:
-    from ansible.module_utils.soulnear_alert import send as send_alert
-    from ansible.module_utils.soulnear_docker import (
-        DockerError, container_state, exec_argv, exec_env, exec_run, inspect)
-    from ansible.module_utils.soulnear_docker import start as start_container
-    from ansible.module_utils.soulnear_docker import stop as stop_container
-    from ansible.module_utils.soulnear_pg import (
-        ConnectError, connect, connection_argument_spec, describe_error, psycopg2, sqlstate_of)
-except ImportError:  # installed on a host next to the host commands
-    from soulnear_alert import send as send_alert
-    from soulnear_docker import DockerError, container_state, exec_argv, exec_env, exec_run, inspect
-    from soulnear_docker import start as start_container
-    from soulnear_docker import stop as stop_container
-    from soulnear_pg import ConnectError, connect, connection_argument_spec, describe_error, psycopg2, sqlstate_of
+from .alert import send as send_alert
+from .containers import DockerError, container_state, exec_argv, exec_env, exec_run, inspect
+from .containers import start as start_container
+from .containers import stop as stop_container
+from .pg import ConnectError, connect, connection_argument_spec, describe_error, psycopg2, sqlstate_of
 
 if psycopg2 is not None:
     from psycopg2 import sql as pgsql

@@ -36,18 +36,10 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 
-try:
-    from ansible.module_utils import soulnear_alert, soulnear_docker
-    from ansible.module_utils.soulnear_backup import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, list_backups
-    from ansible.module_utils.soulnear_migrate import MigrationError, status as migration_status
-    from ansible.module_utils.soulnear_pg import (
-        ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of)
-except ImportError:  # installed on a host next to the host commands
-    import soulnear_alert
-    import soulnear_docker
-    from soulnear_backup import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, list_backups
-    from soulnear_migrate import MigrationError, status as migration_status
-    from soulnear_pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of
+from . import alert, containers
+from .backup import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, list_backups
+from .migrate import MigrationError, status as migration_status
+from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of
 
 CHECK_ORDER = ('database', 'tables', 'migrations', 'connections', 'db_container', 'bot_container',
                'backup_age', 'disk')
@@ -63,7 +55,7 @@ DEFAULTS = dict(
     bot_container=None,
     restart_counts=None,
     backup_dir=None,
-    backup_name_pattern=None,  # the backup command's (soulnear_backup.DEFAULT_NAME_PATTERN)
+    backup_name_pattern=None,  # the backup command's (backup.DEFAULT_NAME_PATTERN)
     backup_max_age_hours=26.0,
     require_backup=False,
     disk_paths=[],
@@ -201,8 +193,8 @@ def check_connections(conn, warn_percent):
 def check_container(name, previous_restart_count=None, role='database'):
     """Running, Docker health status and restart count; warns when the restart count grew."""
     try:
-        state = soulnear_docker.container_state(name)
-    except soulnear_docker.DockerError as exc:
+        state = containers.container_state(name)
+    except containers.DockerError as exc:
         return check(False, dict(name=name), 'cannot inspect container %s: %s' % (name, exc))
     value = dict((k, state.get(k)) for k in ('name', 'exists', 'running', 'status', 'health', 'restart_count',
                                              'started_at', 'oom_killed', 'exit_code'))
@@ -288,7 +280,7 @@ def disk_usage(path):
 
 def volume_mountpoint(name):
     """Host directory of a Docker volume; None when the volume does not exist."""
-    proc = soulnear_docker.run(['volume', 'inspect', '--format', '{{.Mountpoint}}', name], check=False)
+    proc = containers.run(['volume', 'inspect', '--format', '{{.Mountpoint}}', name], check=False)
     if proc.returncode != 0:
         return None
     return proc.stdout.decode('utf-8', 'replace').strip() or None
@@ -300,7 +292,7 @@ def check_disk(paths, max_used_percent, db_volume=None):
     if db_volume:
         try:
             mount = volume_mountpoint(db_volume)
-        except soulnear_docker.DockerError as exc:
+        except containers.DockerError as exc:
             mount = None
             notes.append('cannot locate volume %s: %s' % (db_volume, exc))
         if mount:
@@ -521,14 +513,14 @@ def _scan_postgres_logs(diag, config, since):
     sources, lines_by_source = [], {}
     if container:
         try:
-            proc = soulnear_docker.run(['logs', '--since', since.strftime('%Y-%m-%dT%H:%M:%SZ'), '--tail',
+            proc = containers.run(['logs', '--since', since.strftime('%Y-%m-%dT%H:%M:%SZ'), '--tail',
                                         str(config['log_tail_lines']), container], check=False, timeout=60)
             if proc.returncode == 0:
                 text = (proc.stdout + proc.stderr).decode('utf-8', 'replace')
                 lines_by_source['docker logs %s' % container] = text.splitlines()
             else:
                 sources.append('docker logs %s: %s' % (container, proc.stderr.decode('utf-8', 'replace').strip()))
-        except soulnear_docker.DockerError as exc:
+        except containers.DockerError as exc:
             sources.append('docker logs %s: %s' % (container, exc))
     log_dir = config.get('log_dir')
     if log_dir:
@@ -593,8 +585,8 @@ def _check_containers(diag, config):
         if not name:
             continue
         try:
-            state = soulnear_docker.container_state(name)
-        except soulnear_docker.DockerError as exc:
+            state = containers.container_state(name)
+        except containers.DockerError as exc:
             lines.append('%s: %s' % (name, exc))
             diag.anomaly('containers', 'cannot inspect %s: %s' % (name, exc), 'is the Docker daemon running? '
                          'systemctl status docker')
@@ -629,9 +621,9 @@ def _check_volume(diag, config):
         return
     lines = []
     try:
-        proc = soulnear_docker.run(['volume', 'inspect', volume], check=False)
-        data = soulnear_docker.inspect(container) if container else None
-    except soulnear_docker.DockerError as exc:
+        proc = containers.run(['volume', 'inspect', volume], check=False)
+        data = containers.inspect(container) if container else None
+    except containers.DockerError as exc:
         diag.section('Data volume', ['cannot inspect: %s' % exc])
         return
     if proc.returncode != 0:
@@ -665,14 +657,14 @@ def _check_disk(diag, config):
     paths = ['/'] + [p for p in (config.get('log_dir'), config.get('backup_dir')) if p]
     paths += list(config.get('disk_paths') or [])
     try:
-        proc = soulnear_docker.run(['info', '--format', '{{.DockerRootDir}}'], check=False, timeout=30)
+        proc = containers.run(['info', '--format', '{{.DockerRootDir}}'], check=False, timeout=30)
         if proc.returncode == 0 and proc.stdout.strip():
             paths.append(proc.stdout.decode('utf-8').strip())
         if config.get('db_volume'):
             mount = volume_mountpoint(config['db_volume'])
             if mount:
                 paths.append(mount)
-    except soulnear_docker.DockerError:
+    except containers.DockerError:
         pass
     lines, seen = [], set()
     threshold = float(config['disk_threshold_percent'])
@@ -980,7 +972,7 @@ class Monitor:
         if not any(channels.get(k) for k in ('command', 'webhook_url', 'telegram_token')):
             self.events.append('alert not sent (no alert channel configured; set soulnear_alert_*): %s' % subject)
             return
-        errors = soulnear_alert.send(channels, subject, text)
+        errors = alert.send(channels, subject, text)
         self.alert_errors += errors
         self.events.append('alert sent: %s' % subject if not errors else 'alert FAILED: %s' % '; '.join(errors))
 
@@ -1006,11 +998,11 @@ class Monitor:
         started = self.clock()
         timeout = int(self.mon['db_stop_timeout'] if target == 'database' else self.mon['bot_stop_timeout'])
         try:
-            state = soulnear_docker.container_state(name)
+            state = containers.container_state(name)
             if not state['exists']:
                 return False, 'container %s does not exist; run deploy.yml to create it' % name
-            soulnear_docker.restart(name, timeout=timeout)
-        except soulnear_docker.DockerError as exc:
+            containers.restart(name, timeout=timeout)
+        except containers.DockerError as exc:
             return False, 'docker restart %s failed: %s' % (name, exc)
         deadline = started + float(self.mon['recovery_wait_seconds'])
         last = 'not checked yet'
@@ -1203,7 +1195,7 @@ def snapshot_line(config):
             mount = volume_mountpoint(config.db_volume)
             if mount:
                 paths.append(mount)
-    except soulnear_docker.DockerError:
+    except containers.DockerError:
         pass
     seen = set()
     for path in paths:
@@ -1214,11 +1206,11 @@ def snapshot_line(config):
     names = [n for n in (config.db_container, (config.base.get('bot') or {}).get('container')) if n]
     if names:
         try:
-            proc = soulnear_docker.run(['stats', '--no-stream', '--format', '{{.Name}}={{.MemUsage}} cpu {{.CPUPerc}}']
+            proc = containers.run(['stats', '--no-stream', '--format', '{{.Name}}={{.MemUsage}} cpu {{.CPUPerc}}']
                                        + names, check=False, timeout=60)
             for line in proc.stdout.decode('utf-8', 'replace').splitlines():
                 parts.append('container[%s]' % ' '.join(line.split()))
-        except soulnear_docker.DockerError as exc:
+        except containers.DockerError as exc:
             parts.append('containers: %s' % exc)
     return ' '.join(parts)
 
