@@ -16,7 +16,10 @@
 #   IMAGES_FORCE_REBUILD=1   rebuild everything (no pulls are skipped either)
 #   IMAGES_PULL=0            never try a registry pull (air-gapped hosts: saves nothing
 #                            here as a failing pull is fast, but avoids surprises)
-#   DEBIAN_MIRROR            mirror for debootstrap (default http://deb.debian.org/debian)
+#   DEBIAN_MIRROR            Debian mirror for debootstrap and the images' apt sources
+#   DEBIAN_SECURITY_MIRROR   Debian security mirror for the images' apt sources
+#                            (both default to the mirrors this machine's own apt sources use, so a
+#                            corporate mirror just works; deb.debian.org on a machine that is not Debian)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,7 +27,31 @@ ROOT="$(pwd)"
 
 FORCE="${IMAGES_FORCE_REBUILD:-0}"
 PULL="${IMAGES_PULL:-1}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The first deb URI of this machine's apt sources (one-line and deb822 formats) whose suite matches
+# the pattern; empty when the machine is not Debian or has none.
+apt_source_uri() {
+    local pattern="$1"
+    grep -qs '^ID=debian' /etc/os-release || return 0
+    {
+        cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | awk -v re="$pattern" '$1 == "deb" { i = 2; if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+                                              if ($(i + 1) ~ re) { print $i; exit } }'
+        for f in /etc/apt/sources.list.d/*.sources; do
+            [ -e "$f" ] || continue
+            awk -v re="$pattern" 'BEGIN { RS = ""; FS = "\n" }
+                { types = uris = suites = ""
+                  for (i = 1; i <= NF; i++) {
+                      if ($i ~ /^Types:/) types = $i; else if ($i ~ /^URIs:/) uris = $i; else if ($i ~ /^Suites:/) suites = $i }
+                  if (types !~ /[ \t]deb([ \t]|$)/ || $0 ~ /\nEnabled: *no/) next
+                  n = split(suites, s, /[ \t]+/)
+                  for (j = 2; j <= n; j++) if (s[j] ~ re) { split(uris, u, /[ \t]+/); print u[2]; exit } }' "$f"
+        done
+    } | head -n 1
+}
+MIRROR="${DEBIAN_MIRROR:-$(apt_source_uri '^[a-z]+(-updates)?$')}"
+MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-$(apt_source_uri '^[a-z]+-security$')}"
+SECURITY_MIRROR="${SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 CACHE_DIR="$ROOT/.cache/images"
 HASH_LABEL="org.soulnear.context-hash"
 
@@ -126,7 +153,7 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: $SECURITY_MIRROR
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

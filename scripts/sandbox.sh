@@ -7,12 +7,12 @@
 #   scripts/sandbox.sh down   remove the container AND its Docker volume
 #   scripts/sandbox.sh status show its state
 #
-# Flags: see /work/shared/ENVIRONMENT.md. --privileged fails on these machines
-# (CAP_SYS_RESOURCE is withheld), so only the capabilities systemd and a nested
-# dockerd need are added. SYS_PTRACE is not in ENVIRONMENT.md but is required:
-# without it `docker exec` (and HEALTHCHECKs) into a nested container whose PID 1
-# is not root - postgres runs as uid 999 - fail with "error executing setns
-# process: exit status 1" (reading /proc/PID/ns of another uid needs it).
+# Flags (docs/design.md, "Disposable hosts"): --privileged fails on machines that
+# withhold CAP_SYS_RESOURCE, so only the capabilities systemd and a nested dockerd
+# need are added. SYS_PTRACE is required: without it `docker exec` (and
+# HEALTHCHECKs) into a nested container whose PID 1 is not root - postgres runs as
+# uid 999 - fail with "error executing setns process: exit status 1" (reading
+# /proc/PID/ns of another uid needs it).
 # The named volume at /var/lib/docker gives the nested engine overlay2 (on the
 # container's overlayfs root it would fall back to vfs).
 set -euo pipefail
