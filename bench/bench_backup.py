@@ -36,7 +36,9 @@ import ansible.module_utils  # noqa: E402
 
 ansible.module_utils.__path__.append(os.path.join(ROOT, 'module_utils'))
 
-from ansible.module_utils.soulnear_backup import create_backup, make_settings, restore_database  # noqa: E402
+from ansible.module_utils.soulnear.backup import create_backup  # noqa: E402
+from ansible.module_utils.soulnear.backup_settings import make_settings  # noqa: E402
+from ansible.module_utils.soulnear.restore import restore_database  # noqa: E402
 from pgcontainer import PgContainer  # noqa: E402
 
 MB = 1024.0 * 1024.0

@@ -278,8 +278,10 @@ steps:
 '''
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.soulnear.backup import (
-    FAILURES, create_backup, describe_failure, human, list_backups, settings_from_params)
+from ansible.module_utils.soulnear.backup import create_backup
+from ansible.module_utils.soulnear.backup_files import FAILURES, describe_failure, list_backups
+from ansible.module_utils.soulnear.backup_settings import settings_from_params
+from ansible.module_utils.soulnear.files import human
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 
 OPTIONS = dict(

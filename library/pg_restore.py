@@ -273,8 +273,9 @@ steps:
 '''
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.soulnear.backup import (
-    FAILURES, describe_failure, restore_database, restore_test, settings_from_params)
+from ansible.module_utils.soulnear.backup_files import FAILURES, describe_failure
+from ansible.module_utils.soulnear.backup_settings import settings_from_params
+from ansible.module_utils.soulnear.restore import restore_database, restore_test
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 
 OPTIONS = dict(

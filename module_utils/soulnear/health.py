@@ -37,7 +37,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from . import alert, containers
-from .backup import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, list_backups
+from .backup_files import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, list_backups
 from .migrate import MigrationError, status as migration_status
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of
 

@@ -7,10 +7,8 @@ names and sidecars, not dumps) and then runs the same apply_retention() the back
 import datetime
 import os
 
-import pytest
-from ansible.module_utils.soulnear.backup import (
-    DEFAULT_NAME_PATTERN, BackupError, apply_retention, list_backups, parse_name, pattern_regex, plan_retention,
-    remove_stale_partials)
+from ansible.module_utils.soulnear.backup_files import DEFAULT_NAME_PATTERN, list_backups, remove_stale_partials
+from ansible.module_utils.soulnear.retention import apply_retention, plan_retention
 
 POLICY = dict(name_pattern=DEFAULT_NAME_PATTERN, keep_daily=7, keep_weekly=4, keep_monthly=6, keep_last=2)
 
@@ -25,18 +23,6 @@ def write_backup(directory, when, verified=True):
 
 def dumps(directory):
     return sorted(n for n in os.listdir(directory) if n.startswith('backup_') and n.endswith('.dump'))
-
-
-def test_names_follow_the_pattern_and_bad_patterns_are_refused():
-    assert parse_name('backup_20250105_020001.dump', DEFAULT_NAME_PATTERN) == datetime.datetime(2025, 1, 5, 2, 0, 1)
-    assert parse_name('backup_20250105_020001.dump.sha256', DEFAULT_NAME_PATTERN) is None
-    assert parse_name('.backup_20250105_020001.dump.partial-12', DEFAULT_NAME_PATTERN) is None
-    assert parse_name('backup_20251399_020001.dump', DEFAULT_NAME_PATTERN) is None  # no 99th of month 13
-    assert parse_name('soul_bot-2025-01-05.dump', 'soul_bot-%Y-%m-%d.dump') == datetime.datetime(2025, 1, 5)
-    for bad in ('backups/%Y%m%d.dump', '.hidden_%Y%m%d', 'backup_%H%M%S.dump', 'backup_%Y%m%d_%s.dump',
-                'backup_%Y%m%d.dump.sha256', 'b_%Y%Y%m%d'):
-        with pytest.raises(BackupError):
-            pattern_regex(bad)
 
 
 def test_a_year_of_nightly_backups_keeps_7_daily_4_weekly_6_monthly(tmp_path):

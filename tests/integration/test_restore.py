@@ -1,6 +1,7 @@
-"""pg_restore against a real PostgreSQL container and a real (sleeping) bot container.
+"""restore_database and restore_test (restore.py) and the pg_restore module against a real PostgreSQL container
+and a real (sleeping) bot container.
 
-Real data (pgbench tables plus the bot's tables, fixtures from test_pg_backup.py): back up,
+Real data (pgbench tables plus the bot's tables, fixtures from test_backup.py): back up,
 damage, restore, compare row counts and per-table content checksums; corrupt and truncated
 backups; a restore that fails half-way; the swap with the bot stopped and started.
 """
@@ -17,9 +18,11 @@ import uuid
 import psycopg2
 import pytest
 import yaml
-from ansible.module_utils.soulnear.backup import BackupError, create_backup, restore_database, restore_test
-from test_pg_backup import bot_db_fixture, bot_template  # noqa: F401 - makes the fixtures available here
-from test_pg_backup import app_connect, settings_for, table_checksums
+from ansible.module_utils.soulnear.backup import create_backup
+from ansible.module_utils.soulnear.backup_files import BackupError
+from ansible.module_utils.soulnear.restore import restore_database, restore_test
+from test_backup import bot_db_fixture, bot_template  # noqa: F401 - makes the fixtures available here
+from test_backup import app_connect, settings_for, table_checksums
 from test_pg_migrate_ansible import ansible
 
 BOT_IMAGE = os.environ.get('SOULNEAR_TEST_BOT_IMAGE', 'soulnear/python:3-bookworm')

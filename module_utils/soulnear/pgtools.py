@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+# Copyright: SoulNear operations contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""PostgreSQL's tools in the database container, and the connections backup and restore open.
+
+pg_dump and pg_restore run inside the database container (`docker exec`), so the client is the server's own
+version; archives stream between the host and the container through a pipe. The password travels to them
+by environment variable name only (containers.exec_argv), so it never shows in a process list.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+import subprocess
+import tempfile
+
+from .backup_files import BackupError
+from .containers import DockerError, container_state, exec_argv, exec_env
+from .pg import ConnectError, connect
+
+
+def connect_to(settings, db=None):
+    """A connection (autocommit) as the settings' login to db (default: the settings' database)."""
+    params = dict(settings['conn'])
+    if db is not None:
+        params['login_db'] = db
+    try:
+        return connect(params, application_name='soulnear-backup')
+    except ConnectError as exc:
+        raise BackupError(str(exc)) from None
+
+
+def query(conn, statement, args=None):
+    """Run one statement; its rows, or None when it returns none."""
+    with conn.cursor() as cur:
+        cur.execute(statement, args)
+        return cur.fetchall() if cur.description else None
+
+
+def tool_env(settings):
+    """Environment for the tools in the container: the password travels by variable name only (exec_argv)."""
+    password = settings['conn'].get('login_password')
+    return {'PGPASSWORD': password} if password else {}
+
+
+def tool_argv(tool, settings, db, *extra):
+    return [tool, '--no-password', '--username', settings['conn'].get('login_user') or 'postgres',
+            '--dbname', db] + list(extra)
+
+
+def stderr_tail(handle, limit=2000):
+    """The end of a tool's stderr, captured in a temporary file."""
+    handle.seek(0)
+    text = handle.read().decode('utf-8', 'replace').strip()
+    return text[-limit:]
+
+
+def require_container(name):
+    try:
+        state = container_state(name)
+    except DockerError as exc:
+        raise BackupError(str(exc)) from None
+    if not state['running']:
+        raise BackupError('the database container %s is %s; pg_dump and pg_restore run inside it. Start it '
+                          '(docker start %s, or ansible-playbook deploy.yml --tags postgres) and run again'
+                          % (name, state['status'], name))
+    return state
+
+
+def feed_archive(settings, argv, path, env=None, capture=False):
+    """Run argv in the database container with the archive at path (on the host) on its stdin.
+
+    Returns (exit code, stdout bytes when capture else None, the end of stderr when it failed)."""
+    with open(path, 'rb') as stdin, tempfile.TemporaryFile() as err:
+        cmd = exec_argv(settings['container'], argv, user=settings['exec_user'], env=env, interactive=True)
+        proc = subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                              stderr=err, env=exec_env(env))
+        failure = (stderr_tail(err) or 'exit %d' % proc.returncode) if proc.returncode else ''
+        return proc.returncode, proc.stdout, failure
+
+
+def archive_toc(settings, path):
+    """`pg_restore --list` of a dump on the host, run in the database container; raises when it is unreadable."""
+    code, out, err = feed_archive(settings, ['pg_restore', '--list'], path, capture=True)
+    if code != 0:
+        raise BackupError('%s is not a readable PostgreSQL custom-format archive: pg_restore --list says: %s. '
+                          'Do not restore it; use another backup' % (path, err))
+    lines = out.decode('utf-8', 'replace').splitlines()
+    return [line for line in lines if line and not line.startswith(';')]
+
+
+def verify_full(settings, path):
+    """Read and decompress the whole archive (pg_restore to /dev/null): catches corrupt data blocks too."""
+    code, _out, err = feed_archive(settings, ['pg_restore', '--file=/dev/null'], path)
+    if code != 0:
+        raise BackupError('%s cannot be read completely: pg_restore says: %s. Do not restore it; use another '
+                          'backup' % (path, err))
+
+
+def toc_tables(toc):
+    """'schema table' of every TABLE DATA entry of a `pg_restore --list` (the owner, last, left out)."""
+    tables = []
+    for line in toc:
+        match = re.match(r'^\d+; \d+ \d+ TABLE DATA (.+) \S+$', line)
+        if match:
+            tables.append(match.group(1))
+    return tables
+
