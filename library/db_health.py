@@ -13,7 +13,7 @@ module: db_health
 short_description: One structured health report of a PostgreSQL-backed bot deployment
 description:
   - Answers "is it healthy?" for a SoulNear deployment with one report, used by the deploy, the redeploy, the
-    C(health.yml) playbook and (through the same Python code in C(module_utils/soulnear/health.py)) by the health
+    C(health.yml) playbook and (through the same Python code in C(module_utils/soulnear/checks.py)) by the health
     monitor on the host.
   - "Gap it fills: C(community.postgresql.postgresql_ping) only proves that a connection can be opened and
     C(community.postgresql.postgresql_info) collects facts without judging them; neither checks that the
@@ -222,11 +222,11 @@ duration_ms:
 '''
 
 import json
-import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
-from ansible.module_utils.soulnear.health import report_lines, run_checks
+from ansible.module_utils.soulnear.checks import report_lines, run_checks
+from ansible.module_utils.soulnear.files import write_private
 
 
 def read_state(path):
@@ -238,13 +238,7 @@ def read_state(path):
 
 
 def write_state(path, restart_counts):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + '.tmp'
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, 'w') as handle:
-        json.dump(dict(restart_counts=restart_counts), handle, sort_keys=True)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(dict(restart_counts=restart_counts), sort_keys=True))
 
 
 def main():

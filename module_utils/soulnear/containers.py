@@ -110,3 +110,11 @@ def start(name):
 
 def restart(name, timeout=30):
     run(['restart', '-t', str(int(timeout)), name], timeout=timeout + 60)
+
+
+def volume_mountpoint(name):
+    """Host directory of a Docker volume; None when the volume does not exist."""
+    proc = run(['volume', 'inspect', '--format', '{{.Mountpoint}}', name], check=False)
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode('utf-8', 'replace').strip() or None

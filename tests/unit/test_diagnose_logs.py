@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from ansible.module_utils.soulnear.health import _line_time, diagnosis_summary, recent_lines, tail_lines
+from ansible.module_utils.soulnear.diagnose import _line_time, diagnosis_summary, recent_lines, tail_lines
 
 UTC = timezone.utc
 

@@ -1,0 +1,372 @@
+# -*- coding: utf-8 -*-
+# Copyright: SoulNear operations contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The health checks of a SoulNear deployment: one answer to "is it healthy?".
+
+The db_health module and the `soulnear-health` host command (report, and every 60 s the monitor) run the
+same checks. run_checks(options) returns one structured report {ok, checks, failed, warnings, skipped,
+restart_counts, duration_ms, msg}; every check is {ok, value, message[, warning]} and a failure message
+names the fix. The options are the db_health module's parameters; DEFAULTS are their defaults, for the
+module's argument spec and the host command alike.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import time
+from datetime import datetime
+
+from . import containers
+from .backup_files import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, list_backups
+from .files import disk_usage
+from .migrate import MigrationError, status as migration_status
+from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of
+
+CHECK_ORDER = ('database', 'tables', 'migrations', 'connections', 'db_container', 'bot_container',
+               'backup_age', 'disk')
+DB_CHECKS = ('tables', 'migrations', 'connections')  # need a database connection
+
+# Option names are the db_health module's; the host command builds the same dict from its config files.
+DEFAULTS = dict(
+    required_tables=['aiogram_states', 'schema_migrations'],
+    migrations_path=None,
+    migrations_table='schema_migrations',
+    connections_warn_percent=80,
+    db_container=None,
+    bot_container=None,
+    restart_counts=None,
+    backup_dir=None,
+    backup_name_pattern=DEFAULT_NAME_PATTERN,
+    backup_max_age_hours=26.0,
+    require_backup=False,
+    disk_paths=[],
+    db_volume=None,
+    disk_max_used_percent=90,
+)
+
+LOGS_FIX = 'look at make logs-db / make logs-bot and make diagnose'
+
+
+def check(ok, value, message, warning=None):
+    result = dict(ok=bool(ok), value=value, message=message)
+    if warning:
+        result['warning'] = warning
+    return result
+
+
+# -- database checks ----------------------------------------------------------------------------
+
+def _connect_failure(exc):
+    """(sqlstate, server_unreachable) of a ConnectError; connect() keeps the psycopg2 error as context."""
+    cause = exc.__context__
+    if cause is None or psycopg2 is None or not isinstance(cause, psycopg2.Error):
+        return None, True
+    return sqlstate_of(cause), is_retryable(cause)
+
+
+def _system_identifier(cur):
+    """initdb's unique id of the cluster: it changes when the data directory was re-initialised."""
+    try:
+        cur.execute('SELECT system_identifier::text FROM pg_control_system()')
+        return cur.fetchone()[0]
+    except psycopg2.Error:  # revoked on some managed servers: the check works without it
+        return None
+
+
+def check_database(params, policy=None):
+    """Connect with the shared retry policy and run SELECT 1; returns (check, open connection or None)."""
+    started = time.time()
+    try:
+        conn = connect(params, policy=policy, application_name='soulnear health')
+    except ConnectError as exc:
+        code, unreachable = _connect_failure(exc)
+        if unreachable:
+            fix = ('start the database container (make restart, or docker start %s) and check its log '
+                   '(make logs-db)' % (params.get('db_container') or 'the database container'))
+        else:
+            fix = ('the server answers but refuses this login: check the app role and its password '
+                   '(vault_app_db_password). If the data volume was re-initialised, the role or database may be '
+                   'gone: DATA LOSS is possible, restore the latest backup (make restore) instead of recreating '
+                   'them')
+        return check(False, dict(sqlstate=code, server_unreachable=unreachable,
+                                 seconds=round(time.time() - started, 2)),
+                     '%s. Fix: %s' % (exc, fix)), None
+    try:
+        with conn.cursor() as cur:
+            began = time.time()
+            cur.execute('SELECT 1')
+            cur.fetchone()
+            latency = round((time.time() - began) * 1000, 1)
+            ident = _system_identifier(cur)
+    except psycopg2.Error as exc:
+        conn.close()
+        return check(False, dict(sqlstate=sqlstate_of(exc), server_unreachable=is_retryable(exc)),
+                     'connected, but SELECT 1 failed: %s. Fix: %s' % (describe_error(exc), LOGS_FIX)), None
+    value = dict(user=params.get('login_user'), database=params.get('login_db'),
+                 server_version=conn.server_version, latency_ms=latency, system_identifier=ident)
+    return check(True, value, 'SELECT 1 as %s on %s answered in %.1f ms'
+                 % (params.get('login_user'), params.get('login_db') or 'the default database', latency)), conn
+
+
+def check_tables(conn, tables):
+    tables = list(tables or [])
+    with conn.cursor() as cur:
+        cur.execute('SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(t) IS NULL', (tables,))
+        missing = [row[0] for row in cur.fetchall()]
+    if not missing:
+        return check(True, dict(missing=[], required=tables), 'all %d required table(s) present' % len(tables))
+    return check(False, dict(missing=missing, required=tables),
+                 'required table(s) missing: %s. DATA LOSS SUSPECTED if this database held data before (volume '
+                 're-initialised after a crash): restore the latest backup with make restore, do NOT let anything '
+                 'recreate an empty schema. On a new database, run the migrations (make migrate or deploy.yml)'
+                 % ', '.join(missing))
+
+
+def check_migrations(params, path, table):
+    try:
+        state = migration_status(params, path, table)
+    except MigrationError as exc:
+        return check(False, dict(path=path), '%s. Fix: point migrations_path at the bot\'s database/migrations '
+                     'directory on this host' % exc)
+    except ConnectError as exc:
+        return check(False, dict(path=path), 'could not read %s: %s' % (table, exc))
+    value = dict(state, path=path)
+    problems = []
+    if state['failed']:
+        problems.append('failed migration(s) %s: inspect the database, finish or undo the partial work, then run '
+                        'pg_migrate with repair: true' % ', '.join(state['failed']))
+    if state['drift']:
+        problems.append('applied migration(s) changed on disk (drift): %s; restore the original files and put '
+                        'changes in a new migration' % ', '.join(state['drift']))
+    if state['pending']:
+        problems.append('%d pending migration(s): %s; apply them with make migrate (or deploy.yml)'
+                        % (len(state['pending']), ', '.join(state['pending'])))
+    if problems:
+        return check(False, value, '; '.join(problems))
+    warning = None
+    if state['missing']:
+        warning = 'recorded migration(s) without a file in %s: %s' % (path, ', '.join(state['missing']))
+    return check(True, value, 'all migrations applied (current version %s)' % state['current_version'], warning)
+
+
+def check_connections(conn, warn_percent):
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FILTER (WHERE backend_type = 'client backend'), "
+                    "current_setting('max_connections')::int, "
+                    "current_setting('superuser_reserved_connections')::int, "
+                    "coalesce(current_setting('reserved_connections', true), '0')::int FROM pg_stat_activity")
+        used, maximum, su_reserved, reserved = cur.fetchone()
+    usable = max(1, maximum - su_reserved - reserved)
+    percent = round(100.0 * used / usable, 1)
+    value = dict(used=used, max_connections=maximum, reserved=su_reserved + reserved, usable=usable,
+                 percent=percent)
+    message = '%d of %d usable connection slots in use (%.0f%%; max_connections %d)' % (used, usable, percent,
+                                                                                       maximum)
+    warning = None
+    if percent >= warn_percent:
+        warning = ('%s, above %s%%: find the client holding them (SELECT application_name, state, count(*) FROM '
+                   'pg_stat_activity GROUP BY 1, 2) or raise postgres_max_connections' % (message, warn_percent))
+    return check(True, value, message, warning)
+
+
+# -- containers, backups, disk --------------------------------------------------------------------
+
+def check_container(name, previous_restart_count=None, role='database'):
+    """Running, Docker health status and restart count; warns when the restart count grew."""
+    try:
+        state = containers.container_state(name)
+    except containers.DockerError as exc:
+        return check(False, dict(name=name), 'cannot inspect container %s: %s' % (name, exc))
+    value = dict((k, state.get(k)) for k in ('name', 'exists', 'running', 'status', 'health', 'restart_count',
+                                             'started_at', 'oom_killed', 'exit_code'))
+    logs = 'make logs-db' if role == 'database' else 'make logs-bot'
+    if not state['exists']:
+        return check(False, value, 'container %s does not exist: run deploy.yml (make deploy) to create it' % name)
+    if not state['running']:
+        oom = ' It was killed by the OOM killer: give the host more memory or lower the load.' \
+            if state.get('oom_killed') else ''
+        return check(False, value, 'container %s is %s (exit code %s).%s Fix: start it (make restart, or docker '
+                     'start %s), then look at %s for why it stopped'
+                     % (name, state['status'], state.get('exit_code'), oom, name, logs))
+    if state['health'] == 'unhealthy':
+        return check(False, value, 'container %s runs but its healthcheck reports unhealthy: see %s and docker '
+                     'inspect --format "{{json .State.Health}}" %s' % (name, logs, name))
+    warnings = []
+    count = state['restart_count']
+    if previous_restart_count is not None and count > previous_restart_count:
+        warnings.append('Docker restarted %s %d time(s) since the last check (it crashed): see %s'
+                        % (name, count - previous_restart_count, logs))
+    elif previous_restart_count is None and count > 0:
+        warnings.append('Docker restarted %s %d time(s) since it was last started by hand (it crashed): see %s'
+                        % (name, count, logs))
+    if state['health'] == 'starting':
+        warnings.append('%s is still starting (healthcheck not passed yet)' % name)
+    message = 'container %s is running%s, restart count %d' % (
+        name, ' and %s' % state['health'] if state['health'] else '', count)
+    return check(True, value, message, '; '.join(warnings) or None)
+
+
+def check_backup_age(backup_dir, max_age_hours, require=False, pattern=DEFAULT_NAME_PATTERN, now=None):
+    """Age of the newest verified backup: one the backup command wrote a sha256 sidecar for, which it does only
+    after pg_restore --list accepted the dump."""
+    if not os.path.isdir(backup_dir):
+        if require:
+            return check(False, dict(backup_dir=backup_dir), 'backups directory %s does not exist: deploy the '
+                         'backup role (ansible-playbook deploy.yml --tags backup)' % backup_dir)
+        return check(True, dict(backup_dir=backup_dir, count=0), 'no backups yet (%s does not exist)' % backup_dir)
+    try:
+        backups = list_backups(backup_dir, pattern or DEFAULT_NAME_PATTERN)
+    except OSError as exc:
+        return check(False, dict(backup_dir=backup_dir), 'cannot read the backups directory: %s. Fix: run the check '
+                     'as root (become: true)' % exc)
+    verified = [b for b in backups if b['verified']]
+    value = dict(backup_dir=backup_dir, count=len(backups), verified=len(verified), newest=None, age_hours=None)
+    if not verified:
+        if backups:
+            return check(False, value, 'none of the %d backup(s) in %s is verified (no %s sidecar): the backup '
+                         'command could not verify them with pg_restore --list; see backup.log in the log directory '
+                         'and run make backup' % (len(backups), backup_dir, SIDECAR_SUFFIX))
+        if require:
+            return check(False, value, 'no backups in %s: run make backup and check the backup cron job'
+                         % backup_dir)
+        return check(True, value, 'no backups yet in %s' % backup_dir)
+    newest = verified[0]
+    # Backup names carry the host's local time (the backup command names them with datetime.now()).
+    age = ((now or datetime.now()) - newest['time']).total_seconds() / 3600.0
+    value.update(newest=newest['name'], age_hours=round(age, 2))
+    warning = None
+    if backups[0] is not newest:
+        warning = ('the newest backup %s has no %s sidecar (its verification failed or it is still being written)'
+                   % (backups[0]['name'], SIDECAR_SUFFIX))
+    if age > max_age_hours:
+        return check(False, value, 'the newest verified backup %s is %.1f h old (limit %s h): the daily backup is '
+                     'not running or failing; check the backup cron job and backup.log in the log directory, then '
+                     'run make backup' % (newest['name'], age, max_age_hours), warning)
+    return check(True, value, 'newest verified backup %s is %.1f h old' % (newest['name'], age), warning)
+
+
+def check_disk(paths, max_used_percent, db_volume=None):
+    paths = [p for p in (paths or []) if p]
+    notes = []
+    if db_volume:
+        try:
+            mount = containers.volume_mountpoint(db_volume)
+        except containers.DockerError as exc:
+            mount = None
+            notes.append('cannot locate volume %s: %s' % (db_volume, exc))
+        if mount:
+            paths.insert(0, mount)
+        elif not notes:
+            notes.append('volume %s does not exist: the database has no persistent data volume; run make diagnose'
+                         % db_volume)
+    usages, seen, full = [], set(), []
+    for path in paths:
+        try:
+            usage = disk_usage(path)
+        except OSError as exc:
+            notes.append('cannot measure %s: %s' % (path, exc))
+            continue
+        usages.append(usage)
+        if usage['device'] in seen:
+            continue
+        seen.add(usage['device'])
+        if usage['used_percent'] > max_used_percent:
+            full.append(usage)
+    value = [dict((k, u[k]) for k in ('path', 'used_percent', 'free_mb', 'total_mb')) for u in usages]
+    if full:
+        return check(False, value, '; '.join(
+            'disk of %s is %.1f%% full (%d MB free, limit %s%%)' % (u['path'], u['used_percent'], u['free_mb'],
+                                                                   max_used_percent) for u in full)
+            + ': free space (old backups beyond retention, docker image prune, docker builder prune) or grow the '
+              'disk; PostgreSQL stops with "No space left on device" when it is full', '; '.join(notes) or None)
+    summary = ', '.join('%s %.0f%% used' % (u['path'], u['used_percent']) for u in usages) or 'no paths'
+    return check(True, value, summary, '; '.join(notes) or None)
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+def _opt(options, key):
+    value = options.get(key)
+    return DEFAULTS[key] if value is None else value
+
+
+def _guarded(name, func, *args):
+    """A database check whose query failed (connection lost, permission denied, timeout) fails with the reason."""
+    try:
+        return func(*args)
+    except psycopg2.Error as exc:
+        return check(False, dict(sqlstate=sqlstate_of(exc)), 'the %s check failed: %s. Fix: %s'
+                     % (name, describe_error(exc), 'grant the app role access to it' if sqlstate_of(exc) == '42501'
+                        else LOGS_FIX))
+
+
+def run_checks(options, policy=None):
+    """All configured checks; options are the db_health module's parameters (connection ones included)."""
+    checks, skipped = {}, {}
+    started = time.time()
+    if policy is None:
+        policy = RetryPolicy(retries=options.get('retries', 3))
+    checks['database'], conn = check_database(options, policy)
+    try:
+        if conn is None:
+            for name in DB_CHECKS:
+                if name != 'migrations' or options.get('migrations_path'):
+                    skipped[name] = 'not checked: no database connection'
+        else:
+            checks['tables'] = _guarded('tables', check_tables, conn, _opt(options, 'required_tables'))
+            checks['connections'] = _guarded('connections', check_connections, conn,
+                                             _opt(options, 'connections_warn_percent'))
+    finally:
+        if conn is not None:
+            conn.close()
+    if conn is not None and options.get('migrations_path'):
+        checks['migrations'] = _guarded('migrations', check_migrations, dict(options, retries=0),
+                                        options['migrations_path'], _opt(options, 'migrations_table'))
+    previous = options.get('restart_counts') or {}
+    for key, role in (('db_container', 'database'), ('bot_container', 'bot')):
+        name = options.get(key)
+        if name:
+            checks[key] = check_container(name, previous.get(name), role)
+    if options.get('backup_dir'):
+        checks['backup_age'] = check_backup_age(options['backup_dir'], float(_opt(options, 'backup_max_age_hours')),
+                                                bool(options.get('require_backup')),
+                                                _opt(options, 'backup_name_pattern'))
+    disk_paths = list(_opt(options, 'disk_paths'))
+    if options.get('backup_dir'):
+        disk_paths.append(options['backup_dir'])
+    if disk_paths or options.get('db_volume'):
+        checks['disk'] = check_disk(disk_paths, _opt(options, 'disk_max_used_percent'), options.get('db_volume'))
+    return build_report(checks, skipped, time.time() - started)
+
+
+def build_report(checks, skipped, seconds):
+    ordered = dict((name, checks[name]) for name in CHECK_ORDER if name in checks)
+    failed = [name for name, c in ordered.items() if not c['ok']]
+    warnings = ['%s: %s' % (name, c['warning']) for name, c in ordered.items() if c.get('warning')]
+    restart_counts = dict((c['value']['name'], c['value'].get('restart_count') or 0)
+                          for name, c in ordered.items() if name.endswith('_container') and c['value'].get('exists'))
+    report = dict(ok=not failed, checks=ordered, failed=failed, warnings=warnings, skipped=skipped,
+                  restart_counts=restart_counts, duration_ms=int(seconds * 1000))
+    report['msg'] = summarize(report)
+    return report
+
+
+def summarize(report):
+    if report['failed']:
+        return 'unhealthy: ' + ' | '.join('%s: %s' % (n, report['checks'][n]['message']) for n in report['failed'])
+    text = 'healthy: %d check(s) passed' % len(report['checks'])
+    if report['warnings']:
+        text += ' with %d warning(s): %s' % (len(report['warnings']), ' | '.join(report['warnings']))
+    return text
+
+
+def report_lines(report):
+    """The report for people, one line per check."""
+    lines = ['%-13s %-4s %s' % (name, 'ok' if c['ok'] else 'FAIL', c['message'])
+             + (' [warning: %s]' % c['warning'] if c.get('warning') else '')
+             for name, c in report['checks'].items()]
+    lines += ['%-13s skip %s' % (name, why) for name, why in report.get('skipped', {}).items()]
+    return lines
+

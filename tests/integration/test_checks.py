@@ -1,0 +1,281 @@
+"""The health checks (checks.py) and the db_health module against a real PostgreSQL and real containers.
+
+Nothing is mocked: the checks run against throwaway clusters (tests/pgcluster.py) and containers on
+the local Docker engine.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+
+import pytest
+import yaml
+from ansible.module_utils.soulnear import checks as soulnear_checks
+from ansible.module_utils.soulnear.files import disk_usage
+from ansible.module_utils.soulnear.migrate import MigrationError
+from healthenv import MIGRATIONS, ROOT, app_database, execute, inspect, migrate, wait_healthy
+from healthenv import app_db_fixture, throwaway_fixture  # noqa: F401 - the app_db and throwaway fixtures
+from pgcluster import Cluster, free_port
+from pgcontainer import docker
+
+BIN = os.path.dirname(sys.executable)
+
+
+def checks(params, **options):
+    return soulnear_checks.run_checks(dict(params, **options))
+
+
+# -- the checks ------------------------------------------------------------------------------------
+
+def test_healthy(app_db):
+    report = checks(app_db, migrations_path=MIGRATIONS)
+    assert report['ok'] is True, report['msg']
+    assert report['failed'] == [] and report['skipped'] == {}
+    assert list(report['checks']) == ['database', 'tables', 'migrations', 'connections']
+    db = report['checks']['database']
+    assert db['ok'] and db['value']['user'] == app_db['login_user'] and db['value']['server_version'] >= 150000
+    assert 'SELECT 1 as %s' % app_db['login_user'] in db['message']
+    assert report['checks']['tables']['value']['missing'] == []
+    assert report['checks']['migrations']['value']['current_version'] == '3'
+    assert report['checks']['migrations']['value']['pending'] == []
+    assert report['msg'].startswith('healthy: 4 check(s) passed')
+
+
+def test_table_missing(app_db):
+    execute(app_db, 'DROP TABLE aiogram_states')
+    report = checks(app_db, migrations_path=MIGRATIONS)
+    assert report['ok'] is False and report['failed'] == ['tables']
+    tables = report['checks']['tables']
+    assert tables['value']['missing'] == ['aiogram_states']
+    assert 'DATA LOSS SUSPECTED' in tables['message'] and 'make restore' in tables['message']
+    assert 'tables: required table(s) missing: aiogram_states' in report['msg']
+
+
+def test_pending_migration(app_db, tmp_path):
+    path = tmp_path / 'migrations'
+    shutil.copytree(MIGRATIONS, path)
+    (path / '004_settings.sql').write_text('CREATE TABLE settings (key text PRIMARY KEY);\n')
+    report = checks(app_db, migrations_path=str(path))
+    assert report['failed'] == ['migrations']
+    result = report['checks']['migrations']
+    assert result['value']['pending'] == ['004_settings.sql']
+    assert '1 pending migration(s): 004_settings.sql' in result['message'] and 'make migrate' in result['message']
+
+
+def test_failed_migration(app_db, tmp_path):
+    path = tmp_path / 'migrations'
+    shutil.copytree(MIGRATIONS, path)
+    (path / '004_concurrent.sql').write_text('-- pg_migrate: no-transaction\n'
+                                             'CREATE INDEX CONCURRENTLY users_username_idx ON users (username);\n'
+                                             'CREATE INDEX CONCURRENTLY broken_idx ON no_such_table (x);\n')
+    with pytest.raises(MigrationError):
+        migrate(app_db, path)
+    report = checks(app_db, migrations_path=str(path))
+    assert report['failed'] == ['migrations']
+    result = report['checks']['migrations']
+    assert result['value']['failed'] == ['004_concurrent.sql']
+    assert 'failed migration(s) 004_concurrent.sql' in result['message'] and 'repair: true' in result['message']
+
+
+def test_migrations_directory_missing(app_db, tmp_path):
+    report = checks(app_db, migrations_path=str(tmp_path / 'nowhere'))
+    assert report['failed'] == ['migrations']
+    assert 'does not exist' in report['checks']['migrations']['message']
+    assert 'migrations_path' in report['checks']['migrations']['message']
+
+
+def test_a_failing_query_fails_its_check_not_the_report(pg_server, pg_db):
+    app = app_database(pg_server, pg_db)
+    # A tracking table the app role may not read (created by another role): permission denied, SQLSTATE 42501.
+    pg_server.query('CREATE TABLE schema_migrations (version text, name text)', db=pg_db['login_db'])
+    report = checks(app, migrations_path=MIGRATIONS, required_tables=[])
+    assert report['failed'] == ['migrations']
+    message = report['checks']['migrations']['message']
+    assert 'permission denied for table schema_migrations' in message and 'grant the app role' in message
+
+
+def test_wrong_password_is_not_retried(app_db):
+    started = time.time()
+    report = checks(dict(app_db, login_password='wrong-password'), migrations_path=MIGRATIONS)
+    elapsed = time.time() - started
+    assert elapsed < 1.5, 'an authentication failure must not be retried (took %.1fs)' % elapsed
+    assert report['ok'] is False and report['failed'] == ['database']
+    db = report['checks']['database']
+    assert '(1 attempt(s))' in db['message'] and 'password authentication failed' in db['message']
+    assert 'check the password' in db['message'] and 'vault_app_db_password' in db['message']
+    assert db['value']['server_unreachable'] is False and db['value']['sqlstate'] == '28P01'
+    assert set(report['skipped']) == {'tables', 'connections', 'migrations'}
+    assert 'wrong-password' not in json.dumps(report)
+
+
+def test_server_down_is_retried_then_fails_clearly():
+    params = dict(login_host='127.0.0.1', login_port=free_port(), login_user='soulnear', login_password='x',
+                  login_db='soul_bot', connect_timeout=2)
+    started = time.time()
+    report = checks(params, db_container='soulnear_postgres')
+    elapsed = time.time() - started
+    assert elapsed >= 3.4, 'expected 0.5 + 1 + 2 s of backoff, took %.1fs' % elapsed
+    db = report['checks']['database']
+    assert db['ok'] is False and db['value']['server_unreachable'] is True
+    assert '(4 attempt(s))' in db['message'] and 'Connection refused' in db['message']
+    assert 'make restart' in db['message'] and 'make logs-db' in db['message']
+
+
+def test_connections_near_the_maximum():
+    cluster = Cluster(settings={'max_connections': '20'}).init().start()
+    held = []
+    try:
+        cluster.wait_ready()
+        params = cluster.params()
+        quiet = checks(params)['checks']['connections']
+        assert quiet['ok'] and 'warning' not in quiet
+        assert quiet['value']['max_connections'] == 20 and quiet['value']['usable'] == 17
+        held = [cluster.connect() for _ in range(14)]
+        busy = checks(params, connections_warn_percent=80, required_tables=[])
+        result = busy['checks']['connections']
+        assert busy['ok'] is True, 'a warning must not fail the report'
+        assert result['value']['used'] == 15 and result['value']['percent'] == pytest.approx(88.2, abs=0.1)
+        assert 'above 80%' in result['warning'] and 'pg_stat_activity' in result['warning']
+        assert any(w.startswith('connections: 15 of 17') for w in busy['warnings'])
+    finally:
+        for conn in held:
+            conn.close()
+        cluster.destroy()
+
+
+def test_container_checks(pg_container, throwaway):
+    wait_healthy(pg_container.name)
+    report = checks(pg_container.params(), db_container=pg_container.name, bot_container='soulnear-test-missing')
+    db = report['checks']['db_container']
+    assert db['ok'] and db['value']['running'] and db['value']['health'] == 'healthy'
+    assert db['value']['restart_count'] == 0 and 'warning' not in db
+    assert report['restart_counts'] == {pg_container.name: 0}
+    bot = report['checks']['bot_container']
+    assert bot['ok'] is False and 'does not exist' in bot['message'] and 'deploy.yml' in bot['message']
+
+    stopped = throwaway()
+    docker('stop', '-t', '0', stopped)
+    result = soulnear_checks.check_container(stopped, role='bot')
+    assert result['ok'] is False and 'is exited' in result['message'] and 'make logs-bot' in result['message']
+
+
+def test_restart_count_growth_is_a_warning(throwaway):
+    name = throwaway('--restart', 'on-failure', command=('sh', '-c', 'sleep 0.3; exit 3'))
+    deadline = time.time() + 20
+    while int(inspect(name, '{{.RestartCount}}')) < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    first = soulnear_checks.check_container(name, role='bot')
+    seen = first['value']['restart_count']
+    assert seen >= 1
+    assert 'since it was last started by hand' in first.get('warning', '')
+    while int(inspect(name, '{{.RestartCount}}')) <= seen and time.time() < deadline:
+        time.sleep(0.2)
+    grown = soulnear_checks.check_container(name, previous_restart_count=seen, role='bot')
+    assert 'since the last check (it crashed)' in grown['warning']
+    current = grown['value']['restart_count']
+    same = soulnear_checks.check_container(name, previous_restart_count=current + 100, role='bot')
+    assert 'since the last check' not in (same.get('warning') or '')
+
+
+def write_backup(directory, hours_old, verified=True):
+    """A backup file named as the backup command names it (local time) hours_old ago, with its sidecar."""
+    name = (datetime.now() - timedelta(hours=hours_old)).strftime('backup_%Y%m%d_%H%M%S.dump')
+    path = directory / name
+    path.write_bytes(b'PGDMP fake dump')
+    if verified:
+        (directory / (name + '.sha256')).write_text('0' * 64 + '  ' + name + '\n')
+    return name
+
+
+def test_backup_age(tmp_path):
+    backups = tmp_path / 'backups'
+    none_yet = soulnear_checks.check_backup_age(str(backups), 26)
+    assert none_yet['ok'] and 'no backups yet' in none_yet['message']
+    assert not soulnear_checks.check_backup_age(str(backups), 26, require=True)['ok']
+    backups.mkdir()
+    assert soulnear_checks.check_backup_age(str(backups), 26)['message'].startswith('no backups yet')
+    required = soulnear_checks.check_backup_age(str(backups), 26, require=True)
+    assert not required['ok'] and 'make backup' in required['message']
+
+    old_name = write_backup(backups, hours_old=50)
+    old = soulnear_checks.check_backup_age(str(backups), 26)
+    assert old['ok'] is False and old['value']['newest'] == old_name
+    assert old['value']['age_hours'] == pytest.approx(50, abs=0.1)
+    assert '50.0 h old (limit 26 h)' in old['message'] and 'make backup' in old['message']
+
+    fresh_name = write_backup(backups, hours_old=2)
+    unverified_name = write_backup(backups, hours_old=1, verified=False)  # failed verification / in progress
+    (backups / 'notes.txt').write_text('not a backup')
+    fresh = soulnear_checks.check_backup_age(str(backups), 26)
+    assert fresh['ok'] is True and fresh['value']['newest'] == fresh_name
+    assert fresh['value']['count'] == 3 and fresh['value']['verified'] == 2
+    assert '%s has no .sha256 sidecar' % unverified_name in fresh['warning']
+
+    unverified = tmp_path / 'unverified'
+    unverified.mkdir()
+    write_backup(unverified, hours_old=1, verified=False)
+    result = soulnear_checks.check_backup_age(str(unverified), 26)
+    assert result['ok'] is False and 'none of the 1 backup(s)' in result['message']
+
+    custom = tmp_path / 'custom'
+    custom.mkdir()
+    (custom / (datetime.now() - timedelta(hours=3)).strftime('soul_%Y-%m-%d_%H%M%S.dump')).write_bytes(b'x')
+    for path in custom.iterdir():
+        (custom / (path.name + '.sha256')).write_text('0' * 64 + '\n')
+    named = soulnear_checks.check_backup_age(str(custom), 26, pattern='soul_%Y-%m-%d_%H%M%S.dump')
+    assert named['ok'] and named['value']['age_hours'] == pytest.approx(3, abs=0.1)
+
+
+def test_disk_free_on_real_paths(tmp_path):
+    actual = disk_usage(str(tmp_path))['used_percent']
+    fine = soulnear_checks.check_disk([str(tmp_path), str(tmp_path / 'not-yet-created')], 100)
+    assert fine['ok'] is True and len(fine['value']) == 2
+    assert fine['value'][0]['free_mb'] > 0 and fine['value'][0]['used_percent'] == pytest.approx(actual, abs=1)
+    full = soulnear_checks.check_disk([str(tmp_path)], max(0, int(actual) - 1))
+    assert full['ok'] is False and 'full' in full['message'] and 'docker image prune' in full['message']
+    missing = soulnear_checks.check_disk([str(tmp_path)], 100, db_volume='soulnear-test-no-such-volume')
+    assert missing['ok'] is True and 'does not exist' in missing['warning']
+
+
+# -- the module through Ansible ------------------------------------------------------------------------
+
+def run_module(tmp_path, args, *extra):
+    play = [{'name': 'Health', 'hosts': 'localhost', 'gather_facts': False,
+             'tasks': [{'name': 'Check health', 'db_health': args, 'register': 'health'}]}]
+    book = tmp_path / 'health.yml'
+    book.write_text(yaml.safe_dump(play))
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_NOCOLOR='1',
+               ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'), ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', 'localhost,', '-c', 'local', str(book)]
+                          + list(extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    data = json.loads(proc.stdout[proc.stdout.index('{'):])
+    return proc, data['plays'][0]['tasks'][0]['hosts']['localhost']
+
+
+def test_module_through_ansible(app_db, tmp_path):
+    state = tmp_path / 'state' / 'health.json'
+    args = dict(app_db, migrations_path=MIGRATIONS, backup_dir=str(tmp_path / 'backups'),
+                disk_paths=[str(tmp_path)], disk_max_used_percent=100, state_file=str(state))
+    proc, result = run_module(tmp_path, args, '--check')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert result['ok'] is True and result['changed'] is False and result['failed_checks'] == []
+    assert set(result['checks']) == {'database', 'tables', 'migrations', 'connections', 'backup_age', 'disk'}
+    assert result['checks']['backup_age']['message'].startswith('no backups yet')
+    assert not state.exists(), 'check mode must not write the state file'
+
+    execute(app_db, 'DROP TABLE aiogram_states')
+    proc, result = run_module(tmp_path, dict(args, fail_on_unhealthy=True), '-vvv')
+    assert proc.returncode != 0
+    assert result['failed'] is True and result['ok'] is False and result['failed_checks'] == ['tables']
+    assert 'aiogram_states' in result['msg'] and 'make restore' in result['msg']
+    assert 'Traceback' not in proc.stdout
+    assert app_db['login_password'] not in proc.stdout + proc.stderr
+
+    proc, result = run_module(tmp_path, dict(args, fail_on_unhealthy=False))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert result.get('failed', False) is False and result['ok'] is False and result['failed_checks'] == ['tables']
+    assert state.exists()
