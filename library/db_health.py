@@ -225,7 +225,7 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
-from ansible.module_utils.soulnear.checks import report_lines, run_checks
+from ansible.module_utils.soulnear.checks import DEFAULTS, report_lines, run_checks
 from ansible.module_utils.soulnear.files import write_private
 
 
@@ -241,26 +241,31 @@ def write_state(path, restart_counts):
     write_private(path, json.dumps(dict(restart_counts=restart_counts), sort_keys=True))
 
 
-def main():
-    argument_spec = connection_argument_spec()
-    argument_spec.update(
-        required_tables=dict(type='list', elements='str', default=['aiogram_states', 'schema_migrations']),
+def argument_spec():
+    """The connection options and the checks' options, with the checks' DEFAULTS (the soulnear-health command's)."""
+    spec = connection_argument_spec()
+    spec.update(
+        required_tables=dict(type='list', elements='str', default=list(DEFAULTS['required_tables'])),
         migrations_path=dict(type='path'),
-        migrations_table=dict(type='str', default='schema_migrations'),
-        connections_warn_percent=dict(type='int', default=80),
+        migrations_table=dict(type='str', default=DEFAULTS['migrations_table']),
+        connections_warn_percent=dict(type='int', default=DEFAULTS['connections_warn_percent']),
         db_container=dict(type='str'),
         bot_container=dict(type='str'),
         state_file=dict(type='path'),
         backup_dir=dict(type='path'),
-        backup_name_pattern=dict(type='str', default='backup_%Y%m%d_%H%M%S.dump'),
-        backup_max_age_hours=dict(type='float', default=26),
-        require_backup=dict(type='bool', default=False),
-        disk_paths=dict(type='list', elements='path', default=[]),
+        backup_name_pattern=dict(type='str', default=DEFAULTS['backup_name_pattern']),
+        backup_max_age_hours=dict(type='float', default=DEFAULTS['backup_max_age_hours']),
+        require_backup=dict(type='bool', default=DEFAULTS['require_backup']),
+        disk_paths=dict(type='list', elements='path', default=list(DEFAULTS['disk_paths'])),
         db_volume=dict(type='str'),
-        disk_max_used_percent=dict(type='int', default=90),
+        disk_max_used_percent=dict(type='int', default=DEFAULTS['disk_max_used_percent']),
         fail_on_unhealthy=dict(type='bool', default=True),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
 

@@ -280,26 +280,19 @@ steps:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.backup import create_backup
 from ansible.module_utils.soulnear.backup_files import FAILURES, describe_failure, list_backups
-from ansible.module_utils.soulnear.backup_settings import settings_from_params
+from ansible.module_utils.soulnear.backup_settings import settings_argument_spec, settings_from_params
 from ansible.module_utils.soulnear.files import human
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 
-OPTIONS = dict(
-    backup_dir=dict(type='path', required=True),
-    container=dict(type='str', default='soulnear_postgres'),
-    exec_user=dict(type='str', default='postgres'),
-    name_pattern=dict(type='str', default='backup_%Y%m%d_%H%M%S.dump'),
-    compression=dict(type='str', default='auto', choices=['auto', 'gzip', 'zstd', 'lz4', 'none']),
-    compression_level=dict(type='int'),
-    verify=dict(type='str', default='list', choices=['list', 'full']),
-    space_margin=dict(type='float', default=1.2),
-    prune=dict(type='bool', default=True),
-    keep_daily=dict(type='int', default=7),
-    keep_weekly=dict(type='int', default=4),
-    keep_monthly=dict(type='int', default=6),
-    keep_last=dict(type='int', default=2),
-    offsite=dict(type='str', default=''),
-)
+# The backup settings this module takes; types, defaults and choices come from backup_settings.
+SETTINGS = ('backup_dir', 'container', 'exec_user', 'name_pattern', 'compression', 'compression_level', 'verify',
+            'space_margin', 'prune', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_last', 'offsite')
+
+
+def argument_spec():
+    spec = connection_argument_spec()
+    spec.update(settings_argument_spec(SETTINGS))
+    return spec
 
 
 def summary(result, check_mode):
@@ -312,15 +305,13 @@ def summary(result, check_mode):
 
 
 def main():
-    argument_spec = connection_argument_spec()
-    argument_spec.update(OPTIONS)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
 
     steps = []
     try:
-        settings = settings_from_params(module.params, OPTIONS)
+        settings = settings_from_params(module.params, SETTINGS)
         before = [b['name'] for b in list_backups(settings['backup_dir'], settings['name_pattern'])]
         result = create_backup(settings, check_mode=module.check_mode, log=steps.append)
     except FAILURES as exc:

@@ -274,45 +274,35 @@ steps:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.backup_files import FAILURES, describe_failure
-from ansible.module_utils.soulnear.backup_settings import settings_from_params
-from ansible.module_utils.soulnear.restore import restore_database, restore_test
+from ansible.module_utils.soulnear.backup_settings import settings_argument_spec, settings_from_params
+from ansible.module_utils.soulnear.restore import LATEST, restore_database, restore_test
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 
-OPTIONS = dict(
-    backup_dir=dict(type='path', required=True),
-    name_pattern=dict(type='str', default='backup_%Y%m%d_%H%M%S.dump'),
-    container=dict(type='str', default='soulnear_postgres'),
-    exec_user=dict(type='str', default='postgres'),
-    bot_container=dict(type='str', default=''),
-    bot_stop_timeout=dict(type='int', default=30),
-    safety_backup=dict(type='bool', default=True),
-    owner=dict(type='str', default=''),
-    no_owner=dict(type='bool', default=False),
-    require_checksum=dict(type='bool', default=True),
-    space_margin=dict(type='float', default=1.2),
-    compression=dict(type='str', default='auto', choices=['auto', 'gzip', 'zstd', 'lz4', 'none']),
-    largest_tables=dict(type='int', default=5),
-    analyze=dict(type='bool', default=False),
-    maintenance_work_mem=dict(type='str', default='256MB'),
-    maintenance_db=dict(type='str', default='postgres'),
-)
+# The backup settings this module takes; types, defaults and choices come from backup_settings.
+SETTINGS = ('backup_dir', 'name_pattern', 'container', 'exec_user', 'bot_container', 'bot_stop_timeout',
+            'safety_backup', 'owner', 'no_owner', 'require_checksum', 'space_margin', 'compression', 'largest_tables',
+            'analyze', 'maintenance_work_mem', 'maintenance_db')
 
 
-def main():
-    argument_spec = connection_argument_spec()
-    argument_spec.update(OPTIONS)
-    argument_spec.update(
-        backup=dict(type='str', default='latest'),
+def argument_spec():
+    spec = connection_argument_spec()
+    spec.update(settings_argument_spec(SETTINGS))
+    spec.update(
+        backup=dict(type='str', default=LATEST),
         confirm=dict(type='str'),
         test_only=dict(type='bool', default=False),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
 
     steps = []
     try:
-        settings = settings_from_params(module.params, OPTIONS)
+        settings = settings_from_params(module.params, SETTINGS)
         if module.params['test_only']:
             if module.check_mode:
                 module.exit_json(changed=False, msg='Would restore %s into a throwaway database, check it and drop it'

@@ -22,7 +22,7 @@ from .backup import create_backup
 from .backup_files import FAILURES, BackupError, describe_failure, list_backups
 from .backup_settings import settings_from_config
 from .files import human
-from .restore import restore_test
+from .restore import LATEST, restore_test
 
 
 def _load_json(path, required=True):
@@ -50,7 +50,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest='command', required=True)
     sub.add_parser('backup', help='dump, verify, prune, copy offsite; alert and exit 1 on failure')
     test = sub.add_parser('restore-test', help='restore a backup into a throwaway database, check it, drop it')
-    test.add_argument('--backup', default='latest', help='latest (default) or a file name in the backups directory')
+    test.add_argument('--backup', default=LATEST, help='%s (default) or a file name in the backups directory' % LATEST)
     sub.add_parser('list', help='list the backups with their verification state')
     args = parser.parse_args(argv)
 

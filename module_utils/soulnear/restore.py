@@ -38,11 +38,13 @@ if psycopg2 is not None:
 else:  # pragma: no cover - connect() reports the missing library
     pgsql = None
 
+LATEST = 'latest'  # the backup to restore when none is named: the newest verified one
 
-def resolve_backup(settings, backup='latest'):
+
+def resolve_backup(settings, backup=LATEST):
     """Path of the backup to restore: the newest verified one for 'latest', else a name in backup_dir or a path."""
     directory = settings['backup_dir']
-    if not backup or backup == 'latest':
+    if not backup or backup == LATEST:
         verified = [b for b in list_backups(directory, settings['name_pattern']) if b['verified']]
         if not verified:
             raise BackupError('no verified backup (a %s file with its %s sidecar) in %s; take one with '
@@ -263,7 +265,7 @@ def _swap(settings, live, new, old, log):
         conn.close()
 
 
-def restore_database(settings, backup='latest', confirm=None, check_mode=False, log=null_log):
+def restore_database(settings, backup=LATEST, confirm=None, check_mode=False, log=null_log):
     """Replace the live database with a backup (see the module docstring for the order of steps)."""
     started = time.time()
     live = settings['conn']['login_db']
@@ -444,7 +446,7 @@ def _swap_with_bot_stopped(settings, live, new, old, result, log):
             result['bot']['started'] = True
 
 
-def restore_test(settings, backup='latest', log=null_log):
+def restore_test(settings, backup=LATEST, log=null_log):
     """Restore a backup into a throwaway database, check it, drop it; returns a report (raises on failure)."""
     started = time.time()
     path = resolve_backup(settings, backup)

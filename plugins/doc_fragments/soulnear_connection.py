@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: SoulNear operations contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Connection options shared by every SoulNear module (module_utils/soulnear_pg.connection_argument_spec)."""
+"""Connection options shared by every SoulNear module (connection_argument_spec in module_utils/soulnear/pg.py)."""
 
 from __future__ import absolute_import, division, print_function
 
