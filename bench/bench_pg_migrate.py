@@ -26,7 +26,7 @@ import ansible.module_utils  # noqa: E402
 
 ansible.module_utils.__path__.append(os.path.join(ROOT, 'module_utils'))
 
-from ansible.module_utils.soulnear_migrate import Migrator  # noqa: E402
+from ansible.module_utils.soulnear.migrate import Migrator  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 
 # Runs the module file the way AnsiballZ does on a host: a fresh Python process

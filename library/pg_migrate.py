@@ -7,50 +7,117 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: pg_migrate
-short_description: Apply versioned SQL migration files to PostgreSQL, tracked and locked
+short_description: Apply SQL migrations to PostgreSQL (several tools' layouts), tracked, checked and locked
 description:
-  - Applies the C(*.sql) files of a directory to a PostgreSQL database in version order, each file in its own
-    transaction, and records every applied file in a tracking table (C(schema_migrations) by default) with its
-    version, name, sha256 checksum, applied_at, execution time, success and who applied it.
+  - Applies the migrations of a directory to a PostgreSQL database in version order, each in its own transaction,
+    and records every applied migration in a tracking table (C(schema_migrations) by default) with its version,
+    name, sha256 checksum, applied_at, execution time, success and who applied it.
   - "Gap it fills: community.postgresql has C(postgresql_script) and C(postgresql_query), which run SQL but keep no
     record of what ran, take no lock against a concurrent run, and cannot detect a changed file. This module is the
-    missing migration runner: ordering, tracking, drift detection, locking, baseline and failure reporting."
-  - "File names and ordering: C(001_init.sql), C(20251105_add_x.sql) (a number, then C(_), C(-) or C(.) and a
-    description) or Flyway style C(V1_2__description.sql) / C(V1.2__description.sql). Versions are compared
-    numerically part by part (2 < 10 < 10.1 < 20251105). C(R__description.sql) files are repeatable: they are
-    (re)applied after the versioned files whenever their checksum changes. Any other C(.sql) file fails the run
-    (it would otherwise never be applied). Files not ending in C(.sql) are ignored."
-  - The checksum is the sha256 of the file with a UTF-8 BOM removed and line endings normalised to LF.
-  - A session-level advisory lock is held for the whole run. A second runner waits up to O(lock_timeout) seconds,
-    then fails naming the holder (pid, application_name, client).
-  - Each file runs statement by statement inside one transaction, so a failure names the file, the line of the
-    failing statement and PostgreSQL's message; the failing file is rolled back completely, later files are not
-    run and files before it stay applied. A file wrapped in its own C(BEGIN;) ... C(COMMIT;) is accepted (our
-    transaction replaces its own); other transaction control statements are refused.
-  - "A first line C(-- pg_migrate: no-transaction) runs the file outside a transaction, one statement at a time (for
-    C(CREATE INDEX CONCURRENTLY) and the like). If such a file fails, it is recorded as failed with the statement
-    and the error, and later runs refuse to continue until the operator has inspected the database and runs with
-    O(repair=true)."
-  - A table left by an older runner (for example only a C(version) or C(filename) column) is adopted, not broken.
-    The missing columns are added; the old rows are kept and matched to the files by version.
+    missing migration runner: ordering, tracking, drift detection, locking, baseline, takeover from another tool
+    and failure reporting."
+  - "Layouts (O(format), detected when V(auto)): V(plain) C(001_init.sql), C(20251105_add_x.sql) (a number, then
+    C(_), C(-) or C(.)) plus Flyway-style C(V1_2__x.sql) and C(R__x.sql); V(flyway) C(V)/C(R) files, C(${name})
+    placeholders (O(placeholders)), C(B<version>__x.sql) baseline migrations (used on a fresh database instead of
+    the versions up to theirs), C(U<version>__x.sql) undo files (never run), callbacks (C(beforeMigrate.sql),
+    C(beforeEachMigrate.sql), C(afterEachMigrate.sql), C(beforeRepeatables.sql), C(afterVersioned.sql),
+    C(afterMigrate.sql), C(afterMigrateApplied.sql), C(afterMigrateError.sql)) and C(<script>.conf) settings;
+    V(golang-migrate) and V(sqlx) C(N_name.up.sql) runs, C(N_name.down.sql) never runs forward; V(dbmate),
+    V(goose), V(sql-migrate) one file with up and down sections, only the up section runs; V(prisma)
+    C(<version>_name/migration.sql) and V(diesel) C(<version>_name/up.sql), one folder per migration."
+  - "Never a silent success: a wrong O(path), a directory without migrations, a file or subfolder the layout does
+    not explain (it would be skipped), a dangling C(*.sql) symlink or a directory named C(*.sql) fail the run and
+    are listed. With V(auto), a directory that mixes styles fails and names them."
+  - "Every pending migration is read and checked before the first one is applied, and all problems are reported
+    together with nothing applied (also in check mode): an unparseable file, a psql meta-command (C(\\i),
+    C(\\set)), C(COPY ... FROM STDIN), a transaction statement in the middle of a file, a file wrapped in
+    C(BEGIN; ... ROLLBACK;), an unresolved placeholder, a down section marker in a file of a layout without
+    sections."
+  - "Transactions: a file wrapped in C(BEGIN; ... COMMIT;) is unwrapped and its options (C(BEGIN ISOLATION LEVEL
+    SERIALIZABLE)) are honoured with C(SET TRANSACTION). A file whose statements all refuse a transaction block
+    (C(CREATE INDEX CONCURRENTLY), C(VACUUM), C(ALTER SYSTEM), C(CREATE DATABASE) ...) runs outside a transaction,
+    as Flyway does; a file that mixes such a statement with others is refused, naming the directive of its layout
+    that runs the whole file outside a transaction, statement by statement (C(-- pg_migrate: no-transaction) as
+    the first line in every layout). A failed file outside a transaction is recorded as failed; the next run
+    refuses until the operator has inspected the database and runs with O(repair=true)."
+  - "Locks: each migration statement runs with C(lock_timeout) = O(ddl_lock_timeout), so an C(ALTER TABLE) stuck
+    behind a backup or a long transaction does not queue the bot's queries behind it; a lock timeout (55P03) is
+    retried O(ddl_lock_retries) times with backoff (0.5 s, 1 s, 2 s ...), then the run fails naming the blocking
+    pid and its query. C(CONCURRENTLY) statements wait without that limit (they block nobody).
+    O(statement_timeout) limits every statement. The session is reset after every file (role, search_path,
+    settings, temporary tables, prepared statements) without releasing the run's advisory lock."
+  - The checksum is the sha256 of the file with a UTF-8 BOM removed and line endings normalised to LF; the text
+    executed is the file's own (only the BOM removed).
+  - A session-level advisory lock (keyed on the resolved schema-qualified table name) is held for the whole run.
+    A second runner waits up to O(lock_timeout) seconds, then fails naming the holder in the same database.
+  - Each file runs statement by statement, so a failure names the file, the line of the failing statement and
+    PostgreSQL's message; the failing file is rolled back completely (with its tracking row), later files are not
+    run and files before it stay applied. RV(changed) is true whenever the database was changed, also when the
+    run then failed.
+  - "Tracking table: a table left by the bot's older runner (only a C(version) or C(filename) column, or
+    C(version) and C(applied_at)) is adopted: missing columns are added, old rows kept. A table of another tool is
+    never adopted or altered: a C(schema_migrations) with golang-migrate's C(dirty) column, or with dbmate's single
+    C(version) column whose values are the versions of the dbmate files in O(path), and the history tables of
+    Flyway, goose, sqlx, sql-migrate, Prisma and Diesel, make the run fail naming O(table) and O(takeover)."
+  - "Takeover: O(takeover) reads another tool's history (Flyway's C(flyway_schema_history), golang-migrate's or
+    dbmate's C(schema_migrations), goose's C(goose_db_version), sql-migrate's C(gorp_migrations), sqlx's
+    C(_sqlx_migrations), Prisma's C(_prisma_migrations), Diesel's C(__diesel_schema_migrations), or an older
+    pg_migrate table) and records the migrations it applied as applied (kind C(baseline)) without running them,
+    in the same transaction that creates pg_migrate's table: a refused takeover (golang-migrate dirty, a failed
+    Flyway, sqlx or Prisma migration) changes nothing. It happens once, when pg_migrate's table holds no records;
+    later runs refuse when the other tool applied more since. Flyway checksums are not compared (they are CRC32
+    of another text); repeatable migrations run once after a takeover."
   - Connection-class failures (SQLSTATE class 08 except 08007, 57P01, 57P03, 53300, connection errors without a
     code) are retried O(retries) times with 0.5 s, 1 s, 2 s backoff, also mid-run (the interrupted file was rolled
     back by the server); authentication, permission, syntax and data errors are never retried.
-  - Works against any reachable PostgreSQL 12 or later (container, host or managed service).
+  - Works against any reachable PostgreSQL 12 or later (container, host or managed service). docs/pg_migrate.md
+    in the project describes the layouts and the takeover for each tool.
 version_added: "1.0.0"
 author: SoulNear operations contributors
 options:
   path:
-    description: Directory holding the migration files.
+    description: Directory holding the migrations.
     type: path
     required: true
+  format:
+    description:
+      - Layout of O(path). V(auto) detects it and fails when the directory mixes styles.
+      - V(plain) numbered files with Flyway-style V and R files; V(flyway) adds placeholders, B, U, callbacks and
+        C(.conf) files; V(golang-migrate)/V(sqlx) up/down pairs (sqlx also simple files and C(-- no-transaction));
+        V(dbmate)/V(goose)/V(sql-migrate) up/down sections; V(prisma)/V(diesel) one folder per migration.
+    type: str
+    choices: [auto, plain, flyway, golang-migrate, sqlx, dbmate, goose, sql-migrate, prisma, diesel]
+    default: auto
+  placeholders:
+    description:
+      - Values of Flyway C(${name}) placeholders (names match case-insensitively), for O(format=flyway). Built-in
+        C(${flyway:defaultSchema}), C(${flyway:user}), C(${flyway:database}), C(${flyway:timestamp}),
+        C(${flyway:filename}), C(${flyway:table}) and C(${flyway:workingDirectory}) are filled in.
+      - An unresolved placeholder fails the run, named, before anything runs. Changing a value re-applies the
+        repeatable migrations that use it.
+    type: dict
+    default: {}
   table:
-    description: Tracking table, optionally schema-qualified (C(ops.schema_migrations)).
+    description:
+      - Tracking table, optionally schema-qualified (C(ops.schema_migrations)). Used exactly as written (a
+        mixed-case name is not folded to lower case).
     type: str
     default: schema_migrations
+  takeover:
+    description:
+      - Record the migrations another tool applied as applied, without running them, when pg_migrate's table holds
+        no records yet. V(pg_migrate) reads an older pg_migrate table named by O(takeover_table).
+    type: str
+    choices: [flyway, golang-migrate, dbmate, goose, sql-migrate, sqlx, prisma, diesel, pg_migrate]
+  takeover_table:
+    description:
+      - The other tool's history table (optionally schema-qualified). Defaults to that tool's default name
+        (C(flyway_schema_history), C(schema_migrations), C(goose_db_version), C(gorp_migrations),
+        C(_sqlx_migrations), C(_prisma_migrations), C(__diesel_schema_migrations)). It is only read.
+    type: str
   drift:
     description:
       - What to do when an applied file's checksum changed.
@@ -78,9 +145,23 @@ options:
     type: bool
     default: false
   lock_timeout:
-    description: Seconds to wait for another migration run to release the lock.
+    description: Seconds to wait for another migration run to release the run's advisory lock.
     type: float
     default: 60
+  ddl_lock_timeout:
+    description:
+      - PostgreSQL C(lock_timeout), in seconds, for the statements of every migration (0 waits forever).
+        C(CONCURRENTLY) statements are exempt.
+    type: float
+    default: 5
+  ddl_lock_retries:
+    description: How many times a migration that hit O(ddl_lock_timeout) (SQLSTATE 55P03) is retried, with backoff.
+    type: int
+    default: 3
+  statement_timeout:
+    description: PostgreSQL C(statement_timeout), in seconds, for every migration statement; 0 means no limit.
+    type: float
+    default: 0
   applied_by:
     description: Recorded in the C(applied_by) column. Defaults to C(user@host) of the process running the module.
     type: str
@@ -93,7 +174,9 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Lists the pending files with their checksums; creates nothing, not even the tracking table.
+    details: >-
+      Lists the pending files with their checksums and reports the same problems a real run would; creates
+      nothing, not even the tracking table, and records no takeover.
   diff_mode:
     support: full
     details: Before is the list of applied files, after adds the pending ones.
@@ -103,7 +186,7 @@ notes:
   - Take a backup before migrating a production database (the deploy playbook runs pg_backup first).
 seealso:
   - module: community.postgresql.postgresql_script
-'''
+"""
 
 EXAMPLES = r'''
 - name: Apply the bot's migrations
@@ -136,11 +219,34 @@ EXAMPLES = r'''
     path: /opt/soulnear/app/src/database/migrations
     login_db: soul_bot
     repair: true
+
+- name: Run a Flyway directory with its placeholders
+  pg_migrate:
+    path: /opt/app/db/migration
+    format: flyway
+    placeholders:
+      app_role: soulnear
+    login_db: soul_bot
+
+- name: Take over a database golang-migrate migrated (its schema_migrations stays as it is)
+  pg_migrate:
+    path: /opt/app/migrations
+    table: pg_schema_migrations
+    takeover: golang-migrate
+    login_db: soul_bot
+
+- name: Take over a database Flyway migrated
+  pg_migrate:
+    path: /opt/app/db/migration
+    takeover: flyway
+    login_db: soul_bot
 '''
 
 RETURN = r'''
 changed:
-  description: Whether files were applied or baselined, or the tracking table was created, adopted or updated.
+  description:
+    - Whether the database was changed (files applied or baselined, a takeover recorded, the tracking table created,
+      adopted or updated), also when the run then failed. In check mode, whether a run would change it.
   returned: always
   type: bool
   sample: true
@@ -195,7 +301,38 @@ notes:
   returned: always
   type: list
   elements: str
-  sample: [created table schema_migrations]
+  sample: [created table public.schema_migrations]
+layout:
+  description: The layout the directory was read with (O(format), or what V(auto) detected).
+  returned: always
+  type: str
+  sample: golang-migrate
+taken_over:
+  description: Migrations recorded as applied from another tool's history (O(takeover)); in check mode, those that
+    would be.
+  returned: always
+  type: list
+  elements: str
+  sample: [1_init.up.sql, 2_users.up.sql]
+callbacks:
+  description: Flyway callbacks run by this run, in order.
+  returned: always
+  type: list
+  elements: str
+  sample: [beforeMigrate.sql, afterMigrate.sql]
+down_files:
+  description: Down and undo files recognised in O(path); they never run forward.
+  returned: always
+  type: list
+  elements: str
+  sample: [1_init.down.sql]
+ignored:
+  description: Entries of O(path) that are not migrations (README.md, migration_lock.toml, Flyway callbacks of
+    commands pg_migrate does not have).
+  returned: always
+  type: list
+  elements: str
+  sample: [README.md]
 duration_ms:
   description: Wall time of the run in milliseconds.
   returned: always
@@ -220,20 +357,34 @@ def summary(result, check_mode):
     return 'All migrations up to date'
 
 
-def main():
-    argument_spec = connection_argument_spec()
-    argument_spec.update(
+def argument_spec():
+    """The module's options (DOCUMENTATION describes exactly these, with the same defaults and choices)."""
+    spec = connection_argument_spec()
+    spec.update(
         path=dict(type='path', required=True),
+        format=dict(type='str', default='auto', choices=['auto', 'plain', 'flyway', 'golang-migrate', 'sqlx',
+                                                         'dbmate', 'goose', 'sql-migrate', 'prisma', 'diesel']),
+        placeholders=dict(type='dict', default={}),
         table=dict(type='str', default='schema_migrations'),
+        takeover=dict(type='str', choices=['flyway', 'golang-migrate', 'dbmate', 'goose', 'sql-migrate', 'sqlx',
+                                           'prisma', 'diesel', 'pg_migrate']),
+        takeover_table=dict(type='str'),
         drift=dict(type='str', default='fail', choices=['fail', 'warn', 'adopt']),
         baseline=dict(type='str'),
         target=dict(type='str'),
         out_of_order=dict(type='bool', default=False),
         repair=dict(type='bool', default=False),
         lock_timeout=dict(type='float', default=60),
+        ddl_lock_timeout=dict(type='float', default=5),
+        ddl_lock_retries=dict(type='int', default=3),
+        statement_timeout=dict(type='float', default=0),
         applied_by=dict(type='str'),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
 
@@ -243,7 +394,7 @@ def main():
     except MigrationError as exc:
         failure = dict(exc.result)
         failure.pop('applied_before', None)
-        failure['changed'] = bool(failure.get('applied') or failure.get('baselined'))
+        failure['changed'] = bool(failure.get('changed'))  # the database changed before the failure
         module.fail_json(msg=str(exc), **failure)
 
     result['msg'] = summary(result, module.check_mode)

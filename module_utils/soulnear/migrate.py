@@ -3,21 +3,25 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """SQL migration logic shared by the pg_migrate and db_health modules.
 
-No Ansible imports: the host commands import this file too.
+No Ansible imports: the host commands import this file too. docs/pg_migrate.md is the user-facing description.
 
-Files and ordering
-- Versioned: ``<digits>[_-]description.sql`` (001_init.sql, 20251105_add_x.sql)
-  or Flyway style ``V<version>__description.sql`` where the version may have
-  parts (V1_2__x.sql and V1.2__x.sql are version 1.2). Versions compare
-  numerically part by part: 2 < 10 < 10.1 < 20251105.
-- Repeatable: ``R__description.sql``; (re)applied after the versioned files
-  whenever its checksum changes, in name order.
-- Any other ``*.sql`` file is an error: it would otherwise never run.
-- A first line ``-- pg_migrate: no-transaction`` runs the file outside a
-  transaction, one statement at a time.
+Layouts (``layout``/``format``, detected when ``auto``)
+- plain: ``<digits>[_-.]description.sql`` plus Flyway-style ``V<version>__x.sql`` / ``R__x.sql``.
+- flyway: ``V``/``R`` files, ``${placeholders}``, ``B`` baseline files (used on a fresh database),
+  ``U`` undo files (never run), callbacks (``beforeMigrate.sql`` ...), ``<script>.conf`` settings.
+- golang-migrate, sqlx: ``N_name.up.sql`` runs, ``N_name.down.sql`` never runs forward.
+- dbmate, goose, sql-migrate: one file with up and down sections; only the up section runs.
+- prisma, diesel: one folder per migration (``migration.sql``; ``up.sql``/``down.sql``).
+Nothing is skipped silently: a file or folder the layout does not explain fails the run, listed.
 
-Checksums are sha256 of the file decoded as UTF-8 with a BOM removed and
-line endings normalised to LF, so a checkout on Windows is not drift.
+Transactions: every file runs in one transaction, statement by statement. A file whose statements
+all refuse a transaction block (CREATE INDEX CONCURRENTLY, VACUUM, ...) runs outside one, as Flyway
+does; a file that mixes such a statement with others is refused, naming the directive of its layout
+(``-- pg_migrate: no-transaction``, ``-- migrate:up transaction:false``, ...) that runs the whole file
+outside a transaction, statement by statement.
+
+Checksums are sha256 of the file decoded as UTF-8 with a BOM removed and line endings normalised to
+LF, so a checkout on Windows is not drift. The text executed is the file's own (BOM removed only).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -29,27 +33,99 @@ import hashlib
 import os
 import re
 import socket
+import threading
 import time
 import zlib
 
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
-from .sql import SqlSplitError, is_transaction_control, line_of_position, split_statements
+from .sql import (NEUTRAL, SqlSplitError, begin_modes, dbmate_section, down_marker, first_word, goose_section,
+                  is_commit, is_rollback, is_transaction_control, line_of_position, outside_transaction,
+                  replace_placeholders, scan, sql_migrate_section, waits_by_design)
 
 if psycopg2 is not None:
     from psycopg2 import sql as pgsql
 else:  # pragma: no cover
     pgsql = None
 
-_VERSIONED = (
-    re.compile(r'^V(?P<version>\d+(?:[._]\d+)*)__(?P<desc>.+)\.sql$'),
-    re.compile(r'^(?P<version>\d+)(?:[_\-.](?P<desc>.*))?\.sql$'),
-)
-_REPEATABLE = re.compile(r'^R__(?P<desc>.+)\.sql$')
-_DIRECTIVE = re.compile(r'^\s*--\s*pg_migrate:\s*(?P<words>.*)$', re.I)
-
+LAYOUTS = ('plain', 'flyway', 'golang-migrate', 'sqlx', 'dbmate', 'goose', 'sql-migrate', 'prisma', 'diesel')
+FORMATS = ('auto',) + LAYOUTS
+TAKEOVER_TOOLS = ('flyway', 'golang-migrate', 'dbmate', 'goose', 'sql-migrate', 'sqlx', 'prisma', 'diesel',
+                  'pg_migrate')
+TAKEOVER_TABLES = {
+    'flyway': 'flyway_schema_history', 'golang-migrate': 'schema_migrations', 'dbmate': 'schema_migrations',
+    'goose': 'goose_db_version', 'sql-migrate': 'gorp_migrations', 'sqlx': '_sqlx_migrations',
+    'prisma': '_prisma_migrations', 'diesel': '__diesel_schema_migrations',
+}
 LOCK_CLASS = 0x534E4D47  # 'SNMG': first key of the two-key advisory lock
 NAME_COLUMNS = ('name', 'filename', 'file_name', 'script', 'migration')
 DRIFT_POLICIES = ('fail', 'warn', 'adopt')
+
+# File and folder names.
+_VERSION = r'(?P<version>\d+(?:[._]\d+)*)'
+_FLYWAY_V = re.compile(r'^V' + _VERSION + r'__(?P<desc>.+)\.sql$')
+_FLYWAY_R = re.compile(r'^R__(?P<desc>.+)\.sql$')
+_FLYWAY_U = re.compile(r'^U' + _VERSION + r'__(?P<desc>.+)\.sql$')
+_FLYWAY_B = re.compile(r'^B' + _VERSION + r'__(?P<desc>.+)\.sql$')
+_CALLBACK = re.compile(r'^(?P<event>[a-z][A-Za-z]+)(?:__(?P<desc>.+))?\.sql$')
+_PAIR = re.compile(r'^(?P<version>\d+)_(?P<desc>.*)\.(?P<direction>up|down)\.sql$')
+_NUMBERED = re.compile(r'^(?P<version>\d+)(?:[_\-.](?P<desc>.*))?\.sql$')
+_LOOSE_NUMBERED = re.compile(r'^(?P<version>\d+)(?P<desc>.*)\.sql$')  # dbmate: ^(\d+).*\.sql$
+_PRISMA_DIR = re.compile(r'^(?P<version>\d+)_(?P<desc>.+)$')
+_DIESEL_DIR = re.compile(r'^(?P<version>\d[\d-]*)_(?P<desc>.*)$')
+_LOOKS_VERSIONED = re.compile(r'^(?:\d+[_\-.]|[VUB]\d+(?:[._]\d+)*__|R__)')
+_DIRECTIVE = re.compile(r'^\s*--\s*pg_migrate:\s*(?P<words>.*)$', re.I)
+_SQLX_NO_TX = re.compile(r'^--\s*no-transaction\s*$')
+
+# Flyway callbacks: run at their event, ignored (events of commands pg_migrate does not have) or refused.
+RUN_CALLBACKS = ('beforeMigrate', 'beforeEachMigrate', 'afterEachMigrate', 'beforeRepeatables', 'afterVersioned',
+                 'afterMigrate', 'afterMigrateApplied', 'afterMigrateError')
+IDLE_CALLBACKS = frozenset(
+    '%s%s' % (when, what) for when in ('before', 'after') for what in (
+        'Clean', 'Undo', 'EachUndo', 'EachUndoStatement', 'Info', 'Baseline', 'Repair')) | frozenset(
+    ('afterCleanError', 'afterUndoError', 'afterEachUndoError', 'afterEachUndoStatementError', 'afterInfoError',
+     'afterBaselineError', 'afterRepairError'))
+REFUSED_CALLBACKS = {
+    'beforeEachMigrateStatement': 'pg_migrate has no per-statement event; put its SQL into the migrations (or into '
+                                  'beforeEachMigrate.sql, which runs in every migration\'s transaction)',
+    'afterEachMigrateStatement': 'pg_migrate has no per-statement event; put its SQL into the migrations (or into '
+                                 'afterEachMigrate.sql)',
+    'afterEachMigrateStatementError': 'pg_migrate has no per-statement event; use afterMigrateError.sql, which runs '
+                                      'once after a failed migration',
+    'afterEachMigrateError': 'use afterMigrateError.sql, which runs once after a failed migration (the failed file '
+                             'is rolled back first)',
+    'beforeValidate': 'pg_migrate validates without a callback; put its SQL into beforeMigrate.sql',
+    'afterValidate': 'pg_migrate validates without a callback; put its SQL into beforeMigrate.sql',
+    'afterValidateError': 'pg_migrate validates without a callback; a validation failure stops the run before '
+                          'anything changes',
+    'beforeConnect': 'pg_migrate has no connect event; beforeEachMigrate.sql runs at the start of every migration',
+    'afterConnect': 'pg_migrate has no connect event; beforeEachMigrate.sql runs at the start of every migration',
+    'createSchema': 'pg_migrate creates no schemas; create the schema in the first migration',
+    'beforeCreateSchema': 'pg_migrate creates no schemas; create the schema in the first migration',
+}
+FLYWAY_CONF_KEYS = ('executeInTransaction', 'placeholderReplacement', 'encoding')
+
+# What runs the whole file outside a transaction, per layout (for the message about a mixed file).
+DIRECTIVES = {
+    'plain': 'a first line "-- pg_migrate: no-transaction"',
+    'flyway': 'a script configuration file %(name)s.conf with executeInTransaction=false (or a first line '
+              '"-- pg_migrate: no-transaction")',
+    'golang-migrate': 'a first line "-- pg_migrate: no-transaction" (golang-migrate itself has no such directive: '
+                      'it sends the file as one multi-statement query, which PostgreSQL refuses for this statement '
+                      'unless it is alone in the file)',
+    'sqlx': 'a first line "-- no-transaction"',
+    'dbmate': '"-- migrate:up transaction:false"',
+    'goose': 'a line "-- +goose NO TRANSACTION"',
+    'sql-migrate': '"-- +migrate Up notransaction"',
+    'prisma': 'a first line "-- pg_migrate: no-transaction" (Prisma has no such directive; it runs a file that '
+              'holds only this statement outside a transaction)',
+    'diesel': 'run_in_transaction = false in the folder\'s metadata.toml',
+}
+STYLE_NAMES = {
+    'numbered': 'plain numbered files', 'flyway': 'Flyway V/R files', 'flyway-only': 'Flyway-only files',
+    'pair': 'golang-migrate/sqlx up/down pairs', 'sqlx': 'sqlx files', 'dbmate': 'dbmate files',
+    'goose': 'goose files', 'sql-migrate': 'sql-migrate files', 'prisma': 'Prisma migration folders',
+    'diesel': 'Diesel migration folders',
+}
 
 
 class MigrationError(Exception):
@@ -60,6 +136,19 @@ class MigrationError(Exception):
         self.result = result or {}
 
 
+def _listing(items, limit=8):
+    items = list(items)
+    shown = ', '.join(items[:limit])
+    return shown + (' and %d more' % (len(items) - limit) if len(items) > limit else '')
+
+
+def _numbered_problems(problems, head):
+    if len(problems) == 1:
+        return '%s: %s' % (head, problems[0])
+    return '%s (%d): %s' % (head, len(problems), ' '.join('(%d) %s' % (i + 1, p) for i, p in enumerate(problems)))
+
+
+# -- versions and text -----------------------------------------------------------------------------
 _VERSION_TEXT = re.compile(r'^[Vv]?(\d+(?:[._]\d+)*)$')
 _VERSION_SEP = re.compile(r'[._]')
 
@@ -81,77 +170,638 @@ def version_text(key):
     return '.'.join(str(part) for part in key)
 
 
-def normalise(raw):
-    """File bytes -> text with BOM removed and LF line endings (what the checksum covers)."""
-    text = raw.decode('utf-8-sig')
-    return text.replace('\r\n', '\n').replace('\r', '\n')
+def read_text(raw):
+    """File bytes -> the text that runs: UTF-8 with a BOM removed, nothing else changed."""
+    return raw.decode('utf-8-sig')
+
+
+def normalise(raw_or_text):
+    """File bytes (or read_text's result) -> the text the checksum covers: LF line endings."""
+    text = read_text(raw_or_text) if isinstance(raw_or_text, bytes) else raw_or_text
+    if '\r' in text:
+        text = text.replace('\r\n', '\n').replace('\r', '\n')
+    return text
 
 
 def checksum_of(text):
-    return hashlib.sha256(text.encode('utf-8')).hexdigest()
+    return hashlib.sha256(normalise(text).encode('utf-8')).hexdigest()
 
 
+def lock_key(qualified_name):
+    """Second key of the advisory lock: from the resolved schema.table name of the tracking table."""
+    return zlib.crc32(qualified_name.encode('utf-8')) & 0x7FFFFFFF
+
+
+# -- migration files -------------------------------------------------------------------------------
 class MigrationFile:
-    def __init__(self, path, name, kind, key, text):
+    """One migration (a file, or a Prisma/Diesel folder) as the layout reads it."""
+
+    def __init__(self, path, name, kind, key, text, layout, label=None, version_label=None, no_transaction=None,
+                 section=None, conf=None):
         self.path = path
-        self.name = name
-        self.kind = kind  # 'versioned' | 'repeatable'
-        self.key = key    # version tuple; None for repeatables
-        self.text = text
+        self.name = name              # recorded in the tracking table (file name; folder name for folders)
+        self.kind = kind              # 'versioned' | 'repeatable' | 'baseline-script' | 'callback'
+        self.key = key                # version tuple; None for repeatables and callbacks
+        self.text = text              # BOM removed, otherwise as on disk
+        self.layout = layout
+        self.label = label or name    # for messages: the file to look at
+        self.version_label = version_label  # the version as written in the name ('0042')
+        self.no_transaction = no_transaction  # True when the file's directive says so
+        self.section = section        # 'dbmate' | 'goose' | 'sql-migrate' | None
+        self.conf = conf or {}        # Flyway script configuration
         self.checksum = checksum_of(text)
-        first = text.split('\n', 1)[0]
-        match = _DIRECTIVE.match(first)
-        words = match.group('words').lower().replace(',', ' ').split() if match else []
-        self.transactional = 'no-transaction' not in words
+        self.prepared = None          # (statements, begin modes, transactional) once checked
 
     @property
     def version(self):
         return version_text(self.key) if self.key is not None else None
 
     def summary(self):
+        transaction = not self.no_transaction
+        if self.prepared is not None:
+            transaction = self.prepared[2]
         return dict(version=self.version, name=self.name, checksum=self.checksum,
-                    kind=self.kind, transaction=self.transactional)
+                    kind='versioned' if self.kind == 'baseline-script' else self.kind, transaction=transaction)
 
 
-def discover(path):
-    """The migration files of a directory: (versioned sorted by version, repeatables sorted by name)."""
-    if not os.path.isdir(path):
-        raise MigrationError('migrations directory %s does not exist or is not a directory; '
-                             'set path to the directory holding the *.sql files' % path)
-    versioned, repeatable, unversioned = [], [], []
-    seen = {}
-    with os.scandir(path) as entries:
-        candidates = sorted((e.name, e.path) for e in entries if e.name.endswith('.sql') and e.is_file())
-    for name, full in candidates:
+class Catalog:
+    """What a migrations directory holds, read with one layout."""
+
+    def __init__(self, layout):
+        self.layout = layout
+        self.versioned = []
+        self.repeatable = []
+        self.baselines = []   # Flyway B files
+        self.callbacks = {}   # event -> [MigrationFile]
+        self.down = []        # down/undo files: recognised, never run forward
+        self.ignored = []     # not migrations at all (README.md, migration_lock.toml, .gitkeep)
+
+    def __iter__(self):  # versioned, repeatable = discover(path)
+        return iter((self.versioned, self.repeatable))
+
+    def __getitem__(self, index):
+        return (self.versioned, self.repeatable)[index]
+
+
+class _Entry:
+    """A directory entry classified by name (and, for numbered files, by its section markers)."""
+
+    def __init__(self, name, style, kind, path, text=None, match=None, event=None, files=None):
+        self.name = name
+        self.style = style    # see STYLE_NAMES, or 'conf'
+        self.kind = kind      # versioned, repeatable, down, undo, baseline, callback, conf, folder
+        self.path = path
+        self.text = text
+        self.match = match
+        self.event = event
+        self.files = files or {}
+
+
+def _read(full, label, problems):
+    try:
         with open(full, 'rb') as handle:
             raw = handle.read()
-        try:
-            text = normalise(raw)
-        except UnicodeDecodeError as exc:
-            raise MigrationError('migration %s is not valid UTF-8 (%s); save it as UTF-8' % (name, exc)) from None
-        if _REPEATABLE.match(name):
-            repeatable.append(MigrationFile(full, name, 'repeatable', None, text))
+    except OSError as exc:
+        problems.append('%s cannot be read: %s' % (label, exc.strerror or exc))
+        return None
+    try:
+        return read_text(raw)
+    except UnicodeDecodeError as exc:
+        problems.append('%s is not valid UTF-8 (%s); save it as UTF-8' % (label, exc))
+        return None
+
+
+def _first_line(text):
+    return text.split('\n', 1)[0].rstrip('\r')
+
+
+def _numbered_style(text):
+    """Which single-file style a numbered file is written in, from its markers (cheap substring tests first)."""
+    if 'migrate:' in text and re.search(r'(?m)^--[ \t]*migrate:up', text):
+        return 'dbmate'
+    if '+goose' in text and re.search(r'(?mi)^[ \t]*--[ \t]*\+goose[ \t]+up\b', text):
+        return 'goose'
+    if '+migrate' in text and re.search(r'(?mi)^[ \t]*--[ \t]*\+migrate[ \t]+up\b', text):
+        return 'sql-migrate'
+    if _SQLX_NO_TX.match(_first_line(text)):
+        return 'sqlx'
+    return 'numbered'
+
+
+def _folder_entry(name, full, problems):
+    """A subfolder: a Prisma or Diesel migration, or something the run must not skip silently."""
+    try:
+        inside = sorted(os.listdir(full))
+    except OSError as exc:
+        problems.append('folder %s cannot be read: %s' % (name, exc.strerror or exc))
+        return None
+    files = dict((f, os.path.join(full, f)) for f in inside if not f.startswith('.'))
+    if 'migration.sql' in files and 'up.sql' in files:
+        problems.append('folder %s holds both migration.sql (Prisma) and up.sql (Diesel); keep one' % name)
+        return None
+    if 'migration.sql' in files:
+        return _Entry(name, 'prisma', 'folder', full, files=files)
+    if 'up.sql' in files:
+        return _Entry(name, 'diesel', 'folder', full, files=files)
+    sql_inside = []
+    for root, dirs, names in os.walk(full):
+        dirs[:] = [d for d in dirs if not d.startswith('.')]
+        sql_inside.extend(os.path.relpath(os.path.join(root, n), os.path.dirname(full))
+                          for n in names if n.lower().endswith('.sql'))
+    if sql_inside:
+        problems.append('subfolder %s holds SQL files pg_migrate would never run (%s): it reads migrations from '
+                        'path itself, or from one folder per migration holding migration.sql (Prisma) or up.sql '
+                        '(Diesel). Move them, or point path at the folder that holds them'
+                        % (name, _listing(sorted(sql_inside), 4)))
+        return None
+    return _Entry(name, None, 'ignored', full)
+
+
+def _classify(path):
+    """Classify every entry of the directory; returns (entries, ignored names, problems)."""
+    if not os.path.isdir(path):
+        raise MigrationError('migrations directory %s does not exist or is not a directory; set path to the '
+                             'directory holding the migrations' % path)
+    entries, ignored, problems = [], [], []
+    with os.scandir(path) as listing:
+        names = sorted((e.name, e.path) for e in listing)
+    for name, full in names:
+        if name.startswith('.'):
+            ignored.append(name)
             continue
-        for pattern in _VERSIONED:
-            match = pattern.match(name)
-            if match:
-                key = parse_version(match.group('version'))
-                if key in seen:
-                    raise MigrationError('migrations %s and %s have the same version %s; give one of them '
-                                         'a new version' % (seen[key], name, version_text(key)))
-                seen[key] = name
-                versioned.append(MigrationFile(full, name, 'versioned', key, text))
-                break
+        is_sql = name.lower().endswith('.sql')
+        if os.path.islink(full) and not os.path.exists(full):
+            if is_sql or _LOOKS_VERSIONED.match(name):
+                problems.append('%s is a symbolic link to %s, which does not exist: the migration would be skipped. '
+                                'Restore the target or remove the link' % (name, os.readlink(full)))
+            else:
+                ignored.append(name)
+            continue
+        if os.path.isdir(full):
+            if is_sql:
+                problems.append('%s is a directory, not a migration file; rename or remove it' % name)
+                continue
+            entry = _folder_entry(name, full, problems)
+            if entry is not None and entry.kind == 'ignored':
+                ignored.append(name + '/')
+            elif entry is not None:
+                entries.append(entry)
+            continue
+        if not os.path.isfile(full):
+            if is_sql:
+                problems.append('%s is not a regular file' % name)
+            else:
+                ignored.append(name)
+            continue
+        if name.endswith('.sql.conf'):
+            entries.append(_Entry(name, 'flyway-only', 'conf', full))
+            continue
+        if not is_sql:
+            if _LOOKS_VERSIONED.match(name):
+                problems.append('%s looks like a migration (it starts with a version) but is not a .sql file: '
+                                'pg_migrate runs SQL files only (a Go or Java migration cannot run here); '
+                                'translate it to SQL or move it out of path' % name)
+            else:
+                ignored.append(name)
+            continue
+        entries.append(_classify_file(name, full, problems))
+    return [e for e in entries if e is not None], ignored, problems
+
+
+def _classify_file(name, full, problems):
+    match = _PAIR.match(name)
+    if match:
+        text = _read(full, name, problems)
+        return None if text is None else _Entry(name, 'pair', match.group('direction'), full, text, match)
+    for pattern, kind, style in ((_FLYWAY_V, 'versioned', 'flyway'), (_FLYWAY_R, 'repeatable', 'flyway'),
+                                 (_FLYWAY_U, 'undo', 'flyway-only'), (_FLYWAY_B, 'baseline', 'flyway-only')):
+        match = pattern.match(name)
+        if match:
+            text = _read(full, name, problems)
+            return None if text is None else _Entry(name, style, kind, full, text, match)
+    match = _CALLBACK.match(name)
+    if match and (match.group('event') in RUN_CALLBACKS or match.group('event') in IDLE_CALLBACKS
+                  or match.group('event') in REFUSED_CALLBACKS):
+        text = _read(full, name, problems)
+        return None if text is None else _Entry(name, 'flyway-only', 'callback', full, text, match,
+                                                event=match.group('event'))
+    match = _LOOSE_NUMBERED.match(name)
+    if match:
+        text = _read(full, name, problems)
+        if text is None:
+            return None
+        style = _numbered_style(text)
+        strict = _NUMBERED.match(name)
+        if strict is None and style != 'dbmate':
+            problems.append('%s: a version must be followed by _, - or . (NNN_description.sql)' % name)
+            return None
+        return _Entry(name, style, 'versioned', full, text, strict or match)
+    problems.append('%s has no version pg_migrate understands, so it would never run. Expected names: '
+                    'NNN_description.sql, V<version>__description.sql, R__description.sql (repeatable), '
+                    'N_name.up.sql / N_name.down.sql, or one folder per migration' % name)
+    return None
+
+
+def _resolve_layout(entries):
+    """The layout of a directory read with format: auto; raises when it mixes styles ambiguously."""
+    by_style = {}
+    for entry in entries:
+        if entry.kind != 'conf':
+            by_style.setdefault(entry.style, []).append(entry.name)
+    styles = set(by_style)
+    if not styles:
+        return None
+
+    def ambiguous(why):
+        groups = '; '.join('%s: %s' % (STYLE_NAMES[s], _listing(by_style[s], 4)) for s in sorted(by_style))
+        raise MigrationError('path mixes migration styles, so format: auto cannot tell which tool the files were '
+                             'written for (%s): %s. Set format to that tool (%s), or move the other files out of '
+                             'path' % (why, groups, ', '.join(LAYOUTS)))
+
+    folders = styles & {'prisma', 'diesel'}
+    sections = styles & {'dbmate', 'goose', 'sql-migrate'}
+    if folders:
+        if len(folders) > 1 or styles - folders:
+            ambiguous('migration folders next to other migrations')
+        return folders.pop()
+    if 'pair' in styles:
+        if styles - {'pair'}:
+            ambiguous('up/down pairs next to files that are not')
+        pair_files = [e for e in entries if e.style == 'pair']
+        return 'sqlx' if any(_SQLX_NO_TX.match(_first_line(e.text)) for e in pair_files) else 'golang-migrate'
+    if sections:
+        if len(sections) > 1 or styles - sections:
+            ambiguous('files with up/down sections next to files of another style')
+        return sections.pop()
+    if 'sqlx' in styles:
+        if styles - {'sqlx', 'numbered'}:
+            ambiguous('sqlx files next to files of another style')
+        return 'sqlx'
+    if 'flyway-only' in styles:
+        if 'numbered' in styles:
+            ambiguous('Flyway callbacks, undo or baseline files next to plain numbered files')
+        return 'flyway'
+    if styles == {'flyway'}:
+        return 'flyway'
+    return 'plain'
+
+
+_ACCEPTS = {
+    'plain': {'numbered', 'flyway'},
+    'flyway': {'flyway', 'flyway-only'},
+    'golang-migrate': {'pair'},
+    'sqlx': {'pair', 'numbered', 'sqlx'},
+    'dbmate': {'dbmate'},
+    'goose': {'goose'},
+    'sql-migrate': {'sql-migrate'},
+    'prisma': {'prisma'},
+    'diesel': {'diesel'},
+}
+
+
+def _refusal(entry, layout):
+    """Why an entry does not belong to the layout, with advice that is right for that kind of file."""
+    name = entry.name
+    if entry.kind == 'undo':
+        return ('%s is a Flyway undo migration: it must never run forward. format: flyway recognises it and leaves '
+                'it alone' % name)
+    if entry.kind == 'baseline':
+        return ('%s is a Flyway baseline migration (it replaces the versions up to its own on a fresh database); '
+                'format: flyway uses it that way' % name)
+    if entry.kind == 'callback':
+        return '%s is a Flyway callback (it runs at its event, not as a migration); format: flyway handles it' % name
+    if entry.kind == 'conf':
+        return '%s is a Flyway script configuration file; format: flyway reads it' % name
+    if entry.style == 'pair':
+        return ('%s is half of a golang-migrate/sqlx up/down pair; format: golang-migrate (or sqlx) runs the up file '
+                'and never runs the down file forward' % name)
+    if entry.style in ('dbmate', 'goose', 'sql-migrate'):
+        return ('%s has %s up/down sections; format: %s runs only its up section' % (name, entry.style, entry.style))
+    if entry.style in ('prisma', 'diesel'):
+        return '%s/ is a %s migration folder; format: %s reads it' % (name, entry.style.capitalize(), entry.style)
+    if entry.style == 'flyway':
+        return '%s is a Flyway migration; format: flyway (or plain) runs it' % name
+    if layout == 'flyway':
+        return ('%s is not a Flyway migration name (V<version>__<description>.sql), so Flyway would never run it; '
+                'format: plain runs numbered and V files together' % name)
+    if layout in ('golang-migrate', 'sqlx'):
+        return ('%s is not an up/down file (N_name.up.sql), so %s would never run it' % (name, layout))
+    if layout in ('dbmate', 'goose', 'sql-migrate'):
+        return ('%s has no %s up section, so %s would refuse it' % (name, layout, layout))
+    return '%s is not a %s migration' % (name, layout)
+
+
+def discover(path, layout='auto'):
+    """The migrations of a directory, read with a layout (auto: detected); raises MigrationError listing every
+    file or folder that would be skipped or misread."""
+    if layout not in FORMATS:
+        raise MigrationError('format must be one of %s, not %r' % (', '.join(FORMATS), layout))
+    entries, ignored, problems = _classify(path)
+    if problems:
+        raise MigrationError(_numbered_problems(problems, 'migrations in %s that pg_migrate would skip or misread; '
+                                                          'nothing was applied' % path))
+    chosen = _resolve_layout(entries) if layout == 'auto' else layout
+    if chosen is None:
+        raise MigrationError('migrations directory %s holds no migration pg_migrate understands%s, so a run would '
+                             'apply nothing and report success. Point path at the directory with the migrations '
+                             '(NNN_description.sql, V1__x.sql, N_name.up.sql, or one folder per migration)'
+                             % (path, ' (ignored: %s)' % _listing(ignored) if ignored else ''))
+    catalog = Catalog(chosen)
+    catalog.ignored = ignored
+    refused = [_refusal(e, chosen) for e in entries if e.style not in _ACCEPTS[chosen]]
+    if refused:
+        raise MigrationError(_numbered_problems(refused, 'files in %s that format: %s would skip or misread; nothing '
+                                                         'was applied' % (path, chosen)))
+    build = _BUILDERS[chosen]
+    problems = build(catalog, entries)
+    seen = {}
+    for mfile in catalog.versioned:
+        if mfile.key in seen:
+            problems.append('migrations %s and %s have the same version %s; each version must belong to one '
+                            'migration' % (seen[mfile.key], mfile.label, version_text(mfile.key)))
+        seen[mfile.key] = mfile.label
+    if problems:
+        raise MigrationError(_numbered_problems(problems, 'migrations in %s that pg_migrate cannot run as they are; '
+                                                          'nothing was applied' % path))
+    if not catalog.versioned and not catalog.repeatable and not catalog.baselines:
+        raise MigrationError('migrations directory %s holds no migration that runs forward (%s only), so a run would '
+                             'apply nothing and report success' % (path, _listing(catalog.down or catalog.ignored)))
+    catalog.versioned.sort(key=lambda f: f.key)
+    catalog.repeatable.sort(key=lambda f: f.name)
+    catalog.baselines.sort(key=lambda f: f.key)
+    return catalog
+
+
+def _directive_off(text):
+    """True when the first line is '-- pg_migrate: no-transaction' (any layout)."""
+    match = _DIRECTIVE.match(_first_line(text))
+    return bool(match and 'no-transaction' in match.group('words').lower().replace(',', ' ').split())
+
+
+def _build_plain(catalog, entries):
+    for e in entries:
+        if e.kind == 'repeatable':
+            catalog.repeatable.append(MigrationFile(e.path, e.name, 'repeatable', None, e.text, 'plain',
+                                                    no_transaction=_directive_off(e.text)))
         else:
-            unversioned.append(name)
-    if unversioned:
-        raise MigrationError('migration file(s) without a version prefix: %s. Name them NNN_description.sql, '
-                             'V<version>__description.sql or R__description.sql (repeatable); pg_migrate '
-                             'does not skip files silently' % ', '.join(unversioned))
-    versioned.sort(key=lambda f: f.key)
-    return versioned, repeatable
+            catalog.versioned.append(MigrationFile(e.path, e.name, 'versioned', parse_version(e.match.group('version')),
+                                                   e.text, 'plain', version_label=e.match.group('version'),
+                                                   no_transaction=_directive_off(e.text)))
+    return []
 
 
+def _read_conf(path, name, problems):
+    conf = {}
+    try:
+        with open(path) as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append('%s cannot be read: %s' % (name, exc))
+        return conf
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith('#'):
+            continue
+        key, sep, value = line.partition('=')
+        key, value = key.strip(), value.strip().lower()
+        if not sep or key not in FLYWAY_CONF_KEYS:
+            problems.append('%s line %d: %r is not a script setting pg_migrate knows (%s); remove it or run the file '
+                            'with Flyway' % (name, number, line, ', '.join(FLYWAY_CONF_KEYS)))
+        elif key == 'encoding' and value.replace('-', '') not in ('utf8',):
+            problems.append('%s: encoding %s is not supported; save the script as UTF-8' % (name, value))
+        elif key != 'encoding':
+            if value not in ('true', 'false'):
+                problems.append('%s line %d: %s must be true or false' % (name, number, key))
+            conf[key] = value == 'true'
+    return conf
+
+
+def _build_flyway(catalog, entries):
+    problems = []
+    confs = dict((e.name[:-len('.conf')], e) for e in entries if e.kind == 'conf')
+    scripts = set(e.name for e in entries if e.kind != 'conf')
+    for script in sorted(set(confs) - scripts):
+        problems.append('%s configures %s, which is not in path' % (confs[script].name, script))
+    for e in entries:
+        if e.kind == 'conf':
+            continue
+        conf = _read_conf(confs[e.name].path, confs[e.name].name, problems) if e.name in confs else {}
+        no_tx = _directive_off(e.text) or conf.get('executeInTransaction') is False
+        if e.kind == 'versioned':
+            catalog.versioned.append(MigrationFile(e.path, e.name, 'versioned', parse_version(e.match.group('version')),
+                                                   e.text, 'flyway', version_label=e.match.group('version'),
+                                                   no_transaction=no_tx, conf=conf))
+        elif e.kind == 'repeatable':
+            catalog.repeatable.append(MigrationFile(e.path, e.name, 'repeatable', None, e.text, 'flyway',
+                                                    no_transaction=no_tx, conf=conf))
+        elif e.kind == 'baseline':
+            catalog.baselines.append(MigrationFile(e.path, e.name, 'baseline-script',
+                                                   parse_version(e.match.group('version')), e.text, 'flyway',
+                                                   version_label=e.match.group('version'), no_transaction=no_tx,
+                                                   conf=conf))
+        elif e.kind == 'undo':
+            catalog.down.append(e.name)
+        elif e.kind == 'callback':
+            if e.event in REFUSED_CALLBACKS:
+                problems.append('%s is a Flyway %s callback: %s' % (e.name, e.event, REFUSED_CALLBACKS[e.event]))
+            elif e.event in IDLE_CALLBACKS:
+                catalog.ignored.append(e.name)  # an event of a command pg_migrate does not have: never due
+            else:
+                catalog.callbacks.setdefault(e.event, []).append(
+                    MigrationFile(e.path, e.name, 'callback', None, e.text, 'flyway', no_transaction=no_tx,
+                                  conf=conf))
+    for files in catalog.callbacks.values():
+        files.sort(key=lambda f: f.name)
+    return problems
+
+
+def _build_pairs(layout):
+    def build(catalog, entries):
+        problems = []
+        ups = dict((e.match.group('version'), e) for e in entries if e.style == 'pair' and e.kind == 'up')
+        downs = [e for e in entries if e.style == 'pair' and e.kind == 'down']
+        simple = [e for e in entries if e.style != 'pair']
+        up_keys = set(parse_version(v) for v in ups)
+        for e in downs:
+            if parse_version(e.match.group('version')) not in up_keys:
+                problems.append('%s has no matching up file (%s_*.up.sql); a down file never runs forward, so this '
+                                'version would do nothing' % (e.name, e.match.group('version')))
+            catalog.down.append(e.name)
+        if ups and simple:
+            problems.append('sqlx does not mix reversible (up/down) and simple migrations: %s' %
+                            _listing(e.name for e in simple))
+        for version, e in sorted(ups.items()):
+            no_tx = _directive_off(e.text) or (layout == 'sqlx' and bool(_SQLX_NO_TX.match(_first_line(e.text))))
+            catalog.versioned.append(MigrationFile(e.path, e.name, 'versioned', parse_version(version), e.text,
+                                                   layout, version_label=version, no_transaction=no_tx))
+        for e in simple:
+            no_tx = _directive_off(e.text) or bool(_SQLX_NO_TX.match(_first_line(e.text)))
+            catalog.versioned.append(MigrationFile(e.path, e.name, 'versioned', parse_version(e.match.group('version')),
+                                                   e.text, layout, version_label=e.match.group('version'),
+                                                   no_transaction=no_tx))
+        return problems
+    return build
+
+
+def _build_sections(layout):
+    def build(catalog, entries):
+        for e in entries:
+            catalog.versioned.append(MigrationFile(e.path, e.name, 'versioned', parse_version(e.match.group('version')),
+                                                   e.text, layout, version_label=e.match.group('version'),
+                                                   no_transaction=_directive_off(e.text) or None, section=layout))
+        return []
+    return build
+
+
+def _build_folders(layout):
+    def build(catalog, entries):
+        problems = []
+        pattern = _PRISMA_DIR if layout == 'prisma' else _DIESEL_DIR
+        main = 'migration.sql' if layout == 'prisma' else 'up.sql'
+        known = {'migration.sql'} if layout == 'prisma' else {'up.sql', 'down.sql', 'metadata.toml'}
+        for e in entries:
+            match = pattern.match(e.name)
+            if match is None:
+                problems.append('folder %s has no version in its name (%s), so its order is unknown'
+                                % (e.name, '<timestamp>_<name>' if layout == 'prisma' else
+                                   '<version>_<name>, e.g. 2024-01-31-120000_create_users'))
+                continue
+            extra = sorted(f for f in e.files if f.lower().endswith('.sql') and f not in known)
+            if extra:
+                problems.append('folder %s holds SQL files %s would never run (%s); only %s runs'
+                                % (e.name, layout.capitalize(), _listing(extra), main))
+            label = '%s/%s' % (e.name, main)
+            text = _read(e.files[main], label, problems)
+            if text is None:
+                continue
+            no_tx = _directive_off(text)
+            if layout == 'diesel' and 'metadata.toml' in e.files:
+                meta = _read(e.files['metadata.toml'], e.name + '/metadata.toml', problems) or ''
+                if re.search(r'(?m)^\s*run_in_transaction\s*=\s*false\s*$', meta):
+                    no_tx = True
+            if layout == 'diesel' and 'down.sql' in e.files:
+                catalog.down.append('%s/down.sql' % e.name)
+            version = match.group('version').replace('-', '')
+            catalog.versioned.append(MigrationFile(e.files[main], e.name, 'versioned', parse_version(version), text,
+                                                   layout, label=label, version_label=version,
+                                                   no_transaction=no_tx))
+        return problems
+    return build
+
+
+_BUILDERS = {
+    'plain': _build_plain, 'flyway': _build_flyway, 'golang-migrate': _build_pairs('golang-migrate'),
+    'sqlx': _build_pairs('sqlx'), 'dbmate': _build_sections('dbmate'), 'goose': _build_sections('goose'),
+    'sql-migrate': _build_sections('sql-migrate'), 'prisma': _build_folders('prisma'),
+    'diesel': _build_folders('diesel'),
+}
+
+
+# -- reading a file before anything runs -----------------------------------------------------------
+class Context:
+    """What checking a file needs from the run: server version, Flyway placeholders and built-ins."""
+
+    def __init__(self, server_version=150000, placeholders=None, builtins=None):
+        self.server_version = server_version
+        self.placeholders = dict((str(k).lower(), str(v)) for k, v in (placeholders or {}).items())
+        self.builtins = builtins or {}
+
+
+_SECTIONS = {'dbmate': dbmate_section, 'goose': goose_section, 'sql-migrate': sql_migrate_section}
+
+
+def prepare(mfile, context):
+    """Read and check a migration: returns (statements, problems) and sets mfile.prepared.
+
+    statements: [(line, text)] as they run; problems: [(line, message)]. Nothing runs here.
+    """
+    problems = []
+    text = mfile.text
+    start, end, first_line = 0, len(text), 1
+    no_tx = mfile.no_transaction
+    if mfile.section:
+        section = _SECTIONS[mfile.section](text)
+        problems.extend(section.problems)
+        start, end, first_line = section.start, section.end, section.line
+        if not section.transaction:
+            no_tx = True
+    body = text[start:end] if (start, end) != (0, len(text)) else text
+    if mfile.layout == 'flyway' and mfile.conf.get('placeholderReplacement', True):
+        values = dict(context.builtins)
+        values['flyway:filename'] = mfile.name
+        values.update(context.placeholders)
+        body, missing = replace_placeholders(body, values)
+        for name in missing:
+            at = body.find('${%s}' % name)
+            problems.append((first_line + body.count('\n', 0, max(at, 0)),
+                             'placeholder ${%s} has no value: set it in placeholders (placeholders: {%s: ...}); Flyway '
+                             'would refuse the file too' % (name, name.lower())))
+    try:
+        script = scan(body, first_line)
+    except SqlSplitError as exc:
+        problems.append((exc.line, '%s; the file cannot be split into statements' % exc.message))
+        mfile.prepared = ([], None, True)
+        return [], problems
+    problems.extend(script.problems)
+    statements = script.statements
+    if not mfile.section:
+        marker = down_marker(body)
+        if marker is not None:
+            line, words = marker
+            line += first_line - 1
+            if any(st_line > line for st_line, _ in statements):
+                problems.append((line, 'a down section marker (%r): pg_migrate would run what follows it forward. If '
+                                       'the file was written for a tool with up/down sections, set format to that '
+                                       'tool; otherwise delete the down part' % words))
+    for line, statement in statements:
+        if first_word(statement) == 'DISCARD' and re.match(r'(?i)DISCARD\s+ALL\b', statement):
+            problems.append((line, 'DISCARD ALL would release pg_migrate\'s lock in the middle of the run; pg_migrate '
+                                   'already resets the session after every file'))
+    modes = None
+    transactional = not no_tx
+    if not no_tx:
+        if statements and begin_modes(statements[0][1]) is not None:
+            last = statements[-1][1] if len(statements) > 1 else ''
+            if is_commit(last):
+                modes = (statements[0][0], begin_modes(statements[0][1]))
+                statements = statements[1:-1]
+            elif is_rollback(last):
+                problems.append((statements[-1][0], 'the file is wrapped in BEGIN ... %s: it undoes itself, so '
+                                                    'recording it as applied would be a lie. End it with COMMIT if it '
+                                                    'is meant to apply, or move it out of path' % last.split()[0]))
+                statements = statements[1:-1]
+        for line, statement in statements:
+            if is_transaction_control(statement):
+                problems.append((line, '%r controls the transaction itself; pg_migrate runs each file in one '
+                                       'transaction (a whole-file BEGIN ... COMMIT is fine). Remove it, or run the '
+                                       'file outside a transaction with %s'
+                                 % (statement.split('\n')[0][:60], _directive(mfile))))
+        outside = [(line, outside_transaction(st, context.server_version)) for line, st in statements]
+        outside = [(line, what) for line, what in outside if what]
+        if outside:
+            others = [(line, st) for line, st in statements
+                      if not outside_transaction(st, context.server_version) and first_word(st) not in NEUTRAL]
+            line, what = outside[0]
+            if modes is not None:
+                problems.append((line, '%s cannot run inside a transaction block, and the file wraps it in BEGIN ... '
+                                       'COMMIT: PostgreSQL would refuse it. Remove the BEGIN and COMMIT lines' % what))
+            elif others:
+                problems.append((line, '%s cannot run inside a transaction block, and the file also has statements '
+                                       'that need one (line %d: %s). Put it in a migration of its own (such a file '
+                                       'runs outside a transaction), or run the whole file outside a transaction, '
+                                       'statement by statement, with %s'
+                                 % (what, others[0][0], ' '.join(others[0][1].split())[:60], _directive(mfile))))
+            else:
+                transactional = False
+    mfile.prepared = (statements, modes, transactional)
+    return statements, problems
+
+
+def _directive(mfile):
+    return DIRECTIVES[mfile.layout] % dict(name=mfile.name)
+
+
+# -- tracking table ----------------------------------------------------------------------------------
 def default_applied_by():
     try:
         user = getpass.getuser()
@@ -171,7 +821,7 @@ class Record:
             self.key = parse_version(self.version)
             if self.key is None and self.name:
                 # Legacy runners sometimes stored '001_init' or the file name as the version.
-                for pattern in _VERSIONED:
+                for pattern in (_FLYWAY_V, _NUMBERED):
                     match = pattern.match(self.name if self.name.endswith('.sql') else self.name + '.sql')
                     if match:
                         self.key = parse_version(match.group('version'))
@@ -182,9 +832,21 @@ class Record:
         if self.success is None:
             self.success = True
 
+    @property
+    def is_b_script(self):
+        return bool(self.name and _FLYWAY_B.match(self.name))
+
+
+_FIND_IN_PATH = ("SELECT n.nspname FROM unnest(current_schemas(false)) WITH ORDINALITY AS s(name, pos) "
+                 "JOIN pg_namespace n ON n.nspname = s.name "
+                 "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'f') "
+                 "ORDER BY s.pos LIMIT 1")
+_FIND = ("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+         "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'f')")
+
 
 class TrackingTable:
-    """schema_migrations: created when missing, adopted (columns added) when left by an older runner."""
+    """A table named by the operator: resolved to schema.table exactly as written (no case folding)."""
 
     COLUMNS = (
         ('version', 'text'),
@@ -200,26 +862,49 @@ class TrackingTable:
 
     def __init__(self, name):
         parts = name.split('.', 1)
-        self.schema, self.table = (parts if len(parts) == 2 else (None, parts[0]))
+        self.given_schema, self.table = (parts if len(parts) == 2 else (None, parts[0]))
         self.display = name
-        self.ident = (pgsql.Identifier(self.schema, self.table) if self.schema
-                      else pgsql.Identifier(self.table))
+        self.schema = self.given_schema
+        self.oid = None
         self.columns = {}
         self.name_col = 'name'
         self.version_type = 'text'
 
+    @property
+    def qualified(self):
+        return '%s.%s' % (self.schema, self.table)
+
+    @property
+    def ident(self):
+        return pgsql.Identifier(self.schema, self.table)
+
     def lock_key(self):
-        return zlib.crc32(self.display.encode('utf-8')) & 0x7FFFFFFF
+        return lock_key(self.qualified)
+
+    def resolve(self, cur):
+        """Find the table (search_path order when unqualified); True when it exists."""
+        if self.given_schema is None:
+            cur.execute(_FIND_IN_PATH, (self.table,))
+            row = cur.fetchone()
+            if row is None:
+                cur.execute('SELECT current_schema()')
+                row = cur.fetchone()
+                if row[0] is None:
+                    raise MigrationError('table %s: the search_path names no existing schema to create it in; '
+                                         'qualify it (table: myschema.%s)' % (self.display, self.table))
+            self.schema = row[0]
+        cur.execute(_FIND, (self.schema, self.table))
+        row = cur.fetchone()
+        self.oid = row[0] if row else None
+        return self.oid is not None
 
     def inspect(self, cur):
-        """Read the table's columns; False when it does not exist."""
-        cur.execute('SELECT to_regclass(%s)', (self.display if self.schema else self.table,))
-        if cur.fetchone()[0] is None:
+        """Resolve and read the table's columns; False when it does not exist."""
+        if not self.resolve(cur):
             self.columns = {}
             return False
         cur.execute('SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a '
-                    'WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped',
-                    (self.display if self.schema else self.table,))
+                    'WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped', (self.oid,))
         self.columns = dict((row[0], (row[1], row[2])) for row in cur.fetchall())
         self.name_col = next((c for c in NAME_COLUMNS if c in self.columns), 'name')
         self.version_type = self.columns.get('version', ('text', False))[0]
@@ -233,8 +918,7 @@ class TrackingTable:
 
     def ensure(self, cur):
         """Create or adopt the table; returns a list of what was done (empty when nothing)."""
-        done = []
-        if not self.inspect(cur):
+        if not self.columns:
             cur.execute(pgsql.SQL(
                 'CREATE TABLE {} ('
                 ' id bigserial PRIMARY KEY,'
@@ -248,30 +932,29 @@ class TrackingTable:
                 ' applied_by text,'
                 ' error text)').format(self.ident))
             self.inspect(cur)
-            return ['created table %s' % self.display]
+            return ['created table %s' % self.qualified]
         if 'version' not in self.columns and self.name_col not in self.columns:
             raise MigrationError('table %s exists but has neither a version nor a file name column, so it is not '
                                  'a migrations table pg_migrate can adopt; rename it or set table to another name'
-                                 % self.display)
+                                 % self.qualified)
         missing = self.missing_columns()
         for column, ctype in missing:
             cur.execute(pgsql.SQL('ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} ' + ctype).format(
                 self.ident, pgsql.Identifier(column)))
-        if missing:
-            done.append('adopted table %s left by another runner (added columns: %s)'
-                        % (self.display, ', '.join(c for c, _ in missing)))
-            had_version = 'version' not in [c for c, _ in missing]
-            self.inspect(cur)
-            if not had_version:
-                # Fill the new version column from the file names the old runner recorded.
-                cur.execute(pgsql.SQL('SELECT ctid::text, {} FROM {}').format(
-                    pgsql.Identifier(self.name_col), self.ident))
-                for ctid, name in cur.fetchall():
-                    key = Record((None, name, None, None, True, None)).key
-                    if key is not None:
-                        cur.execute(pgsql.SQL('UPDATE {} SET version = %s WHERE ctid = %s::tid').format(self.ident),
-                                    (version_text(key), ctid))
-        return done
+        if not missing:
+            return []
+        had_version = 'version' not in [c for c, _ in missing]
+        self.inspect(cur)
+        if not had_version:
+            # Fill the new version column from the file names the old runner recorded.
+            cur.execute(pgsql.SQL('SELECT ctid::text, {} FROM {}').format(pgsql.Identifier(self.name_col), self.ident))
+            for ctid, name in cur.fetchall():
+                key = Record((None, name, None, None, True, None)).key
+                if key is not None:
+                    cur.execute(pgsql.SQL('UPDATE {} SET version = %s WHERE ctid = %s::tid').format(self.ident),
+                                (version_text(key), ctid))
+        return ['adopted table %s left by an older runner (added columns: %s)'
+                % (self.qualified, ', '.join(c for c, _ in missing))]
 
     def read(self, cur):
         """All records; works on a legacy table that was not adopted yet (check mode)."""
@@ -298,12 +981,12 @@ class TrackingTable:
         if 'int' in self.version_type or self.version_type == 'numeric':
             if len(key) != 1:
                 raise MigrationError('table %s stores versions as %s, so version %s cannot be recorded; rename the '
-                                     'file to a whole-number version' % (self.display, self.version_type,
+                                     'file to a whole-number version' % (self.qualified, self.version_type,
                                                                          version_text(key)))
             return key[0]
         return version_text(key)
 
-    def insert(self, cur, mfile, kind, checksum, elapsed_ms, success, applied_by, error=None):
+    def insert(self, cur, mfile, kind, checksum, elapsed_ms, success, applied_by, error=None, applied_at=None):
         if kind == 'repeatable':
             cur.execute(pgsql.SQL('DELETE FROM {} WHERE kind = %s AND {} = %s').format(
                 self.ident, pgsql.Identifier(self.name_col)), ('repeatable', mfile.name))
@@ -311,11 +994,13 @@ class TrackingTable:
             raise MigrationError('table %s requires a version on every row, so the repeatable migration %s cannot '
                                  'be recorded; run ALTER TABLE %s ALTER COLUMN version DROP NOT NULL (and drop a '
                                  'primary key on version) or rename the file with a version'
-                                 % (self.display, mfile.name, self.display))
+                                 % (self.qualified, mfile.name, self.qualified))
         cur.execute(pgsql.SQL(
-            'INSERT INTO {} (version, {}, kind, checksum, execution_ms, success, applied_by, error) '
-            'VALUES (%s, %s, %s, %s, %s, %s, %s, %s)').format(self.ident, pgsql.Identifier(self.name_col)),
-            (self.version_value(mfile.key), mfile.name, kind, checksum, int(elapsed_ms), success, applied_by, error))
+            'INSERT INTO {} (version, {}, kind, checksum, execution_ms, success, applied_by, error, applied_at) '
+            'VALUES (%s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s, now()))').format(
+                self.ident, pgsql.Identifier(self.name_col)),
+            (self.version_value(mfile.key), mfile.name, kind, checksum, int(elapsed_ms), success, applied_by, error,
+             applied_at))
 
     def update_checksum(self, cur, key, name, checksum):
         cur.execute(pgsql.SQL('UPDATE {} SET checksum = %s, {} = %s WHERE version::text = %s').format(
@@ -332,12 +1017,213 @@ class TrackingTable:
         return cur.rowcount
 
 
+def foreign_owner(table, catalog, cur):
+    """(tool, evidence) when an existing table belongs to another migration tool; None when it is pg_migrate's
+    (current or older). How the two are told apart is documented in docs/pg_migrate.md."""
+    cols = set(table.columns)
+    if {'version', 'dirty'} <= cols:
+        return 'golang-migrate', 'its version and dirty columns are golang-migrate\'s'
+    if {'installed_rank', 'script', 'success'} <= cols:
+        return 'flyway', 'its installed_rank and script columns are Flyway\'s'
+    if {'version_id', 'is_applied'} <= cols:
+        return 'goose', 'its version_id and is_applied columns are goose\'s'
+    if {'migration_name', 'finished_at'} <= cols:
+        return 'prisma', 'its migration_name and finished_at columns are Prisma\'s'
+    if {'description', 'installed_on', 'execution_time'} <= cols:
+        return 'sqlx', 'its description, installed_on and execution_time columns are sqlx\'s'
+    if cols == {'version', 'run_on'}:
+        return 'diesel', 'its version and run_on columns are Diesel\'s'
+    if cols == {'id', 'applied_at'}:
+        return 'sql-migrate', 'its id and applied_at columns are sql-migrate\'s'
+    if cols == {'version'} and catalog is not None and catalog.layout == 'dbmate':
+        cur.execute(pgsql.SQL('SELECT version::text FROM {}').format(table.ident))
+        versions = set(row[0] for row in cur.fetchall())
+        labels = set(f.version_label for f in catalog.versioned)
+        if versions <= labels:
+            return 'dbmate', ('it has a single version column and its versions are those of the dbmate files in '
+                              'path')
+    return None
+
+
+def _refuse_foreign(table, owner, evidence):
+    default = TAKEOVER_TABLES.get(owner, table.display)
+    other = 'pg_schema_migrations' if table.table != 'pg_schema_migrations' else 'pg_migrate_history'
+    return MigrationError(
+        'table %s belongs to %s (%s), so pg_migrate will not adopt it: adopting adds columns to another tool\'s '
+        'table. Keep it as it is and give pg_migrate a table of its own that records what %s applied: table: %s '
+        '(any free name) with takeover: %s%s' % (
+            table.qualified, owner, evidence, owner, other, owner,
+            '' if default == table.table else ' and takeover_table: %s' % table.display))
+
+
+# -- takeover: another tool's history ------------------------------------------------------------------
+class History:
+    """What another tool recorded as applied, matched to the files of path."""
+
+    def __init__(self, tool, table):
+        self.tool = tool
+        self.table = table
+        self.keys = {}        # version key -> applied_at
+        self.names = {}       # recorded name (file or folder) -> applied_at
+        self.labels = {}      # version as written -> applied_at
+        self.floor = None     # everything up to this version is applied
+        self.problems = []
+
+    def applied_files(self, catalog):
+        """[(file, applied_at)] for the files of path the other tool applied, and the history entries without a
+        file."""
+        found = []
+        matched_keys, matched_names, matched_labels = set(), set(), set()
+        for mfile in catalog.versioned:
+            if mfile.key in self.keys:
+                found.append((mfile, self.keys[mfile.key]))
+                matched_keys.add(mfile.key)
+            elif mfile.name in self.names:
+                found.append((mfile, self.names[mfile.name]))
+                matched_names.add(mfile.name)
+            elif mfile.version_label in self.labels:
+                found.append((mfile, self.labels[mfile.version_label]))
+                matched_labels.add(mfile.version_label)
+            elif self.floor is not None and mfile.key <= self.floor:
+                found.append((mfile, None))
+        unknown = [version_text(k) for k in self.keys if k not in matched_keys]
+        unknown += [n for n in self.names if n not in matched_names]
+        unknown += [v for v in self.labels if v not in matched_labels and parse_version(v) not in matched_keys]
+        if self.floor is not None and not any(f.key == self.floor for f in catalog.versioned) \
+                and not any(f.key == self.floor for f in catalog.baselines) and self.tool == 'golang-migrate':
+            unknown.append(version_text(self.floor))
+        return found, sorted(set(unknown))
+
+
+def _rows(cur, query, ident):
+    cur.execute(pgsql.SQL(query).format(ident))
+    return cur.fetchall()
+
+
+_HISTORY_COLUMNS = {
+    'flyway': {'installed_rank', 'version', 'type', 'success', 'installed_on'},
+    'golang-migrate': {'version', 'dirty'},
+    'dbmate': {'version'},
+    'goose': {'id', 'version_id', 'is_applied', 'tstamp'},
+    'sql-migrate': {'id', 'applied_at'},
+    'sqlx': {'version', 'success', 'installed_on'},
+    'prisma': {'migration_name', 'finished_at', 'rolled_back_at', 'started_at'},
+    'diesel': {'version', 'run_on'},
+}
+
+
+def _looks_like(tool, source):
+    if tool == 'pg_migrate':
+        return 'version' in source.columns or source.name_col in source.columns
+    return _HISTORY_COLUMNS[tool] <= set(source.columns)
+
+
+def read_history(tool, source, cur):
+    """The other tool's history from its table (never written to)."""
+    history = History(tool, source.qualified)
+    ident = source.ident
+    if tool == 'flyway':
+        failed = {}
+        for version, typ, success, installed_on in _rows(
+                cur, 'SELECT version, type, success, installed_on FROM {} ORDER BY installed_rank', ident):
+            key = parse_version(version)
+            if key is None or typ == 'SCHEMA':
+                continue  # repeatables (no version) re-run once after the takeover
+            if typ == 'BASELINE':
+                history.floor = max(history.floor or key, key)
+            elif not success:
+                failed[key] = version
+            elif typ.startswith('UNDO') or typ == 'DELETE':
+                history.keys.pop(key, None)
+                failed.pop(key, None)
+            else:
+                history.keys[key] = installed_on
+                failed.pop(key, None)
+                if typ.endswith('_BASELINE'):
+                    history.floor = max(history.floor or key, key)
+        if failed:
+            history.problems.append(
+                '%s records version(s) %s as failed (success = false): Flyway itself refuses to migrate until '
+                'flyway repair. Inspect the database, finish or undo that migration, run flyway repair (or delete '
+                'those rows), then run again' % (source.qualified, ', '.join(sorted(failed.values()))))
+    elif tool == 'golang-migrate':
+        rows = _rows(cur, 'SELECT version, dirty FROM {} ORDER BY version DESC', ident)
+        if rows:
+            version, dirty = rows[0]
+            if dirty:
+                history.problems.append(
+                    '%s marks version %s dirty: golang-migrate stopped in the middle of that migration. Inspect the '
+                    'database, finish or undo version %s by hand, then run "migrate force %s" (finished) or "migrate '
+                    'force <previous version>" (undone) and run again' % (source.qualified, version, version, version))
+            history.floor = (int(version),) if version is not None and int(version) >= 0 else None
+    elif tool == 'dbmate':
+        for (version,) in _rows(cur, 'SELECT version::text FROM {}', ident):
+            history.labels[version] = None
+    elif tool == 'goose':
+        state = {}
+        for version_id, is_applied, tstamp in _rows(
+                cur, 'SELECT version_id, is_applied, tstamp FROM {} ORDER BY id', ident):
+            if version_id:
+                state[(int(version_id),)] = tstamp if is_applied else False
+        history.keys = dict((k, v) for k, v in state.items() if v is not False)
+    elif tool == 'sql-migrate':
+        for name, applied_at in _rows(cur, 'SELECT id, applied_at FROM {}', ident):
+            history.names[name] = applied_at
+    elif tool == 'sqlx':
+        failed = []
+        for version, success, installed_on in _rows(cur, 'SELECT version, success, installed_on FROM {}', ident):
+            if success:
+                history.keys[(int(version),)] = installed_on
+            else:
+                failed.append(str(version))
+        if failed:
+            history.problems.append(
+                '%s records version(s) %s as failed (success = false; sqlx calls it dirty and refuses to migrate). '
+                'Inspect the database, finish or undo that migration, delete its row, then run again'
+                % (source.qualified, ', '.join(failed)))
+    elif tool == 'prisma':
+        state = {}
+        for name, finished_at, rolled_back_at in _rows(
+                cur, 'SELECT migration_name, finished_at, rolled_back_at FROM {} ORDER BY started_at', ident):
+            if rolled_back_at is not None:
+                state.setdefault(name, None)
+            elif finished_at is None:
+                state[name] = False
+            else:
+                state[name] = finished_at
+        failed = sorted(n for n, v in state.items() if v is False)
+        if failed:
+            history.problems.append(
+                '%s records migration(s) %s as started but not finished: Prisma refuses to migrate until they are '
+                'resolved. Inspect the database, then run "prisma migrate resolve --applied" or "--rolled-back" for '
+                'them, and run again' % (source.qualified, ', '.join(failed)))
+        history.names = dict((n, v) for n, v in state.items() if v)
+    elif tool == 'diesel':
+        for version, run_on in _rows(cur, 'SELECT version::text, run_on FROM {}', ident):
+            key = parse_version(version.replace('-', ''))
+            if key is not None:
+                history.keys[key] = run_on
+    elif tool == 'pg_migrate':
+        if not source.columns:
+            source.inspect(cur)
+        failed = []
+        for record in source.read(cur):
+            if not record.success:
+                failed.append(record.name or record.version)
+            elif record.kind != 'repeatable' and record.key is not None:
+                history.keys[record.key] = None
+        if failed:
+            history.problems.append('%s records failed migration(s) %s; repair them there first (repair: true with '
+                                    'table: %s)' % (source.qualified, ', '.join(failed), source.display))
+    return history
+
+
+# -- plan ----------------------------------------------------------------------------------------------
 class Plan:
     """What a run would do, computed from the files and the tracking table."""
 
-    def __init__(self, versioned, repeatable, records, baseline=None, target=None, out_of_order=False):
-        self.versioned = versioned
-        self.repeatable = repeatable
+    def __init__(self, catalog, records, baseline=None, target=None, out_of_order=False):
+        versioned, repeatable, bfiles = catalog.versioned, catalog.repeatable, catalog.baselines
         by_key = {}
         self.repeat_records = {}
         for record in records:
@@ -347,12 +1233,23 @@ class Plan:
                 by_key[record.key] = record
         self.records = by_key
         self.failed = [r for r in records if not r.success]
-        files_by_key = dict((f.key, f) for f in versioned)
-        self.missing = sorted((r.name or r.version) for k, r in by_key.items() if k not in files_by_key)
-        self.drift = [f for f in versioned if f.key in by_key and by_key[f.key].checksum
-                      and by_key[f.key].success and by_key[f.key].checksum != f.checksum]
+        # A Flyway B file that ran on a fresh database stands for every version up to its own.
+        b_keys = [k for k, r in by_key.items() if r.success and r.is_b_script]
+        self.b_floor = max(b_keys) if b_keys else None
+        file_keys = set(f.key for f in versioned) | set(f.key for f in bfiles)
+        self.missing = sorted((r.name or r.version) for k, r in by_key.items() if k not in file_keys)
+        self.drift = []
+        for mfile in versioned + bfiles:
+            record = by_key.get(mfile.key)
+            if record is None or not record.checksum or not record.success:
+                continue
+            if record.is_b_script != (mfile.kind == 'baseline-script'):
+                continue  # a B record covers the V file of its version, and the other way round
+            if record.checksum != mfile.checksum:
+                self.drift.append(mfile)
         self.unchecksummed = [f for f in versioned if f.key in by_key and not by_key[f.key].checksum]
-        pending = [f for f in versioned if f.key not in by_key]
+        covered = self.b_floor
+        pending = [f for f in versioned if f.key not in by_key and not (covered is not None and f.key <= covered)]
         applied_keys = [k for k, r in by_key.items() if r.success]
         self.current = max(applied_keys) if applied_keys else None
         self.baseline = []
@@ -362,11 +1259,18 @@ class Plan:
                 raise MigrationError('baseline %r is not a version (expected e.g. 5, 20251105 or 1.2)' % baseline)
             self.baseline = [f for f in pending if f.key <= limit]
             pending = [f for f in pending if f.key > limit]
+        limit = None
         if target is not None:
             limit = parse_version(target)
             if limit is None:
                 raise MigrationError('target %r is not a version' % target)
             pending = [f for f in pending if f.key <= limit]
+        self.b_start = None
+        if not by_key and bfiles and baseline is None:
+            usable = [b for b in bfiles if limit is None or b.key <= limit]
+            if usable:
+                self.b_start = usable[-1]
+                pending = [self.b_start] + [f for f in pending if f.key > self.b_start.key]
         self.out_of_order = [f for f in pending if self.current is not None and f.key < self.current]
         if self.out_of_order and not out_of_order:
             raise MigrationError(
@@ -390,12 +1294,64 @@ class Plan:
         return names + sorted(self.repeat_records)
 
 
+# -- waiting for locks --------------------------------------------------------------------------------
+class BlockerWatch:
+    """Watch, from a second connection, which sessions block our backend while a statement waits for a lock."""
+
+    QUERY = ("SELECT a.pid, a.usename, a.application_name, a.state, "
+             "left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 200), "
+             "extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::int "
+             "FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids(%s)) ORDER BY a.pid")
+
+    def __init__(self, params, pid):
+        self.params = params
+        self.pid = pid
+        self.blockers = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name='pg_migrate lock watch', daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            conn = connect(self.params, policy=RetryPolicy(retries=0), application_name='pg_migrate lock watch')
+        except ConnectError:
+            return
+        try:
+            with conn.cursor() as cur:
+                while not self.stopped.is_set():
+                    cur.execute(self.QUERY, (self.pid,))
+                    rows = cur.fetchall()
+                    if rows:
+                        self.blockers = rows
+                    self.stopped.wait(0.05)
+        except psycopg2.Error:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join(5)
+
+    def describe(self):
+        if not self.blockers:
+            return ('the blocking session could not be identified (it ended, or this role may not see it in '
+                    'pg_stat_activity)')
+        return '; '.join('pid %s (user %s, application_name %r, state %s, in its transaction for %ss, query: %s)'
+                         % row for row in self.blockers)
+
+
+def _interval_ms(seconds):
+    return '%dms' % int(round(float(seconds or 0) * 1000))
+
+
+# -- the runner ----------------------------------------------------------------------------------------
 class Migrator:
     """Apply pending migrations under a session-level advisory lock.
 
-    params: connection parameters (soulnear_pg.connection_argument_spec) plus
-    path, table, drift, baseline, target, out_of_order, lock_timeout,
-    applied_by, repair.
+    params: connection parameters (pg.connection_argument_spec) plus path, format, placeholders, table,
+    takeover, takeover_table, drift, baseline, target, out_of_order, repair, lock_timeout, ddl_lock_timeout,
+    ddl_lock_retries, statement_timeout, applied_by.
     """
 
     def __init__(self, params, check_mode=False, warn=None, sleep=time.sleep, log=None):
@@ -404,23 +1360,50 @@ class Migrator:
         self.warn = warn or (lambda msg: None)
         self.log = log or (lambda msg: None)
         self.sleep = sleep
+        self.layout = params.get('format') or 'auto'
+        if self.layout not in FORMATS:
+            raise MigrationError('format must be one of %s' % ', '.join(FORMATS))
         self.table = TrackingTable(params.get('table') or 'schema_migrations')
+        self.takeover = params.get('takeover') or None
+        if self.takeover is not None and self.takeover not in TAKEOVER_TOOLS:
+            raise MigrationError('takeover must be one of %s' % ', '.join(TAKEOVER_TOOLS))
+        takeover_table = params.get('takeover_table') or TAKEOVER_TABLES.get(self.takeover)
+        if self.takeover == 'pg_migrate' and not params.get('takeover_table'):
+            raise MigrationError('takeover: pg_migrate reads an older pg_migrate table under another name: set '
+                                 'takeover_table to it')
+        self.source = TrackingTable(takeover_table) if self.takeover else None
         self.applied_by = params.get('applied_by') or default_applied_by()
         self.drift_policy = params.get('drift') or 'fail'
         if self.drift_policy not in DRIFT_POLICIES:
             raise MigrationError('drift must be one of %s' % ', '.join(DRIFT_POLICIES))
-        self.applied = []
-        self.baselined = []
-        self.notes = []
-        self.current = None  # the file being applied, for messages about a lost connection
+        self.ddl_lock_timeout = float(params.get('ddl_lock_timeout', 5) or 0)
+        self.ddl_lock_retries = max(0, int(params.get('ddl_lock_retries', 3) or 0))
+        self.statement_timeout = float(params.get('statement_timeout', 0) or 0)
+        self.placeholders = params.get('placeholders') or {}
+        self.catalog = None
+        self._reset_run()
         self.policy = RetryPolicy(retries=params.get('retries', 3), sleep=sleep,
                                   on_retry=lambda n, wait, exc: self.log(
                                       'retry %d in %.1fs after: %s' % (n, wait, describe_error(exc))))
 
+    def _reset_run(self):
+        self.applied = []
+        self.baselined = []
+        self.taken_over = []
+        self.callbacks_run = []
+        self.notes = []
+        self.db_changed = False
+        self._blockers = None
+        self.current = None  # the file being applied, for messages about a lost connection
+
     # -- entry point -----------------------------------------------------
     def run(self):
         started = time.time()
-        versioned, repeatable = discover(self.params['path'])
+        try:
+            self.catalog = discover(self.params['path'], self.layout)
+        except MigrationError as exc:
+            exc.result = self._result(None, started)
+            raise
         attempt = 0
         while True:
             try:
@@ -428,7 +1411,7 @@ class Migrator:
             except ConnectError as exc:
                 raise MigrationError(str(exc), self._result(None, started)) from None
             try:
-                plan = self._run_on(conn, versioned, repeatable)
+                plan = self._run_on(conn)
                 return self._result(plan, started)
             except psycopg2.Error as exc:
                 # The connection died between files or mid-file: the server rolled the open
@@ -437,7 +1420,7 @@ class Migrator:
                     where = ''
                     if self.current is not None:
                         where = (' while applying %s (the server rolled its transaction back; nothing of it was '
-                                 'applied)' % self.current.name)
+                                 'applied)' % self.current.label)
                     fix = 'run again once the server is reachable' if is_retryable(exc) \
                         else 'fix the cause and run again'
                     raise MigrationError('migration run failed%s: %s. Nothing is half-applied; %s%s'
@@ -457,49 +1440,25 @@ class Migrator:
         return ('pg_migrate %s' % self.applied_by)[:63]
 
     # -- one connected attempt ---------------------------------------------
-    def _run_on(self, conn, versioned, repeatable):
+    def _run_on(self, conn):
         conn.autocommit = True
         with conn.cursor() as cur:
+            self.table.resolve(cur)
             if self.check_mode:
-                exists = self.table.inspect(cur)
-                records = self.table.read(cur) if exists else []
-                if not exists:
-                    self.notes.append('would create table %s' % self.table.display)
-                elif self.table.missing_columns():
-                    self.notes.append('would adopt table %s left by another runner' % self.table.display)
-                plan = self._check_plan(Plan(versioned, repeatable, records, self.params.get('baseline'),
-                                             self.params.get('target'), self.params.get('out_of_order')))
-                self.baselined = [f.name for f in plan.baseline]
-                if plan.unchecksummed or (plan.drift and self.drift_policy == 'adopt'):
-                    self.notes.append('would record the checksums of %d file(s)'
-                                      % (len(plan.unchecksummed) + len(plan.drift)))
-                return plan
+                return self._plan_and_check(conn, cur)
             self._lock(cur)
             try:
                 conn.autocommit = False
-                self.notes.extend(self.table.ensure(cur))
-                conn.commit()
-                if self.params.get('repair'):
-                    removed = self.table.delete_failed(cur)
-                    conn.commit()
-                    if removed:
-                        self.notes.append('removed %d failed record(s) so they run again (repair)' % removed)
-                plan = Plan(versioned, repeatable, self.table.read(cur), self.params.get('baseline'),
-                            self.params.get('target'), self.params.get('out_of_order'))
-                conn.commit()
-                self._check_plan(plan)
-                self._adopt_checksums(cur, plan)
-                conn.commit()
-                for mfile in plan.baseline:
-                    self.table.insert(cur, mfile, 'baseline', mfile.checksum, 0, True, self.applied_by)
-                    self.baselined.append(mfile.name)
-                conn.commit()
-                for mfile in plan.todo():
-                    self._apply(conn, mfile)
+                plan = self._plan_and_check(conn, cur)
+                self._bookkeeping(conn, cur, plan)
+                todo = plan.todo()
+                if todo:
+                    self._apply_all(conn, plan, todo)
                 conn.autocommit = True
-                if not (self.applied or self.baselined or self.notes):
+                if not (self.applied or self.baselined or self.taken_over or self.notes):
                     return plan
-                return Plan(versioned, repeatable, self.table.read(cur), None, self.params.get('target'), True)
+                self.table.inspect(cur)
+                return Plan(self.catalog, self.table.read(cur), None, self.params.get('target'), True)
             finally:
                 if not conn.closed:
                     try:
@@ -510,6 +1469,84 @@ class Migrator:
                         # The server drops session-level advisory locks with the connection anyway.
                         self.log('could not release the lock explicitly: %s' % describe_error(exc))
 
+    def _plan_and_check(self, conn, cur):
+        """Everything that can fail before the first change: the tracking table, a takeover, the plan and
+        every pending file. Check mode stops here."""
+        self.notes, self.taken_over = [], []
+        exists = self.table.inspect(cur)
+        if exists:
+            owner = foreign_owner(self.table, self.catalog, cur)
+            if owner is not None:
+                raise _refuse_foreign(self.table, *owner)
+        records = self.table.read(cur) if exists else []
+        if self.check_mode:
+            if not exists:
+                self.notes.append('would create table %s' % self.table.qualified)
+            elif self.table.missing_columns():
+                self.notes.append('would adopt table %s left by an older runner' % self.table.qualified)
+        if self.params.get('repair'):
+            records = [r for r in records if r.success]
+        self.takeover_rows = []
+        if self.takeover:
+            records = records + self._takeover(cur, records)
+        plan = Plan(self.catalog, records, self.params.get('baseline'), self.params.get('target'),
+                    self.params.get('out_of_order'))
+        self._check_plan(plan)
+        self._preflight(cur, plan)
+        if self.check_mode:
+            self.baselined = [f.name for f in plan.baseline]
+            if plan.unchecksummed or (plan.drift and self.drift_policy == 'adopt'):
+                self.notes.append('would record the checksums of %d file(s)'
+                                  % (len(plan.unchecksummed) + len(plan.drift)))
+        return plan
+
+    def _takeover(self, cur, records):
+        """Records for the files the other tool applied (nothing is written here)."""
+        source = self.source
+        exists = source.inspect(cur)
+        if exists and source.qualified == self.table.qualified:
+            raise MigrationError(
+                'takeover: %s reads %s, which is also the table pg_migrate would record in (table: %s). pg_migrate '
+                'never alters another tool\'s table: give it a table of its own, e.g. table: pg_schema_migrations'
+                % (self.takeover, source.qualified, self.table.display))
+        ours = [r for r in records if r.success]
+        if not exists:
+            if ours:
+                return []  # taken over on an earlier run; the other tool's table is gone since
+            raise MigrationError(
+                'takeover: %s reads the table %s, which does not exist in this database, and pg_migrate has '
+                'recorded nothing yet: running every migration from the start could repeat what is already there. '
+                'Set takeover_table to the table %s keeps its history in (schema-qualified if needed), or remove '
+                'takeover for a database %s never migrated' % (self.takeover, source.display, self.takeover,
+                                                              self.takeover))
+        if not _looks_like(self.takeover, source):
+            raise MigrationError('takeover_table %s does not look like %s\'s history table (its columns: %s); set '
+                                 'takeover_table to the table %s keeps its history in'
+                                 % (source.qualified, self.takeover, ', '.join(sorted(source.columns)),
+                                    self.takeover))
+        history = read_history(self.takeover, source, cur)
+        if history.problems:
+            raise MigrationError(_numbered_problems(history.problems, 'takeover: %s\'s history is not in a state to '
+                                                                      'take over; nothing was changed'
+                                                    % self.takeover))
+        found, unknown = history.applied_files(self.catalog)
+        if ours:
+            recorded = set(r.key for r in ours if r.key is not None)
+            later = [f.name for f, _ in found if f.key not in recorded]
+            if later:
+                raise MigrationError(
+                    '%s records migration(s) %s as applied, but pg_migrate has not recorded them: %s ran after the '
+                    'takeover. Let one tool migrate this database: record them by hand in %s (kind baseline) if '
+                    'their changes are there, then run again' % (source.qualified, _listing(later), self.takeover,
+                                                                 self.table.qualified))
+            return []
+        if unknown:
+            self.warn('%s records version(s) %s that have no migration in path; they are not recorded in %s'
+                      % (source.qualified, _listing(unknown), self.table.qualified))
+        self.takeover_rows = found
+        self.taken_over = [f.name for f, _ in found]
+        return [Record((version_text(f.key), f.name, 'baseline', f.checksum, True, None)) for f, _ in found]
+
     def _check_plan(self, plan):
         if plan.failed and not self.params.get('repair'):
             record = plan.failed[0]
@@ -517,7 +1554,7 @@ class Migrator:
                 'migration %s failed outside a transaction on an earlier run, so part of it may be applied: %s. '
                 'Inspect the database and finish or undo that work by hand, then run again with repair: true '
                 '(or DELETE FROM %s WHERE NOT success) to retry the file'
-                % (record.name or record.version, record.error or 'no error recorded', self.table.display))
+                % (record.name or record.version, record.error or 'no error recorded', self.table.qualified))
         if plan.drift:
             names = ', '.join(f.name for f in plan.drift)
             if self.drift_policy == 'fail':
@@ -531,29 +1568,85 @@ class Migrator:
             self.warn('recorded migration(s) have no file any more: %s' % ', '.join(plan.missing))
         return plan
 
-    def _adopt_checksums(self, cur, plan):
+    def _context(self, cur):
+        cur.execute("SELECT current_user, current_database(), current_schema(), to_char(now(), "
+                    "'YYYY-MM-DD HH24:MI:SS'), current_setting('server_version_num')::int")
+        user, database, schema, stamp, version = cur.fetchone()
+        builtins = {'flyway:user': user, 'flyway:database': database, 'flyway:defaultschema': schema or '',
+                    'flyway:timestamp': stamp, 'flyway:table': self.table.table,
+                    'flyway:workingdirectory': os.getcwd()}
+        return Context(version, self.placeholders, builtins)
+
+    def _preflight(self, cur, plan):
+        """Read and check every file the run would execute; report every problem together."""
+        todo = plan.todo()
+        if not todo:
+            return
+        context = self._context(cur)
+        problems = []
+        files = list(todo)
+        for event in RUN_CALLBACKS:
+            files.extend(self.catalog.callbacks.get(event, []))
+        for mfile in files:
+            _, found = prepare(mfile, context)
+            problems.extend('%s line %d: %s' % (mfile.label, line, message) for line, message in found)
+        for event in ('beforeEachMigrate', 'afterEachMigrate'):
+            for callback in self.catalog.callbacks.get(event, []):
+                if callback.prepared and not callback.prepared[2]:
+                    problems.append('%s: a %s callback runs inside every migration\'s transaction, so it cannot hold '
+                                    'statements that refuse one' % (callback.label, event))
+        if problems:
+            raise MigrationError(_numbered_problems(problems, 'pending migration(s) that cannot run as written; '
+                                                              'nothing was applied'))
+
+    def _bookkeeping(self, conn, cur, plan):
+        """Create or adopt the tracking table, remove repaired failures, record a takeover, a baseline and
+        checksums: one transaction, so a failure here changes nothing."""
+        done = []
+        done.extend(self.table.ensure(cur))
+        if self.params.get('repair'):
+            removed = self.table.delete_failed(cur)
+            if removed:
+                done.append('removed %d failed record(s) so they run again (repair)' % removed)
+        origin = '%s (takeover from %s %s)' % (self.applied_by, self.takeover, self.source.qualified) \
+            if self.takeover else None
+        for mfile, applied_at in self.takeover_rows:
+            self.table.insert(cur, mfile, 'baseline', mfile.checksum, 0, True, origin, applied_at=applied_at)
+        for mfile in plan.baseline:
+            self.table.insert(cur, mfile, 'baseline', mfile.checksum, 0, True, self.applied_by)
+            self.baselined.append(mfile.name)
         adopt = list(plan.unchecksummed)
         if self.drift_policy == 'adopt':
             adopt += plan.drift
         for mfile in adopt:
             self.table.update_checksum(cur, mfile.key, mfile.name, mfile.checksum)
-            self.notes.append('recorded checksum of %s' % mfile.name)
+            done.append('recorded checksum of %s' % mfile.name)
+        conn.commit()
+        self.notes.extend(done)
+        if done or self.takeover_rows or plan.baseline:
+            self.db_changed = True
 
     def _lock(self, cur):
         key = self.table.lock_key()
         timeout = float(self.params.get('lock_timeout', 60))
         deadline = time.time() + timeout
+        waited = False
         while True:
             cur.execute('SELECT pg_try_advisory_lock(%s, %s)', (LOCK_CLASS, key))
             if cur.fetchone()[0]:
                 return
+            if not waited:
+                self.log('waiting for the migration lock on %s (another run holds it)' % self.table.qualified)
+                waited = True
             if time.time() >= deadline:
                 break
             self.sleep(min(0.2, max(0.0, deadline - time.time())))
         cur.execute("SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start::text, a.state "
                     "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                     "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::int::oid "
-                    "AND l.objid = %s::int::oid AND l.objsubid = 2", (LOCK_CLASS, key))
+                    "AND l.objid = %s::int::oid AND l.objsubid = 2 "
+                    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    (LOCK_CLASS, key))
         holder = cur.fetchone()
         if holder:
             who = 'pid %s, application_name %r, client %s, connected since %s, state %s' % holder
@@ -561,59 +1654,141 @@ class Migrator:
         else:
             who, fix = 'a session that has just released it', 'run again'
         raise MigrationError('another migration run holds the lock on %s (%s); gave up after %ss. %s'
-                             % (self.table.display, who, int(timeout), fix))
+                             % (self.table.qualified, who, int(timeout), fix))
 
-    # -- applying one file -----------------------------------------------
-    def _statements(self, mfile):
+    # -- applying ---------------------------------------------------------
+    def _apply_all(self, conn, plan, todo):
+        callbacks = self.catalog.callbacks
+        versioned_left = len(plan.pending)
         try:
-            statements = split_statements(mfile.text)
-        except SqlSplitError as exc:
-            raise MigrationError('migration %s cannot be parsed at line %d: %s; nothing was applied from it'
-                                 % (mfile.name, exc.line, exc)) from None
-        if not mfile.transactional:
-            return statements
-        # A file wrapped in BEGIN; ... COMMIT; gets our transaction instead of its own.
-        if len(statements) >= 2 and is_transaction_control(statements[0][1]) \
-                and is_transaction_control(statements[-1][1]) \
-                and statements[0][1].split()[0].upper() in ('BEGIN', 'START'):
-            statements = statements[1:-1]
-        for line, statement in statements:
-            if is_transaction_control(statement):
-                raise MigrationError(
-                    'migration %s line %d: %r controls the transaction itself; pg_migrate already runs each file in '
-                    'one transaction. Remove it, or put "-- pg_migrate: no-transaction" on the first line to run the '
-                    'file outside a transaction' % (mfile.name, line, statement.split('\n')[0][:60]))
-        return statements
-
-    def _apply(self, conn, mfile):
-        statements = self._statements(mfile)
-        self.current = mfile
-        kind = mfile.kind
-        started = time.time()
-        self.log('applying %s' % mfile.name)
-        if mfile.transactional:
-            conn.autocommit = False
-            with conn.cursor() as cur:
-                line, statement = 0, ''
+            self._callback(conn, 'beforeMigrate')
+            for mfile in todo:
+                if mfile.kind == 'repeatable' and versioned_left == 0 and mfile is plan.repeat_due[0]:
+                    self._callback(conn, 'beforeRepeatables')
+                self._apply(conn, mfile, callbacks.get('beforeEachMigrate', []),
+                            callbacks.get('afterEachMigrate', []))
+                if mfile.kind != 'repeatable':
+                    versioned_left -= 1
+                    if versioned_left == 0:
+                        self._callback(conn, 'afterVersioned')
+            self._callback(conn, 'afterMigrate')
+            self._callback(conn, 'afterMigrateApplied')
+        except MigrationError:
+            if callbacks.get('afterMigrateError') and not conn.closed:
                 try:
-                    for line, statement in statements:  # noqa: B007 - line names the failing statement
-                        cur.execute(statement)
-                    self.table.insert(cur, mfile, kind, mfile.checksum, (time.time() - started) * 1000, True,
-                                      self.applied_by)
-                    conn.commit()
-                except psycopg2.Error as exc:
-                    if is_retryable(exc):
-                        raise
                     conn.rollback()
-                    where = line_of_position(statement, line, getattr(exc.diag, 'statement_position', None))
-                    raise MigrationError(
-                        'migration %s failed at line %d: %s. Its transaction was rolled back: nothing of this file '
-                        'was applied%s, and later files were not run. Fix the file and run again'
-                        % (mfile.name, where, describe_error(exc), self._applied_note())) from None
+                    self._callback(conn, 'afterMigrateError')
+                except (MigrationError, psycopg2.Error) as exc:
+                    self.warn('afterMigrateError callback failed: %s' % exc)
+            raise
+
+    def _reset_session(self, conn):
+        """Back to a fresh session between files, keeping the advisory lock (DISCARD ALL would drop it)."""
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute('CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; '
+                        'DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; '
+                        "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false), "
+                        "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                        'AND classid = %s::int::oid AND objid = %s::int::oid AND objsubid = 2)',
+                        (_interval_ms(self.ddl_lock_timeout), _interval_ms(self.statement_timeout), LOCK_CLASS,
+                         self.table.lock_key()))
+            if not cur.fetchone()[2]:
+                raise MigrationError('pg_migrate lost its advisory lock on %s (a migration ran '
+                                     'pg_advisory_unlock_all() or similar), so another run could start; stopped%s'
+                                     % (self.table.qualified, self._applied_note()))
+
+    def _callback(self, conn, event):
+        for callback in self.catalog.callbacks.get(event, []):
+            statements, modes, transactional = callback.prepared
+            self.log('running callback %s' % callback.name)
+            self._reset_session(conn)
+            if transactional:
+                self._run_transaction(conn, callback, [(callback, statements)], modes, record=False)
+            else:
+                self._run_outside(conn, callback, [(callback, statements)], record=False)
+            self.callbacks_run.append(callback.name)
+
+    def _apply(self, conn, mfile, before_each=(), after_each=()):
+        statements, modes, transactional = mfile.prepared
+        self.current = mfile
+        self.log('applying %s' % mfile.label)
+        self._reset_session(conn)
+        parts = [(c, c.prepared[0]) for c in before_each] + [(mfile, statements)] + \
+            [(c, c.prepared[0]) for c in after_each]
+        if transactional:
+            self._run_transaction(conn, mfile, parts, modes)
         else:
-            self._apply_outside_transaction(conn, mfile, statements, started)
+            self._run_outside(conn, mfile, parts)
         self.applied.append(mfile.name)
         self.current = None
+
+    def _backoff(self, attempt):
+        return min(0.5 * (2 ** attempt), 8.0)
+
+    def _watch(self, conn, attempt):
+        if self.ddl_lock_timeout <= 0 or (attempt == 0 and self.ddl_lock_retries > 0):
+            return None
+        return BlockerWatch(self.params, conn.get_backend_pid())
+
+    def _run_transaction(self, conn, mfile, parts, modes, record=True):
+        """Run the parts in one transaction with the tracking row; retry a lock timeout (55P03) with backoff."""
+        attempt = 0
+        while True:
+            started = time.time()
+            watch = self._watch(conn, attempt)
+            source, line, statement = mfile, 0, ''
+            conn.autocommit = False
+            try:
+                with conn.cursor() as cur:
+                    if modes and modes[1]:
+                        line, statement = modes[0], 'SET TRANSACTION ' + modes[1]
+                        cur.execute(statement)
+                    for source, statements in parts:  # noqa: B007 - source names the failing part
+                        for line, statement in statements:  # noqa: B007 - line names the failing statement
+                            cur.execute(statement)
+                    source, line, statement = None, 0, ''
+                    if record:
+                        cur.execute('SET SESSION AUTHORIZATION DEFAULT')
+                        self.table.insert(cur, mfile, mfile.kind if mfile.kind == 'repeatable' else 'versioned',
+                                          mfile.checksum, (time.time() - started) * 1000, True, self.applied_by)
+                conn.commit()
+                self.db_changed = True
+                return
+            except psycopg2.Error as exc:
+                if is_retryable(exc):
+                    raise
+                conn.rollback()
+                if getattr(exc, 'pgcode', None) == '55P03' and attempt < self.ddl_lock_retries:
+                    wait = self._backoff(attempt)
+                    self.log('%s: lock not available within %ss (attempt %d); retrying in %.1fs'
+                             % (mfile.label, self.ddl_lock_timeout, attempt + 1, wait))
+                    self.sleep(wait)
+                    attempt += 1
+                    continue
+                raise self._failure(mfile, source, line, statement, exc, watch, attempt) from None
+            finally:
+                if watch is not None:
+                    watch.stop()
+
+    def _failure(self, mfile, source, line, statement, exc, watch, attempt):
+        where = line_of_position(statement, line, getattr(exc.diag, 'statement_position', None))
+        place = '%s failed at line %d' % (mfile.label, where)
+        if source is None:
+            place = '%s: recording it in %s failed' % (mfile.label, self.table.qualified)
+        elif source is not mfile:
+            place = '%s failed in callback %s at line %d' % (mfile.label, source.label, where)
+        rolled = 'Its transaction was rolled back: nothing of this file was applied%s, and later files were not run' \
+            % self._applied_note()
+        if getattr(exc, 'pgcode', None) == '55P03':
+            blockers = watch.describe() if watch is not None else 'the blocking session was not identified'
+            return MigrationError(
+                'migration %s: it waited for a lock longer than ddl_lock_timeout (%ss) %d time(s) (SQLSTATE 55P03), '
+                'so it gave up instead of making the bot\'s queries queue behind it. Blocked by %s. %s. Run again when '
+                'that session is done (a backup, a long transaction), or end it with SELECT pg_terminate_backend(pid)'
+                % (place, self.ddl_lock_timeout, attempt + 1, blockers, rolled))
+        return MigrationError('migration %s: %s. %s. Fix the file and run again'
+                              % (place, describe_error(exc), rolled))
 
     def _applied_note(self):
         if not self.applied:
@@ -621,24 +1796,65 @@ class Migrator:
         return '; the %d file(s) applied before it in this run stay applied (%s)' % (
             len(self.applied), ', '.join(self.applied))
 
-    def _apply_outside_transaction(self, conn, mfile, statements, started):
+    def _run_outside(self, conn, mfile, parts, record=True):
+        """Run statement by statement outside a transaction; a failure is recorded and needs repair."""
+        started = time.time()
         conn.autocommit = True
         line, statement = 0, ''
         with conn.cursor() as cur:
             try:
-                for line, statement in statements:  # noqa: B007 - line names the failing statement
-                    cur.execute(statement)
-                self.table.insert(cur, mfile, mfile.kind, mfile.checksum, (time.time() - started) * 1000, True,
-                                  self.applied_by)
+                for _, statements in parts:
+                    for line, statement in statements:  # noqa: B007 - line names the failing statement
+                        self._execute_outside(conn, cur, mfile, statement)
+                        self.db_changed = True
+                if record:
+                    self.table.insert(cur, mfile, mfile.kind if mfile.kind == 'repeatable' else 'versioned',
+                                      mfile.checksum, (time.time() - started) * 1000, True, self.applied_by)
                 return
             except psycopg2.Error as exc:
                 where = line_of_position(statement, line, getattr(exc.diag, 'statement_position', None))
-                error = 'line %d: %s (statement: %s)' % (where, describe_error(exc), ' '.join(statement.split())[:200])
+                error = 'line %d: %s (statement: %s)' % (where, describe_error(exc),
+                                                         ' '.join(statement.split())[:200])
+                if getattr(exc, 'pgcode', None) == '55P03':
+                    error += '; waited for a lock longer than ddl_lock_timeout %d time(s); blocked by %s' % (
+                        self.ddl_lock_retries + 1, self._blockers or 'a session that could not be identified')
+        if not record:
+            raise MigrationError('callback %s (outside a transaction) failed at %s' % (mfile.label, error))
         self._record_failure(conn, mfile, started, error)
         raise MigrationError(
-            'migration %s (no-transaction) failed at %s. Statements before it in this file may already be applied '
-            'and were recorded as a failed migration; later files were not run. Inspect the database, then run again '
-            'with repair: true to retry the file%s' % (mfile.name, error, self._applied_note()))
+            'migration %s (outside a transaction) failed at %s. Statements before it in this file may already be '
+            'applied and were recorded as a failed migration; later files were not run. Inspect the database, then '
+            'run again with repair: true to retry the file%s' % (mfile.label, error, self._applied_note()))
+
+    def _execute_outside(self, conn, cur, mfile, statement):
+        """One autocommit statement; a lock timeout is retried with backoff (statements before it stay applied)."""
+        patient = waits_by_design(statement) and outside_transaction(statement)
+        if patient:
+            cur.execute("SELECT set_config('lock_timeout', '0', false)")
+        attempt = 0
+        try:
+            while True:
+                watch = None if patient else self._watch(conn, attempt)
+                try:
+                    cur.execute(statement)
+                    return
+                except psycopg2.Error as exc:
+                    if getattr(exc, 'pgcode', None) == '55P03' and not patient:
+                        if attempt < self.ddl_lock_retries:
+                            wait = self._backoff(attempt)
+                            self.log('%s: lock not available (attempt %d); retrying in %.1fs'
+                                     % (mfile.label, attempt + 1, wait))
+                            self.sleep(wait)
+                            attempt += 1
+                            continue
+                        self._blockers = watch.describe() if watch is not None else None
+                    raise
+                finally:
+                    if watch is not None:
+                        watch.stop()
+        finally:
+            if patient and not conn.closed:
+                cur.execute("SELECT set_config('lock_timeout', %s, false)", (_interval_ms(self.ddl_lock_timeout),))
 
     def _record_failure(self, conn, mfile, started, error):
         """Record a failed no-transaction file, on a new connection when the old one died."""
@@ -649,7 +1865,10 @@ class Migrator:
                 target = connect(self.params, policy=self.policy, application_name=self._app_name())
             target.autocommit = True
             with target.cursor() as cur:
-                self.table.insert(cur, mfile, mfile.kind, mfile.checksum, elapsed, False, self.applied_by, error)
+                cur.execute('SET SESSION AUTHORIZATION DEFAULT')
+                self.table.insert(cur, mfile, 'versioned' if mfile.kind != 'repeatable' else 'repeatable',
+                                  mfile.checksum, elapsed, False, self.applied_by, error)
+            self.db_changed = True
         except (psycopg2.Error, ConnectError) as exc:
             self.warn('could not record the failure of %s: %s' % (mfile.name, exc))
         finally:
@@ -658,10 +1877,18 @@ class Migrator:
 
     # -- results ---------------------------------------------------------
     def _result(self, plan, started):
+        catalog = self.catalog
         result = dict(applied=list(self.applied), baselined=list(self.baselined), notes=list(self.notes),
+                      taken_over=list(self.taken_over), callbacks=list(self.callbacks_run),
+                      layout=catalog.layout if catalog else None,
+                      down_files=list(catalog.down) if catalog else [],
+                      ignored=list(catalog.ignored) if catalog else [],
                       duration_ms=int((time.time() - started) * 1000))
-        result['changed'] = bool(self.applied or self.baselined or self.notes
-                                 or (self.check_mode and plan is not None and plan.todo()))
+        if self.check_mode:
+            result['changed'] = bool(self.notes or self.baselined or self.taken_over
+                                     or (plan is not None and plan.todo()))
+        else:
+            result['changed'] = bool(self.db_changed)
         if plan is not None:
             result.update(
                 pending=[f.summary() for f in plan.todo()],
@@ -674,18 +1901,23 @@ class Migrator:
         return result
 
 
-def status(params, path, table='schema_migrations'):
+def status(params, path, table='schema_migrations', layout='auto'):
     """Read-only migration status for health checks: pending, failed, drift, current version."""
-    versioned, repeatable = discover(path)
+    catalog = discover(path, layout)
     conn = connect(params, application_name='soulnear health')
     try:
         with conn.cursor() as cur:
             tracking = TrackingTable(table)
-            records = tracking.read(cur) if tracking.inspect(cur) else []
-        plan = Plan(versioned, repeatable, records, out_of_order=True)
+            exists = tracking.inspect(cur)
+            if exists:
+                owner = foreign_owner(tracking, catalog, cur)
+                if owner is not None:
+                    raise _refuse_foreign(tracking, *owner)
+            records = tracking.read(cur) if exists else []
+        plan = Plan(catalog, records, out_of_order=True)
         return dict(exists=bool(tracking.columns), pending=[f.name for f in plan.todo()],
                     failed=[r.name or r.version for r in plan.failed], drift=[f.name for f in plan.drift],
-                    missing=plan.missing,
+                    missing=plan.missing, layout=catalog.layout,
                     current_version=version_text(plan.current) if plan.current else None)
     finally:
         conn.close()

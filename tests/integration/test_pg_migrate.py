@@ -228,11 +228,30 @@ def test_no_transaction_file_with_create_index_concurrently(pg_db, tmp_path):
     assert run(pg_db, path)['changed'] is False
 
 
-def test_concurrently_in_a_transactional_file_fails_cleanly(pg_db, tmp_path):
+def test_a_file_of_statements_that_refuse_a_transaction_runs_outside_one(pg_db, tmp_path):
+    # Decision (as Flyway): no directive needed when every statement refuses a transaction block.
     path = write(tmp_path / 'm', dict(BASIC, **{
-        '004_concurrent.sql': 'CREATE INDEX CONCURRENTLY users_id_name ON users (id, name);\n'}))
-    with pytest.raises(MigrationError, match='004_concurrent.sql failed at line 1.*transaction block'):
+        '004_concurrent.sql': 'SET lock_timeout = 0;\n'
+                              'CREATE INDEX CONCURRENTLY users_id_name ON users (id, name);\n'
+                              'DROP INDEX CONCURRENTLY users_name;\n'}))
+    check = run(pg_db, path, check_mode=True)
+    assert [(p['name'], p['transaction']) for p in check['pending']][-1] == ('004_concurrent.sql', False)
+    result = run(pg_db, path)
+    assert result['applied'][-1] == '004_concurrent.sql'
+    assert rows(pg_db, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_id_name'::regclass") == [(True,)]
+    assert not rows(pg_db, "SELECT 1 FROM pg_indexes WHERE indexname = 'users_name'")
+
+
+def test_a_file_mixing_such_a_statement_with_others_is_refused_naming_the_directive(pg_db, tmp_path):
+    path = write(tmp_path / 'm', dict(BASIC, **{
+        '004_mixed.sql': 'CREATE TABLE four (id int);\n'
+                         'CREATE INDEX CONCURRENTLY users_id_name ON users (id, name);\n'}))
+    with pytest.raises(MigrationError) as info:
         run(pg_db, path)
+    message = str(info.value)
+    assert '004_mixed.sql line 2' in message and 'CREATE INDEX CONCURRENTLY' in message
+    assert '-- pg_migrate: no-transaction' in message and 'line 1: CREATE TABLE four' in message
+    assert not table_exists(pg_db, 'users')  # checked before the first file ran
 
 
 def test_failed_no_transaction_file_is_recorded_and_blocks_until_repaired(pg_db, tmp_path):
@@ -319,7 +338,7 @@ def test_two_runners_started_together_apply_each_file_once(pg_db, tmp_path):
 
 
 def test_lock_timeout_names_the_holder(pg_db, tmp_path):
-    from ansible.module_utils.soulnear.migrate import LOCK_CLASS, TrackingTable
+    from ansible.module_utils.soulnear.migrate import LOCK_CLASS, lock_key
     path = write(tmp_path / 'm', BASIC)
     holder = psycopg2.connect(host=pg_db['login_host'], port=pg_db['login_port'], user=pg_db['login_user'],
                               password=pg_db['login_password'], dbname=pg_db['login_db'],
@@ -327,7 +346,7 @@ def test_lock_timeout_names_the_holder(pg_db, tmp_path):
     try:
         with holder.cursor() as cur:
             cur.execute('SELECT pg_advisory_lock(%s, %s), pg_backend_pid()',
-                        (LOCK_CLASS, TrackingTable('schema_migrations').lock_key()))
+                        (LOCK_CLASS, lock_key('public.schema_migrations')))
             pid = cur.fetchone()[1]
         started = time.time()
         with pytest.raises(MigrationError) as info:
