@@ -13,7 +13,7 @@ LOG_LINES ?= 200
 
 ON_HOST = INVENTORY=$(INVENTORY) ANSIBLE=$(ANSIBLE) scripts/on-host.sh
 
-.PHONY: ps logs-bot logs-db health shell-db restart-bot restart diagnose
+.PHONY: ps logs-bot logs-db health shell-db restart-bot restart diagnose lock-status unlock
 
 ## Containers of the deployment with their state and health
 ps:
@@ -46,3 +46,11 @@ restart:
 ## The diagnostics checklist (playbooks/diagnose.yml); the report lands in ./diagnose-reports/
 diagnose:
 	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/diagnose.yml
+
+## Who holds the deploy lock (a deploy, redeploy or restore in progress), and since when
+lock-status:
+	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/lock.yml
+
+## Release a deploy lock left by a killed run: make unlock CONFIRM=yes
+unlock:
+	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/lock.yml -e 'soulnear_unlock=$(or $(CONFIRM),no)'

@@ -125,7 +125,8 @@ LOCK = '/var/lib/soulnear/deploy.lock'
 def plant_lock(host, holder, age_seconds):
     since = int(host.check_output('date +%s')) - age_seconds
     host.run('mkdir -p %s', LOCK)
-    host.run('sh -c %s', "printf '%%s' '%s' > %s/holder" % (json.dumps({'holder': holder, 'since': since}), LOCK))
+    record = json.dumps({'holder': holder, 'since': since, 'heartbeat': since, 'run_id': 'planted'})
+    host.run('sh -c %s', "printf '%%s' '%s' > %s/holder" % (record, LOCK))
 
 
 def test_a_held_deploy_lock_refuses_a_second_deploy(host):
@@ -146,12 +147,12 @@ def test_stale_lock_is_taken_over_and_a_concurrent_deploy_is_refused(host):
     plant_lock(host, 'bob@old-laptop (killed run)', 3 * 3600)
     first = run_playbook_background('deploy.yml')  # takes over the stale lock
     deadline = time.time() + 120
-    while time.time() < deadline and not host.file(LOCK + '/holder').contains('Deploy SoulNear'):
+    while time.time() < deadline and not host.file(LOCK + '/holder').contains('"operation": "deploy"'):
         time.sleep(1)
     second = run_playbook('deploy.yml')
     out, _ = first.communicate(timeout=900)
     assert first.returncode == 0, out[-3000:]
-    assert 'taking it over' in ' '.join(out.split())
+    assert 'took over a stale deploy lock' in ' '.join(out.split()) and 'bob@old-laptop' in out
     assert second.returncode != 0 and 'holds the lock' in ' '.join(second.stdout.split())
     assert not host.file(LOCK).exists  # released by the run that held it
     wait_healthy(host)
