@@ -1,0 +1,167 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: SoulNear operations contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: pg_server
+short_description: Converge a PostgreSQL server's settings, its superuser password and the app role in one call
+description:
+  - Sets every setting in O(settings) with C(ALTER SYSTEM) when it differs from what C(ALTER SYSTEM) wrote
+    before (C(postgresql.auto.conf)), reloads the server, and returns in RV(restart_required) the settings that
+    wait for a restart (C(pg_settings.pending_restart)), so the caller restarts only when a postmaster-context
+    setting changed, and says so.
+  - Makes sure the superuser logs in with O(login_password); when that login is refused (a rotated vault
+    password, a volume from an older setup), sets it through the database container's local socket
+    (O(container)), the password read inside the container from O(superuser_password_file).
+  - Creates the app role O(app_role) (LOGIN, no superuser, no createdb, no createrole) or converges its
+    attributes and password.
+  - Passwords are set in a session with statement logging off (C(log_statement), C(log_min_duration_statement),
+    C(log_min_error_statement)), and only when the stored SCRAM verifier does not accept them, so no password
+    ever reaches the server log and a converged server sees no password statement at all.
+  - "Gap it fills: C(community.postgresql.postgresql_alter_system) sets one parameter per task (a round trip to
+    the host each) and C(community.postgresql.postgresql_user) sends C(ALTER ROLE ... PASSWORD) in a session that
+    the server logs when C(log_statement) is C(ddl) or C(all), writing the password in plain text to the server
+    log. The database itself is still created by C(community.postgresql.postgresql_db)."
+version_added: "1.1.0"
+author: SoulNear operations contributors
+extends_documentation_fragment:
+  - soulnear_connection
+options:
+  settings:
+    description: Server settings, name -> value (booleans become C(on)/C(off)).
+    type: dict
+    default: {}
+  app_role:
+    description: The application's login role to create or converge.
+    type: str
+  app_password:
+    description: Its password.
+    type: str
+  container:
+    description: The database container, used only to set a refused superuser password over the local socket.
+    type: str
+  superuser_password_file:
+    description: Path, inside O(container), of the file holding the superuser password.
+    type: str
+    default: /run/secrets/soulnear/superuser_password
+attributes:
+  check_mode:
+    support: full
+    details: Reports the settings, roles and passwords that would change, and which settings would need a
+      restart (their context is C(postmaster)); changes nothing.
+  diff_mode:
+    support: none
+'''
+
+EXAMPLES = r'''
+- name: Ensure the server settings, the superuser password and the app role
+  pg_server:
+    login_host: 127.0.0.1
+    login_user: postgres
+    login_password: "{{ vault_postgres_password }}"
+    container: soulnear_postgres
+    app_role: soulnear
+    app_password: "{{ vault_app_db_password }}"
+    settings:
+      max_connections: 200
+      tcp_keepalives_idle: 60
+      log_statement: ddl
+  register: server
+
+- name: Restart PostgreSQL when a postmaster-context setting changed
+  community.docker.docker_container:
+    name: soulnear_postgres
+    state: started
+    restart: true
+  when: server.restart_required | length > 0
+'''
+
+RETURN = r'''
+changed_settings:
+  description: Settings that were (or would be) set with ALTER SYSTEM.
+  returned: always
+  type: list
+  elements: str
+  sample: [max_connections]
+restart_required:
+  description: Settings that wait for a server restart after the reload.
+  returned: always
+  type: list
+  elements: str
+  sample: [max_connections]
+reloaded:
+  description: Whether the server configuration was reloaded.
+  returned: always
+  type: bool
+password_changes:
+  description: Whose password was (or would be) set; never the password.
+  returned: always
+  type: list
+  elements: str
+  sample: [password of soulnear]
+role_changes:
+  description: Roles created or whose attributes were converged.
+  returned: always
+  type: list
+  elements: str
+  sample: [role soulnear created]
+msg:
+  description: One line for people, saying whether PostgreSQL was reloaded or needs a restart.
+  returned: always
+  type: str
+  sample: "Reloaded PostgreSQL: tcp_keepalives_idle changed (no restart needed)."
+'''
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.soulnear.pg import (
+    HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, ConnectError, connection_argument_spec)
+from ansible.module_utils.soulnear.pgserver import ServerConfigError, converge
+
+
+def argument_spec():
+    spec = connection_argument_spec()
+    spec.update(
+        settings=dict(type='dict', default={}),
+        app_role=dict(type='str'),
+        app_password=dict(type='str', no_log=True),
+        container=dict(type='str'),
+        superuser_password_file=dict(type='str', default='/run/secrets/soulnear/superuser_password', no_log=False),
+    )
+    return spec
+
+
+def summary(result):
+    changed = result['changed_settings']
+    if result['restart_required']:
+        text = 'Restart needed: %s changed (postmaster context).' % ', '.join(result['restart_required'])
+    elif changed:
+        text = 'Reloaded PostgreSQL: %s changed (no restart needed).' % ', '.join(changed)
+    else:
+        text = 'PostgreSQL settings unchanged.'
+    others = result['password_changes'] + result['role_changes']
+    return text + (' Also: %s.' % ', '.join(others) if others else '')
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           required_by=dict(app_role='app_password'))
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+    p = module.params
+    try:
+        result = converge(p, p['settings'], p['app_role'], p['app_password'], p['container'],
+                          p['superuser_password_file'], check_mode=module.check_mode)
+    except (ConnectError, ServerConfigError) as exc:
+        module.fail_json(msg=str(exc))
+    changed = bool(result['changed_settings'] or result['password_changes'] or result['role_changes'])
+    module.exit_json(changed=changed, msg=summary(result), **result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,108 @@
+"""pg_server against a real PostgreSQL: settings converge with reload vs restart, roles and passwords converge, and
+no password ever reaches the server log."""
+
+import time
+
+import psycopg2
+import pytest
+
+from ansible.module_utils.soulnear.pgserver import ServerConfigError, converge, password_matches
+from ansiblerun import run_module
+from pgcluster import Cluster
+
+
+@pytest.fixture(scope='module')
+def server():
+    cluster = Cluster(settings=dict(log_statement="'all'", log_min_messages="'info'")).init().start()
+    cluster.wait_ready()
+    yield cluster
+    cluster.destroy()
+
+
+def log_text(cluster):
+    with open(cluster.logfile, errors='replace') as handle:
+        return handle.read()
+
+
+def stored_password(cluster, role):
+    return cluster.query('SELECT rolpassword FROM pg_authid WHERE rolname = %s', (role,))[0][0]
+
+
+def test_settings_converge_reload_then_nothing(server):
+    params = server.params()
+    first = converge(params, dict(tcp_keepalives_idle=61, log_min_duration_statement='2s', logging_collector=False))
+    # logging_collector (postmaster context) is already off in postgresql.auto.conf: not set again, no restart.
+    assert sorted(first['changed_settings']) == ['log_min_duration_statement', 'tcp_keepalives_idle']
+    assert first['reloaded'] is True and first['restart_required'] == []
+    assert server.query("SELECT setting FROM pg_settings WHERE name = 'tcp_keepalives_idle'")[0][0] == '61'
+    again = converge(params, dict(tcp_keepalives_idle=61, log_min_duration_statement='2s', logging_collector=False))
+    assert again['changed_settings'] == [] and again['reloaded'] is False
+
+
+def test_postmaster_setting_is_reported_for_a_restart_and_check_mode_predicts_it(server):
+    params = server.params()
+    dry = converge(params, dict(max_connections=77), check_mode=True)
+    assert dry['changed_settings'] == ['max_connections'] and dry['restart_required'] == ['max_connections']
+    assert server.query("SELECT setting FROM pg_file_settings WHERE name = 'max_connections' "
+                        "AND sourcefile LIKE '%%auto.conf' ORDER BY seqno DESC LIMIT 1")[0][0] == '60'
+    real = converge(params, dict(max_connections=77))
+    assert real['restart_required'] == ['max_connections']
+    # Until the restart, every later run says so as well (an interrupted deploy still restarts).
+    assert converge(params, dict(max_connections=77))['restart_required'] == ['max_connections']
+    server.stop()
+    server.start()
+    server.wait_ready()
+    assert server.query('SHOW max_connections')[0][0] == '77'
+    assert converge(params, dict(max_connections=77))['restart_required'] == []
+
+
+def test_unknown_or_invalid_setting_names_it(server):
+    with pytest.raises(ServerConfigError, match='unknown setting.*no_such_setting'):
+        converge(server.params(), dict(no_such_setting=1))
+    with pytest.raises(ServerConfigError, match='refused tcp_keepalives_idle = soon'):
+        converge(server.params(), dict(tcp_keepalives_idle='soon'))
+
+
+def test_app_role_created_then_password_rotated_never_logged(server):
+    params = server.params()
+    first = converge(params, app_role='botapp', app_password='FirstSecret-1a2b3c')
+    assert first['role_changes'] == ['role botapp created']
+    assert password_matches(stored_password(server, 'botapp'), 'FirstSecret-1a2b3c', 'botapp')
+    assert converge(params, app_role='botapp', app_password='FirstSecret-1a2b3c') == dict(
+        changed_settings=[], restart_required=[], reloaded=False, password_changes=[], role_changes=[])
+    rotated = converge(params, app_role='botapp', app_password='RotatedSecret-9z8y7x')
+    assert rotated['password_changes'] == ['password of botapp']
+    conn = psycopg2.connect(host=server.host, port=server.port, user='botapp', password='RotatedSecret-9z8y7x',
+                            dbname='postgres')
+    conn.close()
+    server.query('ALTER ROLE botapp SUPERUSER')
+    assert converge(params, app_role='botapp', app_password='RotatedSecret-9z8y7x')['role_changes'] == [
+        'attributes of botapp']
+    assert server.query("SELECT rolsuper FROM pg_roles WHERE rolname = 'botapp'")[0][0] is False
+    time.sleep(0.5)  # the server writes its log asynchronously to the file
+    text = log_text(server)
+    assert 'FirstSecret' not in text and 'RotatedSecret' not in text
+    # The control: the same statement in an ordinary session is logged with log_statement = all.
+    server.query("ALTER ROLE botapp PASSWORD 'ControlSecret-555'")
+    deadline = time.time() + 10
+    while 'ControlSecret-555' not in log_text(server) and time.time() < deadline:
+        time.sleep(0.2)
+    assert 'ControlSecret-555' in log_text(server)
+
+
+def test_scram_and_md5_verifiers():
+    assert not password_matches(None, 'x', 'r') and not password_matches('SCRAM-SHA-256$bad', 'x', 'r')
+    assert password_matches('md5' + __import__('hashlib').md5(b'pwrole').hexdigest(), 'pw', 'role')
+
+
+def test_module_reports_and_hides_the_password(server, tmp_path):
+    args = dict(server.params(), app_role='modapp', app_password='ModuleSecret-424242',
+                settings=dict(tcp_keepalives_count=7))
+    rc, result, out = run_module(tmp_path, 'pg_server', args, '--check', '-vvv')
+    assert rc == 0 and result['changed'] is True and result['role_changes'] == ['role modapp created'], out
+    assert server.query("SELECT count(*) FROM pg_roles WHERE rolname = 'modapp'")[0][0] == 0  # check mode
+    rc, result, out = run_module(tmp_path, 'pg_server', args, '-vvv')
+    assert rc == 0 and 'Reloaded PostgreSQL: tcp_keepalives_count changed' in result['msg']
+    assert 'ModuleSecret-424242' not in out
+    rc, result, out = run_module(tmp_path, 'pg_server', args)
+    assert rc == 0 and result['changed'] is False and result['msg'] == 'PostgreSQL settings unchanged.'
