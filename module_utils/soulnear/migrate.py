@@ -1721,6 +1721,7 @@ class Migrator:
         else:
             self._run_outside(conn, mfile, parts)
         self.applied.append(mfile.name)
+        self.callbacks_run.extend(c.name for c in list(before_each) + list(after_each))
         self.current = None
 
     def _backoff(self, attempt):

@@ -28,7 +28,7 @@ import re
 _DOLLAR_TAG = re.compile(r'\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$')
 _WORD = re.compile(r'[A-Za-z_][A-Za-z0-9_$]*')
 _NONSPACE = re.compile(r'\S')
-_E_STRING = re.compile(r"'(?:[^'\\]+|\\.|'')*'", re.S)
+_E_STRING = re.compile(r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'", re.S)
 # One search per interesting thing: a complete '...' or "..." (the common case, matched in C),
 # a -- comment, or one of the characters that need a decision.
 _TOKEN = re.compile(r"""'[^']*(?:''[^']*)*'|"[^"]*(?:""[^"]*)*"|--[^\n]*|/\*|[;()$\\'"]""")
@@ -154,12 +154,22 @@ def _quoted_end(sql, j, lines):
 
 
 def _fast_pattern():
-    """A run of text that cannot end a statement, matched in C: everything but ; ( ) $ \\ and unterminated
-    quotes, with strings, identifiers, -- comments and parentheses nested two deep (without those) inside."""
-    plain = r"[^;'\"$()\\/\-eE]+"
-    pieces = (r"'[^']*(?:''[^']*)*'", r'"[^"]*(?:""[^"]*)*"', r'--[^\n]*', r'/(?!\*)', r'-(?!-)',
-              r"(?<![\w$])[eE]'(?:[^'\\]+|\\.|'')*'", r"[eE](?!')", r"(?<=[\w$])[eE](?=')")
-    flat = '(?:%s)' % '|'.join((plain,) + pieces)
+    """A run of text that cannot end a statement, matched in C: everything but ; ( ) $ \\ /* and unterminated
+    quotes, with strings, identifiers, -- comments and parentheses nested two deep (without those) inside.
+
+    Every alternative starts differently and a plain run is always maximal, so a parenthesis that does not
+    close inside the run costs a linear backtrack, never an exponential one (no atomic groups before 3.11).
+    """
+    other = r"[^;'\"$()\\/\-]"
+    ident = r'[\w$\x80-\U0010ffff]'
+    pieces = (
+        r'%s+(?!%s)' % (other, other),                                  # a maximal plain run
+        r"(?:(?<![eE])|(?<=%s[eE]))'[^']*(?:''[^']*)*'" % ident,        # '...' (not an E'...')
+        r"(?<=[eE])(?<!%s[eE])'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'" % ident,  # E'...' with backslash escapes
+        r'"[^"]*(?:""[^"]*)*"',                                         # "identifier"
+        r'--[^\n]*', r'/(?!\*)', r'-(?!-)',
+    )
+    flat = '(?:%s)' % '|'.join(pieces)
     inner = r'\((?:%s)*\)' % flat
     nested = r'\((?:%s|%s)*\)' % (flat, inner)
     return re.compile('(?:%s|%s)*' % (flat, nested))
