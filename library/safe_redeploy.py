@@ -1,0 +1,409 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: SoulNear operations contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: safe_redeploy
+short_description: Ship a new bot version with a pre-deploy backup, migrations, a health-checked swap and rollback
+description:
+  - Puts one version of the bot live as exactly one container, or rolls back to a kept earlier version, or applies
+    the pending migrations of the running version. Every step is logged in RV(steps) (name, duration, outcome).
+  - "Gap it fills: C(community.docker.docker_container) replaces a container but knows nothing of the migrations
+    that must run between stopping the old bot and starting the new one, waits for no success marker, and leaves
+    the bot down when the new one crashes; C(community.postgresql.postgresql_script) runs SQL with no backup
+    first. This module is the deploy's critical section: preflight, backup, stop -> migrate -> start -> wait
+    healthy -> settle, and an automatic rollback to the previous container on any failure."
+  - "Preflight (nothing changes when it fails): the image and the release directory exist, the database answers
+    C(SELECT 1) (db_health's check), the pending migrations of the release are listed and checked with
+    C(pg_migrate)'s own logic (every pending file read and checked before anything runs), and no container of
+    O(conflicting_containers) runs."
+  - "Nothing to do (same version, image and configuration, nothing pending, the bot runs): RV(changed=false) and
+    the running bot is not touched."
+  - "Backup: with O(backup=when_migrations) (the default) and pending migrations, or O(backup=always), a verified
+    backup (C(pg_dump) in O(db_container), checked with C(pg_restore --list), sha256 sidecar) named
+    C(pre_deploy_<version>_<time>.dump) is taken in O(backup_dir) before the old bot stops; the newest
+    O(backup_keep) such backups are kept."
+  - "Swap: the new container is created while the old bot runs; the old bot is stopped (a polling bot must never
+    run twice: Telegram answers 409 Conflict) and kept as C(<name>-previous); the pending migrations run (each
+    file in its transaction); the new container starts; the module waits until Docker reports it healthy and its
+    log shows every O(markers) line, failing within a second when it exits, restarts or turns unhealthy; then it
+    watches the log for O(error_patterns) for O(settle_seconds)."
+  - "On any failure after the old bot stopped: the new container is removed, the previous one (same image, same
+    configuration) starts again and is waited for, and the task fails naming the failed step, with the new
+    container's last log lines. A failed migration applied nothing (its transaction rolled back); migrations that
+    did apply stay, and the message prints the command that restores the pre-deploy backup."
+  - "Only after success: the O(current_link) switches to the release (the host monitor reads its migrations), the
+    history is written, and images of O(image_name) and releases beyond the newest O(keep_images) previous versions
+    are pruned. One JSON line per run that changed something or failed goes to O(audit_log)."
+  - "O(action=rollback) does the same swap to a kept earlier version (O(version), default the previous one in the
+    history). O(action=migrate) applies the pending migrations of the current release with the same backup rule
+    and does not touch the bot."
+  - The deploy lock given by O(lock_path) and O(lock_run_id) is renewed while the module works.
+version_added: "1.2.0"
+author: SoulNear operations contributors
+options:
+  action:
+    description: Deploy O(version), roll back to a kept version, or only apply the pending migrations.
+    type: str
+    choices: [deploy, rollback, migrate]
+    default: deploy
+  name:
+    description: Name of the bot container.
+    type: str
+    default: soulnear_bot
+  image:
+    description:
+      - Image of the version to deploy (required with O(action=deploy)). When it is not O(image_name)C(:)O(version),
+        it is tagged so, so that every kept version is an image of O(image_name).
+    type: str
+  image_name:
+    description: Repository of the kept images (default the repository of O(image)); required to roll back.
+    type: str
+  version:
+    description:
+      - The version to deploy (the name of its release directory below O(releases_dir) and the tag of its image),
+        or with O(action=rollback) the kept version to roll back to (default V(previous), the one deployed before
+        the running one). With O(action=migrate), default the release O(current_link) points at.
+    type: str
+  releases_dir:
+    description: Directory of the releases on the host, one directory per version holding its source or at least
+      its migrations, and the deploy history (C(.history.json)).
+    type: path
+    default: /opt/soulnear/app/releases
+  current_link:
+    description: Symbolic link to the release that runs; switched only after a successful swap.
+    type: path
+    default: /opt/soulnear/app/current
+  migrations_subdir:
+    description: The migrations directory inside a release.
+    type: str
+    default: database/migrations
+  migrations_table:
+    description: The migration tracking table (as C(pg_migrate)'s O(ignore:table)).
+    type: str
+    default: schema_migrations
+  applied_by:
+    description: Recorded as who applied the migrations (default user@host of the module).
+    type: str
+  env_file:
+    description: The bot's environment file on the host; part of the configuration compared with the running bot.
+    type: path
+  network:
+    description: Docker network the bot joins.
+    type: str
+  restart_policy:
+    description: Docker restart policy of the bot container.
+    type: str
+    default: unless-stopped
+  stop_timeout:
+    description: Seconds the bot gets to exit cleanly when it is stopped.
+    type: int
+    default: 30
+  labels:
+    description: Further labels of the container (the module adds C(soulnear.version) and C(soulnear.config)).
+    type: dict
+    default: {}
+  healthy_timeout:
+    description: Seconds the new container (and, after a failure, the previous one) gets to become healthy and log
+      every marker.
+    type: int
+    default: 120
+  settle_seconds:
+    description: Seconds the new container is watched after it became healthy (still running, no restart, no error
+      pattern in its log). V(0) skips it.
+    type: float
+    default: 5.0
+  markers:
+    description: Regular expressions that must all appear in the new container's log (success markers).
+    type: list
+    elements: str
+    default: ['Database connection successful!', 'Database tables created/verified',
+              '(Applied [0-9]+ new migration\(s\)|All migrations up to date)', 'Database health monitor started']
+  error_patterns:
+    description: Regular expressions that fail the deploy when a line of the new container's log matches one.
+    type: list
+    elements: str
+    default: [Traceback, does not exist, FATAL, PANIC, terminated by other getUpdates request]
+  conflicting_containers:
+    description: Containers of an older setup that must not run next to the bot (Telegram answers 409).
+    type: list
+    elements: str
+    default: []
+  db_container:
+    description: The database container; the pre-deploy backup runs C(pg_dump) inside it.
+    type: str
+  backup:
+    description: When to take a verified backup before the swap (O(action=migrate) treats V(always) as
+      V(when_migrations)).
+    type: str
+    choices: [always, when_migrations, never]
+    default: when_migrations
+  backup_dir:
+    description: Directory of the backups on the host.
+    type: path
+    default: /var/backups/soulnear
+  backup_keep:
+    description: Pre-deploy backups (C(pre_deploy_*), C(pre_rollback_*), C(pre_migrate_*)) kept; older ones are
+      removed.
+    type: int
+    default: 5
+  backup_login_user:
+    description: Role the backup connects as (a superuser); default O(login_user).
+    type: str
+  backup_login_password:
+    description: Password of O(backup_login_user); passed to C(pg_dump) by environment variable name only.
+    type: str
+    no_log: true
+  keep_images:
+    description: Previous versions kept (images and release directories) besides the running one.
+    type: int
+    default: 3
+  lock_path:
+    description: The deploy lock this run holds (deploy_lock's O(ignore:path)); renewed while the module works.
+    type: path
+  lock_run_id:
+    description: The run id that holds the lock (deploy_lock's RV(ignore:run_id)).
+    type: str
+  audit_log:
+    description: The audit log on the host (one JSON line per run that changed something or failed).
+    type: path
+  audit_event:
+    description: The event written to the audit log (default the action; the clean redeploy passes
+      V(clean-redeploy)).
+    type: str
+  audit_who:
+    description: Who runs the deploy, for the audit log (e.g. the deploy lock's holder).
+    type: str
+  audit_extra:
+    description: Further fields of the audit line (the clean redeploy adds the path of its backup).
+    type: dict
+    default: {}
+  login_user:
+    description: Role the migrations run as (the bot's role, which owns its tables).
+  login_db:
+    description: The bot's database.
+extends_documentation_fragment:
+  - soulnear_connection
+attributes:
+  check_mode:
+    support: full
+    details: Runs the preflight (image, database, pending migrations, checked) and reports what a real run would do;
+      changes nothing. A version whose image or release is not on the host yet (the role builds them in check mode
+      neither) is reported as a change.
+  diff_mode:
+    support: full
+    details: Before and after are the running version, the image and the pending migrations.
+requirements:
+  - psycopg2 and the docker CLI on the host that runs the module (the Docker host)
+notes:
+  - Write migrations that the previous version can run with (add, do not drop or rename); after a failed start the
+    previous bot runs on the migrated database.
+  - The deploy history and the kept releases live in O(releases_dir); rolling back to a version that is not kept
+    fails and names the kept ones.
+seealso:
+  - module: community.docker.docker_container
+  - module: community.postgresql.postgresql_script
+'''
+
+EXAMPLES = r'''
+- name: Ship the bot built as soulnear/bot:3f9c2a1b7d4e
+  safe_redeploy:
+    name: soulnear_bot
+    image: soulnear/bot:3f9c2a1b7d4e
+    version: 3f9c2a1b7d4e
+    releases_dir: /opt/soulnear/app/releases
+    current_link: /opt/soulnear/app/current
+    env_file: /etc/soulnear/app.env
+    network: soulnear_net
+    db_container: soulnear_postgres
+    login_host: 127.0.0.1
+    login_user: soulnear
+    login_password: "{{ vault_app_db_password }}"
+    login_db: soul_bot
+    backup_login_user: postgres
+    backup_login_password: "{{ vault_postgres_password }}"
+  register: redeploy
+  no_log: true
+
+- name: Roll back to the version deployed before the running one
+  safe_redeploy:
+    action: rollback
+    image_name: soulnear/bot
+    env_file: /etc/soulnear/app.env
+    network: soulnear_net
+    login_host: 127.0.0.1
+    login_user: soulnear
+    login_password: "{{ vault_app_db_password }}"
+    login_db: soul_bot
+
+- name: Apply the pending migrations of the running version, with a backup first
+  safe_redeploy:
+    action: migrate
+    db_container: soulnear_postgres
+    login_host: 127.0.0.1
+    login_user: soulnear
+    login_password: "{{ vault_app_db_password }}"
+    login_db: soul_bot
+    backup_login_user: postgres
+    backup_login_password: "{{ vault_postgres_password }}"
+'''
+
+RETURN = r'''
+msg:
+  description: What happened, for people; on failure the failed step, what became of the bot and the new
+    container's last log lines.
+  returned: always
+  type: str
+  sample: "Deployed 3f9c2a1b7d4e -> 9a8b7c6d5e4f: applied 004_profiles.sql; downtime 1.4s"
+action:
+  description: The action run.
+  returned: always
+  type: str
+  sample: deploy
+from_version:
+  description: The version that ran before.
+  returned: always
+  type: str
+  sample: 3f9c2a1b7d4e
+to_version:
+  description: The version deployed (rolled back to).
+  returned: always
+  type: str
+  sample: 9a8b7c6d5e4f
+image:
+  description: The image the bot container runs (O(image_name)C(:)RV(to_version)).
+  returned: when a version was resolved
+  type: str
+  sample: soulnear/bot:9a8b7c6d5e4f
+steps:
+  description: Every step with its duration in seconds and its outcome.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: preflight, duration: 0.21, outcome: "ok: 3f9c2a1b7d4e -> 9a8b7c6d5e4f, 1 pending migration(s)"}]
+pending:
+  description: Migrations that were pending before the run.
+  returned: always
+  type: list
+  elements: str
+  sample: [004_profiles.sql]
+applied:
+  description: Migrations this run applied (also when it then failed).
+  returned: always
+  type: list
+  elements: str
+  sample: [004_profiles.sql]
+backup:
+  description: Path of the pre-deploy backup, or null when none was taken.
+  returned: always
+  type: str
+  sample: /var/backups/soulnear/pre_deploy_9a8b7c6d5e4f_20250105_100000.dump
+rolled_back:
+  description: True when a failure put the previous bot back.
+  returned: always
+  type: bool
+downtime:
+  description: Seconds from stopping the old bot to the new (or, after a failure, the previous) one logging its
+    success markers; null when the bot was not restarted.
+  returned: always
+  type: float
+  sample: 1.4
+failed_step:
+  description: The step that failed.
+  returned: on failure
+  type: str
+  sample: wait_healthy
+log_tail:
+  description: The new container's last log lines, after a failure.
+  returned: always
+  type: list
+  elements: str
+kept_versions:
+  description: Versions kept for rollback after the run (the running one first).
+  returned: always
+  type: list
+  elements: str
+pruned_images:
+  description: Images removed because they are older than the kept versions.
+  returned: always
+  type: list
+  elements: str
+pruned_releases:
+  description: Release directories removed with them.
+  returned: always
+  type: list
+  elements: str
+duration:
+  description: Wall time of the run in seconds.
+  returned: always
+  type: float
+'''
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.soulnear.containers import DockerError
+from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
+from ansible.module_utils.soulnear.redeploy import ACTIONS, BACKUP_MODES, DEFAULTS, RedeployError, Redeployer
+
+_TYPES = dict(
+    action=dict(type='str', choices=list(ACTIONS)), name=dict(type='str'), image=dict(type='str'),
+    image_name=dict(type='str'), version=dict(type='str'), releases_dir=dict(type='path'),
+    current_link=dict(type='path'), migrations_subdir=dict(type='str'), migrations_table=dict(type='str'),
+    applied_by=dict(type='str'), env_file=dict(type='path'), network=dict(type='str'),
+    restart_policy=dict(type='str'), stop_timeout=dict(type='int'), labels=dict(type='dict'),
+    healthy_timeout=dict(type='int'), settle_seconds=dict(type='float'),
+    markers=dict(type='list', elements='str'), error_patterns=dict(type='list', elements='str'),
+    conflicting_containers=dict(type='list', elements='str'), db_container=dict(type='str'),
+    backup=dict(type='str', choices=list(BACKUP_MODES)), backup_dir=dict(type='path'), backup_keep=dict(type='int'),
+    backup_login_user=dict(type='str'), backup_login_password=dict(type='str', no_log=True),
+    keep_images=dict(type='int'), lock_path=dict(type='path'), lock_run_id=dict(type='str'),
+    audit_log=dict(type='path'), audit_event=dict(type='str'), audit_who=dict(type='str'),
+    audit_extra=dict(type='dict'),
+)
+
+
+def argument_spec():
+    """The connection options plus the module's own, with redeploy.DEFAULTS as their defaults."""
+    spec = connection_argument_spec()
+    for name, option in _TYPES.items():
+        option = dict(option)
+        default = DEFAULTS[name]
+        if default is not None:
+            option['default'] = list(default) if isinstance(default, list) else (
+                dict(default) if isinstance(default, dict) else default)
+        spec[name] = option
+    return spec
+
+
+def describe(result):
+    return ''.join('version: %s\nimage: %s\n' % (result.get('version'), result.get('image'))
+                   + ''.join('pending: %s\n' % name for name in result.get('pending', [])))
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           required_if=[('action', 'deploy', ('image', 'version'))])
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+    try:
+        redeployer = Redeployer(module.params, check_mode=module.check_mode, warn=module.warn)
+        result = redeployer.run()
+    except RedeployError as exc:
+        module.fail_json(msg=str(exc), **dict(exc.result, changed=bool(exc.result.get('changed'))))
+    except DockerError as exc:
+        module.fail_json(msg='safe_redeploy: %s' % exc)
+    if module._diff and result['changed']:
+        result['diff'] = dict(
+            before=describe(dict(version=result['from_version'])),
+            after=describe(dict(version=result['to_version'], image=result.get('image'), pending=result['pending'])),
+            before_header='running bot', after_header='running bot')
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

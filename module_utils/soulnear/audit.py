@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+# Copyright: SoulNear operations contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The audit log: one JSON line per deploy, rollback, migrate, restore and clean redeploy on the host.
+
+`<soulnear_log_dir>/audit.log`, rotated by the monitoring role's logrotate configuration. Each line is one
+self-contained JSON object (written with a single append, so concurrent writers never interleave a line):
+
+    {"time": "2025-01-05T10:00:00+00:00", "event": "deploy", "who": "alice@laptop", "host": "vps",
+     "from_version": "3f9c2a1b7d4e", "to_version": "9a8b7c6d5e4f", "result": "success", "failed_step": null,
+     "duration": 14.2, "downtime": 1.3, ...}
+
+Writers: the safe_redeploy module (deploy, rollback, migrate, and the bot step of a clean redeploy), and the
+playbooks through the command line (`python3 -m soulnear.audit --log ... --event restore ...`).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import argparse
+import json
+import os
+import socket
+import sys
+from datetime import datetime, timezone
+
+EVENTS = ('deploy', 'rollback', 'migrate', 'restore', 'clean-redeploy')
+RESULTS = ('success', 'failed', 'rolled back', 'rollback failed', 'refused')
+FIELDS = ('time', 'event', 'who', 'host', 'from_version', 'to_version', 'result', 'failed_step', 'duration',
+          'downtime')
+
+
+def entry(event, who=None, from_version=None, to_version=None, result='success', failed_step=None, duration=None,
+          downtime=None, now=None, **extra):
+    """The audit record: the common fields first (always present, null when unknown), then the extra ones."""
+    now = now or datetime.now(timezone.utc)
+    record = dict(time=now.isoformat(timespec='seconds'), event=event, who=who or 'unknown',
+                  host=socket.gethostname(), from_version=from_version, to_version=to_version, result=result,
+                  failed_step=failed_step,
+                  duration=None if duration is None else round(float(duration), 3),
+                  downtime=None if downtime is None else round(float(downtime), 3))
+    record.update((key, value) for key, value in extra.items() if key not in record)
+    return record
+
+
+def write(path, record):
+    """Append one record as one line (the directory is created when missing; the file is 0640)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    line = (json.dumps(record, sort_keys=False, default=str) + '\n').encode('utf-8')
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, line)  # one write on an O_APPEND file: a line is never interleaved with another writer's
+    finally:
+        os.close(fd)
+    return record
+
+
+def record(path, event, **fields):
+    """entry() + write(); returns the record."""
+    return write(path, entry(event, **fields))
+
+
+def read(path):
+    """Every record of the log (lines that are not JSON are skipped), oldest first."""
+    records = []
+    try:
+        with open(path) as handle:
+            for line in handle:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return records
+
+
+def main(argv=None):
+    """python3 -m soulnear.audit --log FILE --event EVENT [--who ...] [--result ...] [--extra key=value ...]"""
+    parser = argparse.ArgumentParser(prog='soulnear.audit', description='Append one line to the audit log.')
+    parser.add_argument('--log', required=True, help='the audit log (soulnear_log_dir/audit.log)')
+    parser.add_argument('--event', required=True, choices=EVENTS)
+    parser.add_argument('--who')
+    parser.add_argument('--from-version', dest='from_version')
+    parser.add_argument('--to-version', dest='to_version')
+    parser.add_argument('--result', default='success', choices=RESULTS)
+    parser.add_argument('--failed-step', dest='failed_step')
+    parser.add_argument('--duration', type=float)
+    parser.add_argument('--downtime', type=float)
+    parser.add_argument('--extra', action='append', default=[], metavar='KEY=VALUE',
+                        help='a further field (repeatable); the value is parsed as JSON when it is JSON')
+    args = parser.parse_args(argv)
+    extra = {}
+    for item in args.extra:
+        key, _, value = item.partition('=')
+        try:
+            extra[key] = json.loads(value)
+        except ValueError:
+            extra[key] = value
+    fields = dict((k, v) for k, v in vars(args).items() if k not in ('log', 'event', 'extra') and v not in (None, ''))
+    fields.update((k, v) for k, v in extra.items() if k not in fields)
+    line = record(args.log, args.event, **fields)
+    sys.stdout.write(json.dumps(line) + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
