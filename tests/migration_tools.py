@@ -124,13 +124,13 @@ def migrations_of(tool, directory):
     raise ValueError(tool)
 
 
-def apply_like(tool, directory, server, params, count=None, placeholders=None):
-    """Apply the first `count` migrations of the directory as the tool would; returns their names."""
+def apply_like(tool, directory, server, params, count=None, placeholders=None, start=0):
+    """Apply migrations start..count-1 of the directory as the tool would; returns their names."""
     psql = Psql(server, params)
     if tool == 'flyway':
         return _apply_like_flyway(directory, psql, count, placeholders or {})
     done = []
-    for name, path in migrations_of(tool, directory)[:count]:
+    for name, path in migrations_of(tool, directory)[start:count]:
         text = _read(path)
         if tool == 'golang-migrate' or tool == 'prisma':
             psql.query(text)

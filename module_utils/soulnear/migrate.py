@@ -1595,6 +1595,12 @@ class Migrator:
                 if callback.prepared and not callback.prepared[2]:
                     problems.append('%s: a %s callback runs inside every migration\'s transaction, so it cannot hold '
                                     'statements that refuse one' % (callback.label, event))
+        if plan.repeat_due and self.table.columns.get('version', ('', False))[1]:
+            problems.append('table %s requires a version on every row (an older runner\'s primary key), so the '
+                            'repeatable migration(s) %s cannot be recorded; run ALTER TABLE %s DROP CONSTRAINT '
+                            '<its primary key>, ALTER COLUMN version DROP NOT NULL, or give them a version'
+                            % (self.table.qualified, _listing(f.name for f in plan.repeat_due),
+                               self.table.qualified))
         if problems:
             raise MigrationError(_numbered_problems(problems, 'pending migration(s) that cannot run as written; '
                                                               'nothing was applied'))
