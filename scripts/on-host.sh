@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Run a command on the SoulNear host of the inventory in use, with a terminal when we have one
-# (make shell-db, make logs-bot, ...). The host is the first one of the group soulnear; how to reach
-# it comes from the inventory itself:
+# (make ps, make shell-db, make logs-bot, ...). The host is the first one of the group soulnear, reached
+# the way Ansible reaches it, from the inventory's own variables (no vault password needed: secrets are
+# never read):
 #   ansible_connection docker / community.docker.docker -> docker exec [-it] <ansible_host> ...
-#   ssh (the default)                                    -> ssh [-t] [-p port] [-i key] user@host ...
-#   local                                                -> runs here
-# On an ssh host whose user is not root the command runs through sudo (docker needs root).
+#   ssh (the default) -> ssh with ansible_ssh_args (or ANSIBLE_SSH_ARGS), ansible_port, ansible_user,
+#                        ansible_ssh_private_key_file, ansible_ssh_common_args and ansible_ssh_extra_args
+#                        (so ProxyJump, ProxyCommand and other options work as they do for Ansible)
+#   local -> runs here
+# A user other than root runs the command through sudo (docker needs root); with a sudo password,
+# sudo asks for it on the terminal.
 #
-#   INVENTORY=inventory/production/hosts.yml scripts/on-host.sh docker ps
+#   INVENTORY=~/soulnear-inventory/hosts.yml scripts/on-host.sh soulnear ps
 #   SOULNEAR_HOST=bot2 scripts/on-host.sh ...     pick another host of the group
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,45 +33,56 @@ if [ -z "$host" ]; then
     [ -n "$host" ] || die "no host in group '$GROUP' of $INVENTORY. Fix: add the host to that group"
 fi
 
-# The host's connection variables as shell assignments (values quoted for eval).
+tty=0
+if [ -t 0 ] && [ -t 1 ]; then tty=1; fi
+
+# The host's variables (inline-vaulted secrets stay encrypted: they are not needed here), turned into the
+# exact command line by Python. NUL-separated so no argument is ever re-split by the shell.
 vars="$("$ANSIBLE_INVENTORY" -i "$INVENTORY" --host "$host")" \
     || die "ansible-inventory could not read host $host from $INVENTORY"
-eval "$(printf '%s' "$vars" | "$PYTHON" -c '
-import json, shlex, sys
+mapfile -d '' argv < <(printf '%s' "$vars" | "$PYTHON" -c '
+import json, os, shlex, sys
+
+host, tty, command = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
 v = json.load(sys.stdin)
-for key, var in (("ansible_connection", "conn"), ("ansible_host", "addr"), ("ansible_user", "user"),
-                 ("ansible_port", "port"), ("ansible_ssh_private_key_file", "key")):
-    value = v.get(key, "")
-    if "{{" in str(value):
-        sys.exit("on-host: %s of %s is a template (%s); set it literally or use SOULNEAR_HOST" % (key, sys.argv[1], value))
-    print("%s=%s" % (var, shlex.quote(str(value))))
-' "$host")"
-addr="${addr:-$host}"
 
-tty_flags=()
-if [ -t 0 ] && [ -t 1 ]; then tty_flags=(-t); fi
+def get(*names, default=""):
+    for name in names:
+        value = v.get(name)
+        if value not in (None, ""):
+            if "{{" in str(value):
+                sys.exit("on-host: %s of %s is a template (%s); set it literally or use SOULNEAR_HOST" % (name, host, value))
+            return str(value)
+    return default
 
-case "${conn:-ssh}" in
-    docker|community.docker.docker)
-        interactive=()
-        if [ -t 0 ]; then interactive=(-i); fi
-        exec docker exec "${interactive[@]}" "${tty_flags[@]}" "$addr" "$@"
-        ;;
-    ssh|paramiko|paramiko_ssh|smart|ansible.builtin.ssh)
-        ssh_args=("${tty_flags[@]}")
-        [ -n "${port:-}" ] && ssh_args+=(-p "$port")
-        [ -n "${key:-}" ] && ssh_args+=(-i "$key")
-        target="$addr"
-        [ -n "${user:-}" ] && target="$user@$addr"
-        remote="$(printf '%q ' "$@")"
-        if [ -n "${user:-}" ] && [ "$user" != root ]; then remote="sudo $remote"; fi
-        exec ssh "${ssh_args[@]}" "$target" "$remote"
-        ;;
-    local|ansible.builtin.local)
-        if [ "$(id -u)" -ne 0 ]; then exec sudo "$@"; fi
-        exec "$@"
-        ;;
-    *)
-        die "connection '${conn}' of host $host is not supported here (docker, ssh or local)"
-        ;;
-esac
+conn = get("ansible_connection", default="ssh")
+addr = get("ansible_host", default=host)
+user = get("ansible_user", "ansible_ssh_user")
+if conn in ("docker", "community.docker.docker"):
+    argv = ["docker", "exec"] + (["-i", "-t"] if tty else ["-i"]) + [addr] + command
+elif conn in ("ssh", "smart", "ansible.builtin.ssh", "paramiko", "paramiko_ssh"):
+    argv = shlex.split(get("ansible_ssh_executable", default="ssh"))
+    argv += shlex.split(get("ansible_ssh_args", default=os.environ.get("ANSIBLE_SSH_ARGS", "-C -o ControlMaster=auto -o ControlPersist=60s")))
+    if tty:
+        argv.append("-t")
+    port = get("ansible_port", "ansible_ssh_port")
+    if port:
+        argv += ["-o", "Port=" + port]
+    key = get("ansible_ssh_private_key_file", "ansible_private_key_file")
+    if key:
+        argv += ["-o", "IdentityFile=" + os.path.expanduser(key)]
+    if user:
+        argv += ["-o", "User=" + user]
+    argv += shlex.split(get("ansible_ssh_common_args")) + shlex.split(get("ansible_ssh_extra_args"))
+    remote = " ".join(shlex.quote(part) for part in command)
+    if user and user != "root":
+        remote = "sudo " + remote
+    argv += [addr, remote]
+elif conn in ("local", "ansible.builtin.local"):
+    argv = (["sudo"] if os.geteuid() != 0 else []) + command
+else:
+    sys.exit("on-host: connection %r of host %s is not supported here (docker, ssh or local)" % (conn, host))
+sys.stdout.write("".join(part + "\0" for part in argv))
+' "$host" "$tty" "$@")
+[ "${#argv[@]}" -gt 0 ] || die "could not work out how to reach $host"
+exec "${argv[@]}"
