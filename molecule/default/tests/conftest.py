@@ -45,12 +45,32 @@ def instance_name():
     return os.environ.get('SOULNEAR_MOLECULE_INSTANCE', 'soulnear-molecule')
 
 
+def operator_inventory():
+    """(hosts.yml, vault password file) of the operator's inventory converge wrote (SSH, inline vault)."""
+    ephemeral = os.environ['MOLECULE_EPHEMERAL_DIRECTORY']
+    return (os.path.join(ephemeral, 'operator-inventory', 'hosts.yml'), os.path.join(ephemeral, 'vault-password'))
+
+
 def _playbook_command(playbook, args):
-    inventory = os.environ['MOLECULE_INVENTORY_FILE']
+    """Playbooks run the way the operator runs them: over SSH with the operator's inventory."""
+    inventory, password_file = operator_inventory()
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, 'ansible.cfg'), ANSIBLE_NOCOLOR='1',
                ANSIBLE_FORCE_COLOR='0')
     binary = os.path.join(PROJECT, '.venv', 'bin', 'ansible-playbook')
-    return [binary, '-i', inventory, os.path.join(PROJECT, playbook)] + list(args), env
+    return [binary, '-i', inventory, '--vault-password-file', password_file,
+            os.path.join(PROJECT, playbook)] + list(args), env
+
+
+def run_make(target, *variables, timeout=900, vault=True):
+    """`make TARGET` from the project against the operator's inventory; returns CompletedProcess (text)."""
+    inventory, password_file = operator_inventory()
+    args = ['make', '-s', target, 'INVENTORY=' + inventory] + list(variables)
+    if vault:
+        args.append('VAULT_PASSWORD_FILE=' + password_file)
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, 'ansible.cfg'), ANSIBLE_NOCOLOR='1',
+               ANSIBLE_FORCE_COLOR='0')
+    return subprocess.run(args, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def run_playbook(playbook, *args, timeout=900):

@@ -104,7 +104,7 @@ def test_changing_max_connections_converges_the_existing_volume_and_hides_passwo
         output = changed.stdout + changed.stderr
         assert changed.returncode == 0, changed.stdout[-3000:]
         assert 'Restarting PostgreSQL: max_connections changed' in output
-        assert 'Apply the pending migrations as the bot' in output  # the run went through every secret-handling task
+        assert 'Swap the bot safely' in output  # the run went through every secret-handling task
         for secret in secrets:
             assert secret not in output
         assert psql(host, 'SHOW max_connections') == '150'

@@ -44,7 +44,7 @@ def test_command_and_configuration_installed(host):
     config = host.file('/etc/soulnear/monitoring.json')
     assert config.user == 'root' and config.mode == 0o600
     settings = json.loads(config.content_string)
-    assert settings['migrations_dir'] == '/opt/soulnear/app/src/database/migrations'
+    assert settings['migrations_dir'] == '/opt/soulnear/app/current/database/migrations'
     assert settings['failures_before_recovery'] == 2
     assert host.file('/var/lib/soulnear').mode == 0o700
 

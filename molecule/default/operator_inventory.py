@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Write the inventory an operator would write for the Molecule VPS, by following the README literally:
+copy inventory/production/, put the server in hosts.yml (address, a non-root sudo user, its SSH key, the host
+key known beforehand), ship the images as archives (no registry here), and put every secret in vault.yml as
+an inline-vaulted value with a vault password file.
+
+    operator_inventory.py INSTANCE     -> prints the inventory path; "written" on stderr when it (re)wrote it
+
+The secrets are the Molecule run's own (MOLECULE_EPHEMERAL_DIRECTORY/secrets/, the files molecule.yml's
+password lookups use), so every playbook run agrees on them. Idempotent: a second call rewrites nothing.
+"""
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+
+import yaml
+
+PROJECT = os.environ['MOLECULE_PROJECT_DIRECTORY']
+EPHEMERAL = os.environ['MOLECULE_EPHEMERAL_DIRECTORY']
+VAULT = os.path.join(PROJECT, '.venv', 'bin', 'ansible-vault')
+INVENTORY = os.path.join(EPHEMERAL, 'operator-inventory')
+SECRETS = ('postgres_password', 'app_db_password', 'bot_token', 'alert_telegram_token')
+
+
+def secret(name):
+    """The run's secret (created like Ansible's password lookup does: the value alone in the file)."""
+    path = os.path.join(EPHEMERAL, 'secrets', name)
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w') as handle:
+            handle.write(secrets.token_urlsafe(24))
+    with open(path) as handle:
+        return handle.read().split()[0]
+
+
+def address(instance):
+    out = subprocess.run(['docker', 'inspect', '-f', '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}',
+                          instance], check=True, capture_output=True, text=True).stdout.split()
+    return out[0]
+
+
+def known_host(ip, path):
+    """ssh-keyscan, as the README tells an operator to do before the first deploy."""
+    deadline = time.time() + 120
+    while True:
+        proc = subprocess.run(['ssh-keyscan', '-T', '5', ip], capture_output=True, text=True)
+        if proc.stdout.strip():
+            with open(path, 'w') as handle:
+                handle.write(proc.stdout)
+            return
+        if time.time() > deadline:
+            sys.exit('sshd on %s did not answer within 120 s: %s' % (ip, proc.stderr))
+        time.sleep(2)
+
+
+def main():
+    instance = sys.argv[1]
+    hosts_file = os.path.join(INVENTORY, 'hosts.yml')
+    if os.path.exists(hosts_file):
+        print(hosts_file)
+        return
+    ip = address(instance)
+    key = os.path.join(EPHEMERAL, 'id_ed25519')
+    known_hosts = os.path.join(EPHEMERAL, 'known_hosts')
+    known_host(ip, known_hosts)
+    shutil.copytree(os.path.join(PROJECT, 'inventory', 'production'), INVENTORY)
+
+    with open(hosts_file) as handle:
+        hosts = yaml.safe_load(handle)
+    server = hosts['soulnear']['hosts'].pop('bot-server')
+    server.update(ansible_host=ip, ansible_user='deploy', ansible_ssh_private_key_file=key,
+                  ansible_ssh_common_args='-o UserKnownHostsFile=%s' % known_hosts)
+    hosts['soulnear']['hosts'][instance] = server
+    with open(hosts_file, 'w') as handle:
+        yaml.safe_dump(hosts, handle, sort_keys=False)
+
+    main_vars = os.path.join(INVENTORY, 'group_vars', 'soulnear', 'main.yml')
+    with open(main_vars, 'a') as handle:
+        cache = os.path.join(PROJECT, '.cache', 'images')
+        handle.write('\n# No registry here: the images as archives (README, "Against a real server").\n')
+        yaml.safe_dump(dict(postgres_image='soulnear/postgres:15',
+                            postgres_image_archive=os.path.join(cache, 'soulnear-postgres-15.tar'),
+                            app_base_image='soulnear/python:3-bookworm',
+                            app_base_image_archive=os.path.join(cache, 'soulnear-python-3-bookworm.tar')),
+                       handle, sort_keys=False)
+
+    password_file = os.path.join(EPHEMERAL, 'vault-password')
+    if not os.path.exists(password_file):
+        with open(password_file, 'w') as handle:
+            handle.write(secrets.token_urlsafe(24))
+        os.chmod(password_file, 0o600)
+    parts = ['---\n# Written by molecule/default/operator_inventory.py with ansible-vault encrypt_string.\n']
+    for name in SECRETS:
+        proc = subprocess.run([VAULT, 'encrypt_string', '--vault-password-file', password_file, secret(name),
+                               '--name', 'vault_' + name], check=True, capture_output=True, text=True)
+        parts.append(proc.stdout)
+    with open(os.path.join(INVENTORY, 'group_vars', 'soulnear', 'vault.yml'), 'w') as handle:
+        handle.write(''.join(parts))
+    print('written', file=sys.stderr)
+    print(hosts_file)
+
+
+if __name__ == '__main__':
+    main()
