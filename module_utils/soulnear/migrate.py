@@ -40,7 +40,7 @@ import zlib
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
 from .sql import (NEUTRAL, SqlSplitError, begin_modes, dbmate_section, down_marker, first_word, goose_section,
                   is_commit, is_rollback, is_transaction_control, line_of_position, outside_transaction,
-                  replace_placeholders, scan, sql_migrate_section, waits_by_design)
+                  placeholders_in, replace_placeholders, scan, sql_migrate_section, waits_by_design)
 
 if psycopg2 is not None:
     from psycopg2 import sql as pgsql
@@ -491,9 +491,10 @@ def _refusal(entry, layout):
     return '%s is not a %s migration' % (name, layout)
 
 
-def discover(path, layout='auto'):
+def discover(path, layout='auto', placeholders=None):
     """The migrations of a directory, read with a layout (auto: detected); raises MigrationError listing every
-    file or folder that would be skipped or misread."""
+    file or folder that would be skipped or misread. `placeholders` (Flyway) enter the checksum of the repeatable
+    migrations that use them, so a changed value re-applies them (as Flyway does)."""
     if layout not in FORMATS:
         raise MigrationError('format must be one of %s, not %r' % (', '.join(FORMATS), layout))
     entries, ignored, problems = _classify(path)
@@ -528,6 +529,13 @@ def discover(path, layout='auto'):
                              'apply nothing and report success' % (path, _listing(catalog.down or catalog.ignored)))
     catalog.versioned.sort(key=lambda f: f.key)
     catalog.repeatable.sort(key=lambda f: f.name)
+    if chosen == 'flyway':
+        values = dict((str(k).lower(), str(v)) for k, v in (placeholders or {}).items())
+        for mfile in catalog.repeatable:
+            used = sorted(set(n.lower() for n in placeholders_in(mfile.text) if not n.lower().startswith('flyway:')))
+            if used and values:
+                state = '\0'.join('%s=%s' % (n, values.get(n)) for n in used)
+                mfile.checksum += '+' + hashlib.sha256(state.encode('utf-8')).hexdigest()[:16]
     catalog.baselines.sort(key=lambda f: f.key)
     return catalog
 
@@ -1222,7 +1230,7 @@ def read_history(tool, source, cur):
 class Plan:
     """What a run would do, computed from the files and the tracking table."""
 
-    def __init__(self, catalog, records, baseline=None, target=None, out_of_order=False):
+    def __init__(self, catalog, records, baseline=None, target=None, out_of_order=False, text_only=False):
         versioned, repeatable, bfiles = catalog.versioned, catalog.repeatable, catalog.baselines
         by_key = {}
         self.repeat_records = {}
@@ -1283,7 +1291,10 @@ class Plan:
         if target is None:
             for mfile in repeatable:
                 record = self.repeat_records.get(mfile.name)
-                if record is None or record.checksum != mfile.checksum or not record.success:
+                recorded, current = (record.checksum or '') if record else '', mfile.checksum
+                if text_only:  # without the placeholder values (the health check does not know them)
+                    recorded, current = recorded.split('+')[0], current.split('+')[0]
+                if record is None or recorded != current or not record.success:
                     self.repeat_due.append(mfile)
 
     def todo(self):
@@ -1400,7 +1411,7 @@ class Migrator:
     def run(self):
         started = time.time()
         try:
-            self.catalog = discover(self.params['path'], self.layout)
+            self.catalog = discover(self.params['path'], self.layout, self.placeholders)
         except MigrationError as exc:
             exc.result = self._result(None, started)
             raise
@@ -1891,9 +1902,9 @@ class Migrator:
                       down_files=list(catalog.down) if catalog else [],
                       ignored=list(catalog.ignored) if catalog else [],
                       duration_ms=int((time.time() - started) * 1000))
-        if self.check_mode:
-            result['changed'] = bool(self.notes or self.baselined or self.taken_over
-                                     or (plan is not None and plan.todo()))
+        if self.check_mode:  # what a run would change; a run that would fail changes nothing
+            result['changed'] = plan is not None and bool(self.notes or self.baselined or self.taken_over
+                                                          or plan.todo())
         else:
             result['changed'] = bool(self.db_changed)
         if plan is not None:
@@ -1921,7 +1932,7 @@ def status(params, path, table='schema_migrations', layout='auto'):
                 if owner is not None:
                     raise _refuse_foreign(tracking, *owner)
             records = tracking.read(cur) if exists else []
-        plan = Plan(catalog, records, out_of_order=True)
+        plan = Plan(catalog, records, out_of_order=True, text_only=True)
         return dict(exists=bool(tracking.columns), pending=[f.name for f in plan.todo()],
                     failed=[r.name or r.version for r in plan.failed], drift=[f.name for f in plan.drift],
                     missing=plan.missing, layout=catalog.layout,

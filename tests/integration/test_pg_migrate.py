@@ -315,14 +315,18 @@ SLOW = {
 def test_two_runners_started_together_apply_each_file_once(pg_db, tmp_path):
     path = write(tmp_path / 'm', SLOW)
     barrier = threading.Barrier(2)
-    results, errors = [], []
+    results, errors, spans, logs = [], [], [], []
 
     def runner():
+        log = []
+        logs.append(log)
         barrier.wait()
+        started = time.time()
         try:
-            results.append(run(pg_db, path))
+            results.append(Migrator(dict(pg_db, path=str(path)), log=log.append).run())
         except Exception as exc:  # noqa: BLE001 - collected for the assertion
             errors.append(exc)
+        spans.append((started, time.time()))
 
     threads = [threading.Thread(target=runner) for _ in range(2)]
     for thread in threads:
@@ -332,9 +336,46 @@ def test_two_runners_started_together_apply_each_file_once(pg_db, tmp_path):
     assert errors == []
     applied = sorted(len(r['applied']) for r in results)
     assert applied == [0, 3]  # one runner did everything, the other waited and found nothing to do
+    # The runs really overlapped: both were running at once, and one of them waited for the other's lock.
+    assert max(start for start, _ in spans) < min(end for _, end in spans)
+    waited = [log for log in logs if any('waiting for the migration lock' in line for line in log)]
+    assert len(waited) == 1 and not any('applying' in line for line in waited[0])
     for table, count in (('once_a', 1), ('once_b', 2), ('once_c', 1)):
         assert rows(pg_db, 'SELECT count(*) FROM %s' % table) == [(count,)]
     assert rows(pg_db, 'SELECT count(*) FROM schema_migrations') == [(3,)]
+
+
+def test_statements_and_tracking_row_commit_together(pg_db, tmp_path):
+    path = write(tmp_path / 'm', {'001_a.sql': 'CREATE TABLE a (id int);'})
+    run(pg_db, path)
+    rows(pg_db, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'tracking refused'; END $$; "
+                "CREATE TRIGGER refuse BEFORE INSERT ON schema_migrations FOR EACH ROW "
+                "WHEN (NEW.name = '002_b.sql') EXECUTE FUNCTION refuse(); SELECT 1")
+    write(path, {'002_b.sql': 'CREATE TABLE b (id int);\nINSERT INTO a VALUES (1);\n'})
+    with pytest.raises(MigrationError) as info:
+        run(pg_db, path)
+    assert '002_b.sql: recording it in public.schema_migrations failed' in str(info.value)
+    assert 'tracking refused' in str(info.value)
+    assert not table_exists(pg_db, 'b')  # the file's changes went with the failed row
+    assert rows(pg_db, 'SELECT count(*) FROM a') == [(0,)]
+
+
+def test_function_bodies_with_semicolons_in_dollar_quotes(pg_db, tmp_path):
+    path = write(tmp_path / 'm', {'001_functions.sql':
+                                  'CREATE TABLE counter (n int NOT NULL);\n'
+                                  'INSERT INTO counter VALUES (0);\n'
+                                  'CREATE FUNCTION bump(step int) RETURNS int LANGUAGE plpgsql AS $$\n'
+                                  'DECLARE\n  result int;\nBEGIN\n'
+                                  '  UPDATE counter SET n = n + step RETURNING n INTO result;\n'
+                                  "  RAISE NOTICE 'bumped; now %', result;\n"
+                                  '  RETURN result;\nEND;\n$$;\n'
+                                  'CREATE FUNCTION twice(x int) RETURNS int LANGUAGE sql AS $body$ SELECT x * 2; '
+                                  '$body$;\n'
+                                  'SELECT bump(twice(2));\n'})
+    run(pg_db, path)
+    assert rows(pg_db, 'SELECT n FROM counter') == [(4,)]
+    assert rows(pg_db, 'SELECT bump(1)') == [(5,)]
 
 
 def test_lock_timeout_names_the_holder(pg_db, tmp_path):

@@ -84,3 +84,32 @@ def test_password_never_printed_even_at_vvv(pg_db, tmp_path):
     assert proc.returncode != 0
     assert 'password authentication failed' in proc.stdout
     assert 'wrong-secret-value' not in proc.stdout + proc.stderr
+
+
+def test_failure_reports_changed_when_the_database_changed_and_check_mode_reports_problems(pg_db, tmp_path):
+    path = tmp_path / 'migrations'
+    path.mkdir()
+    (path / '001_init.sql').write_text('CREATE TABLE t (id int);\n')
+    (path / '002_bad.sql').write_text('INSERT INTO missing VALUES (1);\n')
+    book = playbook(tmp_path, pg_db, path)
+    failed = ansible(book)
+    result = task_result(failed)
+    assert result['failed'] is True and result['changed'] is True  # 001 and the tracking table stayed
+    assert result['applied'] == ['001_init.sql'] and '002_bad.sql failed at line 1' in result['msg']
+
+    (path / '002_bad.sql').write_text('CREATE TABLE u (id int);\nCOMMIT;\n\\i other.sql\n')
+    for extra in (['--check'], []):
+        proc = ansible(book, *extra)
+        result = task_result(proc)
+        assert result['failed'] is True and result['changed'] is False, extra
+        assert "002_bad.sql line 2: 'COMMIT'" in result['msg'] and '002_bad.sql line 3: psql meta-command' \
+            in result['msg']
+
+
+def test_module_reads_another_tools_layout(pg_db, tmp_path):
+    from migration_tools import fixture
+    proc = ansible(playbook(tmp_path, pg_db, fixture('golang-migrate')))
+    result = task_result(proc)
+    assert proc.returncode == 0, proc.stdout
+    assert result['layout'] == 'golang-migrate' and result['msg'] == 'Applied 4 new migration(s)'
+    assert result['down_files'][0] == '1_init.down.sql'
