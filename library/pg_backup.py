@@ -28,7 +28,12 @@ description:
     ISO weeks and O(keep_monthly) months that have a backup, plus the O(keep_last) newest; deletes the other verified
     backups that follow O(name_pattern). Files without a sidecar are reported and never deleted. The newest verified
     backup is never deleted."
-  - A lock file in O(backup_dir) keeps backups, restores and restore tests from running at the same time.
+  - "Several databases can share O(backup_dir): the sidecar records the database (C(# database: soul_bot), a
+    comment line C(sha256sum -c) ignores), and retention only ever prunes backups of O(login_db). Backups written
+    before that are attributed by the database name in their archive header."
+  - A lock file in O(backup_dir) keeps backups, restores and restore tests from running at the same time. Under it,
+    after retention, scratch databases a killed restore left (C(<db>__restore_*) without sessions) are dropped
+    and logged (RV(dropped_databases)).
   - O(offsite) copies the verified backup and its sidecar to a second location after verification.
 version_added: "1.0.0"
 author: SoulNear operations contributors
@@ -95,6 +100,11 @@ options:
     description: Number of newest verified backups always kept, whatever the other rules say (at least 1).
     type: int
     default: 2
+  keep_safety_backups:
+    description: Safety backups a restore takes (C(pre_restore_*.dump)) are pruned too; the newest this many of
+      O(login_db) are kept.
+    type: int
+    default: 3
   offsite:
     description:
       - Second location for a copy of each verified backup and its sidecar. A directory path (for example a mounted
@@ -263,6 +273,18 @@ offsite:
   returned: success
   type: dict
   sample: {target: /mnt/backup-disk/soulnear, ok: true, kind: path, pruned: []}
+pruned_safety:
+  description: Safety backups (C(pre_restore_*)) deleted beyond O(keep_safety_backups).
+  returned: success and not check mode
+  type: list
+  elements: str
+  sample: [pre_restore_20241201_101500.dump]
+dropped_databases:
+  description: Scratch databases of an interrupted restore that were dropped.
+  returned: success and not check mode
+  type: list
+  elements: str
+  sample: [soul_bot__restore_20250105_101500]
 stale_removed:
   description: Temporary files of an interrupted earlier run that were removed.
   returned: success
@@ -286,7 +308,8 @@ from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR
 
 # The backup settings this module takes; types, defaults and choices come from backup_settings.
 SETTINGS = ('backup_dir', 'container', 'exec_user', 'name_pattern', 'compression', 'compression_level', 'verify',
-            'space_margin', 'prune', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_last', 'offsite')
+            'space_margin', 'prune', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_last', 'keep_safety_backups',
+            'offsite')
 
 
 def argument_spec():

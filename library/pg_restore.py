@@ -34,6 +34,12 @@ description:
     as the old database.
   - Objects keep the owners recorded in the archive (the roles must exist, which they do on the same server); with
     O(no_owner=true) they are created as O(owner) instead.
+  - V(latest) is the newest backup of O(login_db) (the sidecar or the archive names its database, so several
+    databases can share O(backup_dir)) whose file still matches its sidecar; newer ones that do not are skipped
+    and RV(steps) says so. A named backup that fails its checksum is refused. An archive dumped from another
+    database than O(login_db) is refused.
+  - Scratch databases a killed restore left behind (C(<db>__restore_*) without sessions) are dropped first, under
+    the backups directory's lock, and logged in RV(steps).
   - O(test_only=true) is the restore test - restore into a throwaway database, run the checks, count the rows of
     every table, drop it. It needs no confirmation and touches neither the live database nor the bot.
 version_added: "1.0.0"
@@ -79,8 +85,8 @@ options:
     type: int
     default: 30
   safety_backup:
-    description: Take a backup of the live database (C(pre_restore_%Y%m%d_%H%M%S.dump)) before restoring. These files
-      are not pruned by retention; delete them by hand when no longer needed.
+    description: Take a backup of the live database (C(pre_restore_%Y%m%d_%H%M%S.dump)) before restoring. The newest
+      O(keep_safety_backups) are kept.
     type: bool
     default: true
   owner:
@@ -129,6 +135,18 @@ options:
     description: Database the module connects to for CREATE, DROP and RENAME DATABASE.
     type: str
     default: postgres
+  keep_safety_backups:
+    description: The newest this many C(pre_restore_*) safety backups of O(login_db) are kept; older ones are
+      deleted after a restore took a new one (and by every backup run's retention).
+    type: int
+    default: 3
+  data_guard_file:
+    description:
+      - The data-loss guard's record (see the C(data_guard) module). After a completed restore the restored
+        database is recorded there as the real one and the guard's flag is lowered. Empty disables it.
+      - Not touched by O(test_only) or in check mode.
+    type: path
+    default: /var/lib/soulnear/data-guard.json
   login_user:
     description: Superuser the module and the tools in the container connect as.
   login_password:
@@ -220,6 +238,18 @@ duration:
   returned: success
   type: float
   sample: 9.27
+data_guard:
+  description: What the data-loss guard recorded after the restore (system_identifier, tables, previous_flag), or
+    an error; null without O(data_guard_file).
+  returned: success and not O(test_only)
+  type: dict
+  sample: {system_identifier: "7313214194725303163", tables: {aiogram_states: 50}, previous_flag: null}
+dropped_databases:
+  description: Scratch databases of an interrupted earlier restore that were dropped.
+  returned: success
+  type: list
+  elements: str
+  sample: [soul_bot__restore_20250105_101500]
 safety_backup:
   description: Path of the backup of the live database taken first; null when there was none.
   returned: success
@@ -275,18 +305,21 @@ steps:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.backup_files import FAILURES, describe_failure
 from ansible.module_utils.soulnear.backup_settings import settings_argument_spec, settings_from_params
+from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD_FILE
 from ansible.module_utils.soulnear.restore import LATEST, restore_database, restore_test
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 
 # The backup settings this module takes; types, defaults and choices come from backup_settings.
 SETTINGS = ('backup_dir', 'name_pattern', 'container', 'exec_user', 'bot_container', 'bot_stop_timeout',
             'safety_backup', 'owner', 'no_owner', 'require_checksum', 'space_margin', 'compression', 'largest_tables',
-            'analyze', 'maintenance_work_mem', 'maintenance_db')
+            'analyze', 'maintenance_work_mem', 'maintenance_db', 'keep_safety_backups', 'data_guard_file')
 
 
 def argument_spec():
     spec = connection_argument_spec()
     spec.update(settings_argument_spec(SETTINGS))
+    # The module keeps the host's guard record by default; library callers (and the tests) opt in.
+    spec['data_guard_file']['default'] = DATA_GUARD_FILE
     spec.update(
         backup=dict(type='str', default=LATEST),
         confirm=dict(type='str'),

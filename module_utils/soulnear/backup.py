@@ -11,7 +11,9 @@
   written and the dump renamed to its final name. A file under a final name is
   therefore always complete and verified; a failed run removes its temporary
   file, and a run killed half-way leaves one that the next run removes.
-- Then retention (retention.py) prunes the directory, and the verified backup is copied offsite.
+- Then retention (retention.py) prunes the directory (this database's backups only, and its older
+  pre_restore_* safety dumps), databases a killed restore left behind (<db>__restore_*) are dropped, and the
+  verified backup is copied offsite.
 
 Settings come from backup_settings.py; names, sidecars and the directory lock from backup_files.py.
 """
@@ -31,14 +33,15 @@ import subprocess
 import tempfile
 import time
 
+from .backup_files import FAILURES as FAILURES_DB
 from .backup_files import (
     SIDECAR_SUFFIX, BackupError, DirLock, ensure_dir, list_backups, null_log, parse_name, pattern_regex,
     read_sidecar, remove_stale_partials, write_sidecar)
 from .containers import exec_argv, exec_env
 from .files import CHUNK, free_bytes, fsync_dir, human, private_file, remove, sha256_file, write_private
-from .pgtools import archive_toc, connect_to, query, require_container, stderr_tail, tool_argv, tool_env, \
-    toc_tables, verify_full
-from .retention import apply_retention, retention_plan
+from .pgtools import archive_toc, connect_to, drop_database, query, require_container, stderr_tail, tool_argv, \
+    tool_env, toc_tables, verify_full
+from .retention import apply_retention, prune_safety_backups, retention_plan
 
 
 def compression_args(method, level, server_version_num):
@@ -98,9 +101,11 @@ def stream_dump(settings, db, out, compress_args):
             proc.kill()
             proc.wait()
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise BackupError('the disk holding %s filled up after %s of the dump; the partial file was '
-                                  'removed. Free space there, or move the backups to a larger disk'
-                                  % (os.path.dirname(out.name), human(size))) from None
+                # What reached the disk: a chunk is counted in `size` only once all of it was written.
+                written = max(size, _file_size(fd))
+                raise BackupError('the disk holding %s filled up after %s of the dump had been written; the partial '
+                                  'file was removed. Free space there, or move the backups to a larger disk'
+                                  % (os.path.dirname(out.name), human(written))) from None
             raise BackupError('writing %s failed: %s' % (out.name, exc)) from None
         finally:
             proc.stdout.close()
@@ -109,6 +114,13 @@ def stream_dump(settings, db, out, compress_args):
             raise BackupError('pg_dump of %s in container %s failed (exit %d): %s'
                               % (db, settings['container'], code, stderr_tail(err)))
     return size, digest.hexdigest()
+
+
+def _file_size(fd):
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return 0
 
 
 def preflight(settings, directory, db=None):
@@ -154,8 +166,8 @@ def create_backup(settings, check_mode=False, log=null_log, directory=None, patt
     if check_mode:
         log('would dump %s (%s, compression %s) to %s' % (db, human(facts['database_size']), label, path))
         if retention and settings['prune']:
-            planned = list_backups(directory, pattern) + [dict(name=name, path=path, time=parse_name(name, pattern),
-                                                               size=0, verified=True)]
+            planned = list_backups(directory, pattern, db) + [dict(name=name, path=path, size=0, verified=True,
+                                                                   time=parse_name(name, pattern), database=db)]
             result.update(retention_plan(planned, settings))
         result['created_dir'] = ensure_dir(directory, check_mode=True)
         result.update(size=None, sha256=None, duration=round(time.time() - started, 3))
@@ -178,7 +190,7 @@ def create_backup(settings, check_mode=False, log=null_log, directory=None, patt
                 if settings['verify'] == 'full':
                     verify_full(settings, dump.name)
                 # Sidecar first, then the dump's final name: a dump under a final name always has its sidecar.
-                write_sidecar(path, digest)
+                write_sidecar(path, digest, db)
             fsync_dir(directory)
         except BaseException:
             if not os.path.exists(path):
@@ -187,11 +199,46 @@ def create_backup(settings, check_mode=False, log=null_log, directory=None, patt
         result.update(size=size, sha256=digest, toc_entries=len(toc), tables=len(toc_tables(toc)), verified=True)
         log('backup %s verified (%d archive entries, %d tables)' % (path, len(toc), result['tables']))
         if retention and settings['prune']:
-            result.update(apply_retention(directory, dict(settings, name_pattern=pattern), log=log))
+            result.update(apply_retention(directory, dict(settings, name_pattern=pattern, database=db), log=log))
+            result['pruned_safety'] = prune_safety_backups(directory, dict(settings, database=db), log=log)
+        if lock:
+            # Under the directory's lock no restore of this directory runs: its scratch databases are leftovers.
+            result['dropped_databases'] = drop_stale_restore_databases(settings, db, log)
     if offsite and settings.get('offsite'):
         result['offsite'] = copy_offsite(settings, path, log)
     result['duration'] = round(time.time() - started, 3)
     return result
+
+
+# --- leftovers of a killed restore ------------------------------------------------------------------------
+
+def stale_restore_databases(conn, db):
+    """<db>__restore_<ts> and <db>__restore_test_<ts> databases nobody is connected to."""
+    rows = query(conn, "SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname) "
+                       "FROM pg_database d WHERE strpos(d.datname, %s) = 1 ORDER BY 1", (db + '__restore_',))
+    pattern = re.compile(r'^%s__restore_(test_)?\d+(_\d+)?$' % re.escape(db))
+    return [name for name, sessions in rows if pattern.match(name) and not sessions]
+
+
+def drop_stale_restore_databases(settings, db, log=null_log):
+    """Drop the scratch databases a killed restore or restore test left (the caller holds the directory's lock, so
+    no restore of it is running; one with a session is left alone). Returns their names; never raises."""
+    dropped = []
+    try:
+        conn = connect_to(settings, settings['maintenance_db'])
+    except BackupError as exc:
+        log('could not look for databases left by a killed restore: %s' % exc)
+        return dropped
+    try:
+        for name in stale_restore_databases(conn, db):
+            drop_database(conn, name)
+            dropped.append(name)
+            log('dropped %s, left by an interrupted restore' % name)
+    except FAILURES_DB as exc:
+        log('could not drop the databases left by a killed restore: %s' % exc)
+    finally:
+        conn.close()
+    return dropped
 
 
 # --- offsite --------------------------------------------------------------------------------------------------

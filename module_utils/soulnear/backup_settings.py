@@ -31,6 +31,7 @@ DEFAULTS = dict(
     keep_weekly=4,
     keep_monthly=6,
     keep_last=2,
+    keep_safety_backups=3,
     prune=True,
     offsite='',
     bot_container='',
@@ -43,6 +44,7 @@ DEFAULTS = dict(
     maintenance_db='postgres',
     analyze=False,
     maintenance_work_mem='256MB',
+    data_guard_file='',
 )
 
 
@@ -61,6 +63,7 @@ _MODULE_OPTIONS = dict(
     keep_weekly=dict(type='int'),
     keep_monthly=dict(type='int'),
     keep_last=dict(type='int'),
+    keep_safety_backups=dict(type='int'),
     prune=dict(type='bool'),
     offsite=dict(type='str'),
     bot_container=dict(type='str'),
@@ -73,6 +76,7 @@ _MODULE_OPTIONS = dict(
     maintenance_db=dict(type='str'),
     analyze=dict(type='bool'),
     maintenance_work_mem=dict(type='str'),
+    data_guard_file=dict(type='path'),
 )
 
 

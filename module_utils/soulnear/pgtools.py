@@ -18,7 +18,12 @@ import tempfile
 
 from .backup_files import BackupError
 from .containers import DockerError, container_state, exec_argv, exec_env
-from .pg import ConnectError, connect
+from .pg import ConnectError, connect, psycopg2
+
+if psycopg2 is not None:
+    from psycopg2 import sql as pgsql
+else:  # pragma: no cover - connect() reports the missing library
+    pgsql = None
 
 
 def connect_to(settings, db=None):
@@ -37,6 +42,13 @@ def query(conn, statement, args=None):
     with conn.cursor() as cur:
         cur.execute(statement, args)
         return cur.fetchall() if cur.description else None
+
+
+def drop_database(conn, name):
+    """Terminate the sessions of database name and drop it (gone already is fine)."""
+    query(conn, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s '
+                'AND pid <> pg_backend_pid()', (name,))
+    query(conn, pgsql.SQL('DROP DATABASE IF EXISTS {}').format(pgsql.Identifier(name)))
 
 
 def tool_env(settings):
@@ -81,14 +93,26 @@ def feed_archive(settings, argv, path, env=None, capture=False):
         return proc.returncode, proc.stdout, failure
 
 
-def archive_toc(settings, path):
-    """`pg_restore --list` of a dump on the host, run in the database container; raises when it is unreadable."""
+def read_toc(settings, path):
+    """`pg_restore --list` of a dump on the host, run in the database container: (entries, the database the archive
+    was dumped from). Raises when the archive is unreadable."""
     code, out, err = feed_archive(settings, ['pg_restore', '--list'], path, capture=True)
     if code != 0:
         raise BackupError('%s is not a readable PostgreSQL custom-format archive: pg_restore --list says: %s. '
                           'Do not restore it; use another backup' % (path, err))
     lines = out.decode('utf-8', 'replace').splitlines()
-    return [line for line in lines if line and not line.startswith(';')]
+    database = None
+    for line in lines:
+        match = re.match(r'^;\s+dbname:\s*(.*)$', line, re.I)
+        if match:
+            database = match.group(1).strip() or None
+            break
+    return [line for line in lines if line and not line.startswith(';')], database
+
+
+def archive_toc(settings, path):
+    """The entries of `pg_restore --list` (see read_toc)."""
+    return read_toc(settings, path)[0]
 
 
 def verify_full(settings, path):

@@ -23,15 +23,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .backup import create_backup
+from . import guard
+from .backup import drop_stale_restore_databases
 from .backup_files import (
-    FAILURES, SAFETY_NAME_PATTERN, SIDECAR_SUFFIX, BackupError, DirLock, describe_failure, list_backups, null_log,
-    read_sidecar)
+    FAILURES, SAFETY_NAME_PATTERN, SIDECAR_SUFFIX, BackupError, DirLock, describe_failure, list_backups,
+    newest_intact, null_log, read_sidecar)
 from .containers import DockerError, container_state, exec_run, inspect
 from .containers import start as start_container
 from .containers import stop as stop_container
 from .files import free_bytes, human, sha256_file
 from .pg import describe_error, psycopg2, sqlstate_of
-from .pgtools import archive_toc, connect_to, feed_archive, query, require_container, tool_argv, tool_env, toc_tables
+from .pgtools import connect_to, drop_database, feed_archive, query, read_toc, require_container, tool_argv, \
+    tool_env, toc_tables
+from .checks import DEFAULTS as CHECK_DEFAULTS
+from .retention import prune_safety_backups
 
 if psycopg2 is not None:
     from psycopg2 import sql as pgsql
@@ -41,26 +46,36 @@ else:  # pragma: no cover - connect() reports the missing library
 LATEST = 'latest'  # the backup to restore when none is named: the newest verified one
 
 
-def resolve_backup(settings, backup=LATEST):
-    """Path of the backup to restore: the newest verified one for 'latest', else a name in backup_dir or a path."""
+def resolve_backup(settings, backup=LATEST, log=null_log, check_mode=False):
+    """Path of the backup to restore: for 'latest' the newest verified backup of the database whose file still
+    matches its sidecar (a newer one that does not is skipped, and the log says so), else a name in backup_dir
+    or a path."""
     directory = settings['backup_dir']
+    database = settings['conn']['login_db']
     if not backup or backup == LATEST:
-        verified = [b for b in list_backups(directory, settings['name_pattern']) if b['verified']]
-        if not verified:
-            raise BackupError('no verified backup (a %s file with its %s sidecar) in %s; take one with '
+        good, corrupt = newest_intact(directory, settings['name_pattern'], database, save=not check_mode)
+        for bad in corrupt:
+            log('the newer backup %s does not match its %s sidecar (corrupt, truncated or changed): skipped'
+                % (bad['name'], SIDECAR_SUFFIX))
+        if good is None:
+            raise BackupError('no verified backup of %s (a %s file with its %s sidecar%s) in %s; take one with '
                               'playbooks/backup.yml or name a file with backup=FILE'
-                              % (settings['name_pattern'], SIDECAR_SUFFIX, directory))
-        return verified[0]['path']
+                              % (database, settings['name_pattern'], SIDECAR_SUFFIX,
+                                 ' that still matches it: %d do not' % len(corrupt) if corrupt else '', directory))
+        if corrupt:
+            log('latest: using %s, the newest backup of %s that verifies' % (good['name'], database))
+        return good['path']
     path = backup if os.path.isabs(backup) else os.path.join(directory, backup)
     if not os.path.isfile(path):
-        available = [b['name'] for b in list_backups(directory, settings['name_pattern'])[:5]]
-        raise BackupError('backup %s not found; the newest in %s are: %s' % (path, directory,
-                                                                            ', '.join(available) or 'none'))
+        available = [b['name'] for b in list_backups(directory, settings['name_pattern'], database)[:5]]
+        raise BackupError('backup %s not found; the newest of %s in %s are: %s'
+                          % (path, database, directory, ', '.join(available) or 'none'))
     return path
 
 
-def check_backup(settings, path, log=null_log):
-    """sha256 against the sidecar, then the archive's table of contents; returns (sha256, toc)."""
+def check_backup(settings, path, log=null_log, database=None):
+    """sha256 against the sidecar, then the archive's table of contents and the database it was dumped from (it
+    must be `database`, default the settings' database); returns (sha256, toc)."""
     expected = read_sidecar(path)
     if expected is None and settings['require_checksum']:
         raise BackupError('%s has no %s sidecar, so it cannot be shown to be intact; nothing was changed. Use a '
@@ -73,8 +88,14 @@ def check_backup(settings, path, log=null_log):
                           'good copy of this one from the offsite location'
                           % (path, actual, expected, human(os.path.getsize(path))))
     log('checksum of %s OK (%s)' % (os.path.basename(path), actual if expected else 'no sidecar, not checked'))
-    toc = archive_toc(settings, path)
-    log('archive readable: %d entries, %d tables' % (len(toc), len(toc_tables(toc))))
+    toc, dumped = read_toc(settings, path)
+    database = database or settings['conn']['login_db']
+    if dumped and dumped != database:
+        raise BackupError('%s is a backup of the database %s, not of %s; nothing was changed. Restore a backup of '
+                          '%s (the backups directory can hold several databases: soulnear-backup list shows them)'
+                          % (path, dumped, database, database))
+    log('archive readable: %d entries, %d tables, dumped from %s' % (len(toc), len(toc_tables(toc)),
+                                                                     dumped or 'an unnamed database'))
     return actual, toc
 
 
@@ -145,12 +166,6 @@ def _copy_database_settings(conn, source, target):
             option = pgsql.SQL(' WITH GRANT OPTION') if grantable == 'true' else pgsql.SQL('')
             query(conn, pgsql.SQL('GRANT {} ON DATABASE {} TO {}{}').format(
                 pgsql.SQL(privilege), _ident(target), who, option))
-
-
-def drop_database(conn, name):
-    query(conn, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s '
-                 'AND pid <> pg_backend_pid()', (name,))
-    query(conn, pgsql.SQL('DROP DATABASE IF EXISTS {}').format(_ident(name)))
 
 
 def largest_tables(conn, limit):
@@ -272,7 +287,7 @@ def restore_database(settings, backup=LATEST, confirm=None, check_mode=False, lo
     if confirm != live:
         raise BackupError('restoring replaces the database %s; confirm it by passing confirm=%s (you passed %s). '
                           'Nothing was changed' % (live, live, 'nothing' if confirm in (None, '') else repr(confirm)))
-    path = resolve_backup(settings, backup)
+    path = resolve_backup(settings, backup, log, check_mode)
     require_container(settings['container'])
     digest, toc = check_backup(settings, path, log)
     stamp = datetime.datetime.now().strftime('%Y%m%d_%H%M%S')
@@ -287,6 +302,11 @@ def restore_database(settings, backup=LATEST, confirm=None, check_mode=False, lo
         info = database_info(admin, live)
         owner = settings.get('owner') or (info['owner'] if info else settings['conn'].get('login_user') or 'postgres')
         result['owner'] = owner
+        when = datetime.datetime.now()
+        while database_info(admin, old) or database_info(admin, new):  # a second restore within the same second
+            when += datetime.timedelta(seconds=1)
+            stamp = when.strftime('%Y%m%d_%H%M%S')
+            new, old = _db_name(live, '__restore_' + stamp), _db_name(live, '__pre_restore_' + stamp)
         if info:
             estimate = int(info['size'] * float(settings['space_margin']))
             free = _container_free(settings, admin)
@@ -306,20 +326,52 @@ def restore_database(settings, backup=LATEST, confirm=None, check_mode=False, lo
             return result
 
         with DirLock(settings['backup_dir'], 'restore of %s' % live):
+            result['dropped_databases'] = drop_stale_restore_databases(settings, live, log)
             _restore_and_swap(settings, admin, path, toc, info, owner, new, old, result, log)
+            if result['safety_backup']:
+                result['pruned_safety'] = prune_safety_backups(settings['backup_dir'], settings, log=log)
     finally:
         admin.close()
     if info:
         result['previous_database'] = old
         result['drop_previous_command'] = 'docker exec -u %s %s dropdb --username %s "%s"' % (
             settings['exec_user'], settings['container'], settings['conn'].get('login_user') or 'postgres', old)
+    result['data_guard'] = record_restored(settings, live, path, log)
     result['duration'] = round(time.time() - started, 3)
     result['msg'] = 'Restored %s from %s (%s) in %.1f s' % (live, os.path.basename(path), human(result['size']),
                                                             result['duration'])
+    if result['data_guard'] and result['data_guard'].get('previous_flag'):
+        result['msg'] += '; the data-loss flag is lowered'
     if info:
         result['msg'] += ('; the previous database is kept as %s (drop it once the restored data is confirmed good: '
                           '%s)' % (old, result['drop_previous_command']))
     return result
+
+
+def record_restored(settings, live, path, log=null_log):
+    """After a completed restore: the data-loss guard records the restored database (its cluster and rows) and
+    lowers its flag. Returns guard.accept()'s result, None without a guard file; a failure here is logged, never
+    raised (the restore itself succeeded)."""
+    state_file = settings.get('data_guard_file')
+    if not state_file:
+        return None
+    try:
+        record = guard.load(state_file) or {}
+        tables = sorted(record.get('tables') or {}) or list(CHECK_DEFAULTS['required_tables'])
+        conn = connect_to(settings, live)
+        try:
+            observed = guard.observe(conn, tables)
+        finally:
+            conn.close()
+        done = guard.accept(state_file, observed, by='pg_restore',
+                            reason='restore of %s into %s completed' % (os.path.basename(path), live))
+    except (guard.GuardError, BackupError, OSError) as exc:
+        log('the data-loss guard could not record the restored database: %s; clear its flag by hand: '
+            'soulnear-health guard clear --confirm %s' % (exc, live))
+        return dict(error=str(exc))
+    log(done['msg'])
+    return dict(previous_flag=done['previous_flag'], system_identifier=observed['system_identifier'],
+                tables=observed['tables'])
 
 
 def _safety_backup(settings, live, log):
@@ -449,9 +501,10 @@ def _swap_with_bot_stopped(settings, live, new, old, result, log):
 def restore_test(settings, backup=LATEST, log=null_log):
     """Restore a backup into a throwaway database, check it, drop it; returns a report (raises on failure)."""
     started = time.time()
-    path = resolve_backup(settings, backup)
+    path = resolve_backup(settings, backup, log)
     require_container(settings['container'])
     with DirLock(settings['backup_dir'], 'restore-test'):
+        drop_stale_restore_databases(settings, settings['conn']['login_db'], log)
         digest, toc = check_backup(settings, path, log)
         scratch = _db_name(settings['conn']['login_db'], '__restore_test_' + datetime.datetime.now().strftime('%H%M%S'))
         admin = connect_to(settings, settings['maintenance_db'])

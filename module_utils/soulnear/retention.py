@@ -7,6 +7,10 @@ Walking the verified backups newest first, a backup is kept when it is the newes
 `keep_daily` most recent days, `keep_weekly` most recent ISO weeks or `keep_monthly` most recent months
 that have a backup, or one of the `keep_last` newest. Files without a sidecar are reported and never
 deleted: the backup command did not verify them.
+
+Retention works on the backups of one database (settings `database`, else the login database): several
+databases can share a directory without pruning each other. Safety backups a restore takes (pre_restore_*)
+are pruned separately: the newest `keep_safety_backups` of the database are kept.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -15,7 +19,7 @@ __metaclass__ = type
 
 import os
 
-from .backup_files import SIDECAR_SUFFIX, list_backups, null_log, pattern_regex
+from .backup_files import SAFETY_NAME_PATTERN, SIDECAR_SUFFIX, list_backups, null_log, pattern_regex
 from .backup_settings import DEFAULTS
 from .files import remove
 
@@ -62,9 +66,14 @@ def retention_plan(backups, settings):
     return dict(pruned=prune, kept=kept, unverified=unverified)
 
 
+def database_of(settings):
+    """The database whose backups retention works on: settings `database`, else the login database."""
+    return settings.get('database') or (settings.get('conn') or {}).get('login_db') or None
+
+
 def apply_retention(directory, settings, check_mode=False, log=null_log):
     """Prune directory by the retention settings; returns dict(pruned, kept, unverified)."""
-    plan = retention_plan(list_backups(directory, settings['name_pattern']), settings)
+    plan = retention_plan(list_backups(directory, settings['name_pattern'], database_of(settings)), settings)
     for name in plan['pruned']:
         if check_mode:
             log('would prune %s' % name)
@@ -85,3 +94,20 @@ def apply_retention(directory, settings, check_mode=False, log=null_log):
         log('left alone (no %s sidecar, not made or verified by soulnear-backup): %s'
             % (SIDECAR_SUFFIX, ', '.join(plan['unverified'])))
     return plan
+
+
+def prune_safety_backups(directory, settings, check_mode=False, log=null_log):
+    """Keep the newest `keep_safety_backups` (at least 1) verified pre_restore_* dumps of the database; returns
+    the names pruned. Unverified ones are left alone, as for regular backups."""
+    keep = settings.get('keep_safety_backups')
+    keep = max(1, int(DEFAULTS['keep_safety_backups'] if keep is None else keep))
+    verified = [b for b in list_backups(directory, SAFETY_NAME_PATTERN, database_of(settings)) if b['verified']]
+    pruned = []
+    for backup in verified[keep:]:
+        if not check_mode:
+            remove(backup['path'])
+            remove(backup['path'] + SIDECAR_SUFFIX)
+        pruned.append(backup['name'])
+        log('%s safety backup %s (keeping the newest %d)' % ('would prune' if check_mode else 'pruned',
+                                                             backup['name'], keep))
+    return pruned

@@ -21,6 +21,7 @@ import yaml
 from ansible.module_utils.soulnear.backup import create_backup
 from ansible.module_utils.soulnear.backup_files import BackupError
 from ansible.module_utils.soulnear.restore import restore_database, restore_test
+from psycopg2 import sql
 from test_backup import bot_db_fixture, bot_template  # noqa: F401 - makes the fixtures available here
 from test_backup import app_connect, settings_for, table_checksums
 from test_pg_migrate_ansible import ansible
@@ -288,3 +289,95 @@ def test_backup_without_sidecar_needs_an_explicit_override(pg_container, bot_db,
     assert 'passed' in result['msg'] and time.time() - started < 30
     with pytest.raises(psycopg2.Error):
         pg_container.query('SELECT 1', db=result['database'])
+
+
+# -- several databases, damaged files, leftovers and the data-loss guard ---------------------------------------
+
+def copy_database(pg_container, bot_db, suffix):
+    other = dict(bot_db, name=bot_db['name'] + suffix)
+    pg_container.query(sql.SQL('CREATE DATABASE {} TEMPLATE {} OWNER {}').format(
+        sql.Identifier(other['name']), sql.Identifier(bot_db['name']), sql.Identifier(bot_db['owner'])))
+    return other
+
+
+def test_latest_is_the_newest_intact_backup_of_this_database(pg_container, bot_db, tmp_path):
+    backup_dir = tmp_path / 'backups'
+    settings = settings_for(pg_container, bot_db, backup_dir)
+    older = create_backup(settings)
+    newer = create_backup(settings)
+    other = copy_database(pg_container, bot_db, '_other')
+    theirs = create_backup(settings_for(pg_container, other, backup_dir))  # the newest file in the directory
+    with open(newer['path'], 'r+b') as handle:  # damaged after it was verified
+        handle.seek(os.path.getsize(newer['path']) // 2)
+        handle.write(b'\0' * 512)
+
+    steps = []
+    result = restore_database(settings, 'latest', confirm=bot_db['name'], log=steps.append)
+    assert result['restored_from'] == older['path'], 'not the other database\'s, not the damaged one'
+    assert 'the newer backup %s does not match its .sha256 sidecar (corrupt, truncated or changed): skipped' \
+        % os.path.basename(newer['path']) in steps
+    assert 'latest: using %s, the newest backup of %s that verifies' % (os.path.basename(older['path']),
+                                                                         bot_db['name']) in steps
+    # Named explicitly, the damaged one is refused before anything is touched.
+    with pytest.raises(BackupError, match='is corrupt or truncated'):
+        restore_database(settings, os.path.basename(newer['path']), confirm=bot_db['name'])
+    assert os.path.exists(theirs['path'])
+
+
+def test_a_backup_of_another_database_is_refused(pg_container, bot_db, tmp_path):
+    backup_dir = tmp_path / 'backups'
+    other = copy_database(pg_container, bot_db, '_other')
+    theirs = create_backup(settings_for(pg_container, other, backup_dir))
+    damage(pg_container, bot_db)
+    before = table_checksums(pg_container, bot_db['name'])
+    settings = settings_for(pg_container, bot_db, backup_dir)
+    with pytest.raises(BackupError, match='no verified backup of %s' % bot_db['name']):
+        restore_database(settings, 'latest', confirm=bot_db['name'])
+    with pytest.raises(BackupError) as failure:
+        restore_database(settings, os.path.basename(theirs['path']), confirm=bot_db['name'])
+    assert 'is a backup of the database %s, not of %s; nothing was changed' % (other['name'], bot_db['name']) \
+        in str(failure.value)
+    # A sidecar without the database line (written before it existed) does not get past the check either:
+    # the archive itself names its database.
+    with open(theirs['path'] + '.sha256') as handle:
+        first = handle.readline()
+    with open(theirs['path'] + '.sha256', 'w') as handle:
+        handle.write(first)
+    with pytest.raises(BackupError, match='is a backup of the database %s' % other['name']):
+        restore_database(settings, os.path.basename(theirs['path']), confirm=bot_db['name'])
+    with pytest.raises(BackupError, match='is a backup of the database'):
+        restore_test(settings, os.path.basename(theirs['path']))
+    assert table_checksums(pg_container, bot_db['name']) == before
+    assert databases_like(pg_container, bot_db['name'] + '\\_\\_%') == []
+
+
+def test_restore_drops_leftovers_prunes_safety_backups_and_records_the_guard(pg_container, bot_db, tmp_path):
+    backup_dir = tmp_path / 'backups'
+    guard_file = tmp_path / 'state' / 'data-guard.json'
+    settings = settings_for(pg_container, bot_db, backup_dir, keep_safety_backups=1,
+                            data_guard_file=str(guard_file))
+    create_backup(settings)
+    leftover = bot_db['name'] + '__restore_20250105_101500'  # a restore killed before its swap
+    pg_container.query(sql.SQL('CREATE DATABASE {}').format(sql.Identifier(leftover)))
+    # The flag a deploy raised when it found the database empty.
+    guard_file.parent.mkdir()
+    guard_file.write_text(json.dumps(dict(system_identifier='1', had_data=True, tables={'public.users': 300},
+                                          flag=dict(raised_at=time.time(), by='deploy', reason='test flag'))))
+    steps = []
+    first = restore_database(settings, 'latest', confirm=bot_db['name'], log=steps.append)
+    assert first['dropped_databases'] == [leftover]
+    assert 'dropped %s, left by an interrupted restore' % leftover in steps
+    assert first['data_guard']['previous_flag']['reason'] == 'test flag'
+    assert '; the data-loss flag is lowered' in first['msg']
+    record = json.loads(guard_file.read_text())
+    assert record['flag'] is None and record['had_data'] is True
+    ident = pg_container.query('SELECT system_identifier::text FROM pg_control_system()')[0][0]
+    assert record['system_identifier'] == ident and record['tables'] == {'public.users': 300}
+    assert record['events'][-1]['by'] == 'pg_restore' and 'completed' in record['events'][-1]['what']
+
+    second = restore_database(settings, 'latest', confirm=bot_db['name'])
+    assert second['pruned_safety'] == [os.path.basename(first['safety_backup'])]
+    safety = sorted(n for n in os.listdir(backup_dir) if n.startswith('pre_restore_'))
+    assert safety == sorted([os.path.basename(second['safety_backup']),
+                             os.path.basename(second['safety_backup']) + '.sha256'])
+    assert second['data_guard']['previous_flag'] is None and 'flag' not in second['msg']

@@ -7,8 +7,9 @@ names and sidecars, not dumps) and then runs the same apply_retention() the back
 import datetime
 import os
 
-from ansible.module_utils.soulnear.backup_files import DEFAULT_NAME_PATTERN, list_backups, remove_stale_partials
-from ansible.module_utils.soulnear.retention import apply_retention, plan_retention
+from ansible.module_utils.soulnear.backup_files import (
+    DEFAULT_NAME_PATTERN, SAFETY_NAME_PATTERN, list_backups, remove_stale_partials, write_sidecar)
+from ansible.module_utils.soulnear.retention import apply_retention, plan_retention, prune_safety_backups
 
 POLICY = dict(name_pattern=DEFAULT_NAME_PATTERN, keep_daily=7, keep_weekly=4, keep_monthly=6, keep_last=2)
 
@@ -125,3 +126,59 @@ def test_orphan_sidecars_and_stale_partials_are_cleaned(tmp_path):
     assert not (tmp_path / 'backup_20250101_020000.dump.sha256').exists()
     assert remove_stale_partials(str(tmp_path)) == ['.backup_20250202_020000.dump.partial-4242']
     assert sorted(os.listdir(tmp_path)) == [name, name + '.sha256']
+
+
+def test_keep_last_keeps_that_many_newest_beyond_the_calendar_rules():
+    # Four backups on one day: daily keeps only the newest of the day; keep_last 3 keeps the three newest.
+    backups = [dict(name='b%d' % hour, time=datetime.datetime(2025, 1, 6, hour), verified=True)
+               for hour in (2, 8, 14, 20)]
+    backups.append(dict(name='unverified', time=datetime.datetime(2025, 1, 6, 23), verified=False))
+    keep, prune, unverified = plan_retention(backups, keep_daily=1, keep_weekly=0, keep_monthly=0, keep_last=3)
+    assert keep == {'b20': ['last', 'daily'], 'b14': ['last'], 'b8': ['last']}
+    assert prune == ['b2'] and unverified == ['unverified']
+    keep, prune, _ = plan_retention(backups, keep_daily=0, keep_weekly=0, keep_monthly=0, keep_last=10)
+    assert sorted(keep) == ['b14', 'b2', 'b20', 'b8'] and prune == []
+
+
+def test_keep_last_on_real_files(tmp_path):
+    names = [write_backup(tmp_path, datetime.datetime(2025, 3, 1, hour, 0)) for hour in range(1, 7)]
+    result = apply_retention(str(tmp_path), dict(POLICY, keep_daily=1, keep_weekly=1, keep_monthly=1, keep_last=4))
+    assert sorted(result['pruned']) == sorted(names[:2])
+    assert dumps(tmp_path) == sorted(names[2:])
+
+
+def write_db_backup(directory, when, database, pattern=DEFAULT_NAME_PATTERN):
+    name = when.strftime(pattern)
+    (directory / name).write_bytes(b'PGDMP fake archive for ' + name.encode())
+    write_sidecar(str(directory / name), '0' * 64, database)
+    return name
+
+
+def test_databases_sharing_a_directory_never_prune_each_other(tmp_path):
+    ours = [write_db_backup(tmp_path, datetime.datetime(2025, 3, day, 2, 0), 'soul_bot') for day in range(1, 11)]
+    theirs = [write_db_backup(tmp_path, datetime.datetime(2025, 3, day, 3, 0), 'other_db') for day in range(1, 4)]
+    policy = dict(POLICY, keep_daily=2, keep_weekly=0, keep_monthly=0, keep_last=1)
+    result = apply_retention(str(tmp_path), dict(policy, database='soul_bot'))
+    assert sorted(result['pruned']) == sorted(ours[:8])
+    assert dumps(tmp_path) == sorted(ours[8:] + theirs), 'the other database keeps all of its backups'
+    # The login database is the default: settings as make_settings builds them.
+    result = apply_retention(str(tmp_path), dict(policy, conn=dict(login_db='other_db')))
+    assert sorted(result['pruned']) == sorted(theirs[:1])
+    assert dumps(tmp_path) == sorted(ours[8:] + theirs[1:])
+
+
+def test_safety_backups_keep_the_newest_few_of_their_database(tmp_path):
+    safety = [write_db_backup(tmp_path, datetime.datetime(2025, 3, day, 10, 0), 'soul_bot', SAFETY_NAME_PATTERN)
+              for day in range(1, 6)]
+    other = write_db_backup(tmp_path, datetime.datetime(2025, 3, 1, 9, 0), 'other_db', SAFETY_NAME_PATTERN)
+    unverified = datetime.datetime(2025, 2, 1, 9, 0).strftime(SAFETY_NAME_PATTERN)
+    (tmp_path / unverified).write_bytes(b'no sidecar')
+    lines = []
+    assert prune_safety_backups(str(tmp_path), dict(database='soul_bot', keep_safety_backups=2), check_mode=True,
+                                log=lines.append) == list(reversed(safety[:3]))
+    assert len(os.listdir(tmp_path)) == 13 and lines[0].startswith('would prune safety backup')
+    assert prune_safety_backups(str(tmp_path), dict(database='soul_bot', keep_safety_backups=2)) == \
+        list(reversed(safety[:3]))
+    left = sorted(n for n in os.listdir(tmp_path) if not n.endswith('.sha256'))
+    assert left == sorted(safety[3:] + [other, unverified])
+    assert prune_safety_backups(str(tmp_path), dict(database='soul_bot', keep_safety_backups=0)) == [safety[3]]
