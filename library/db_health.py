@@ -69,9 +69,12 @@ options:
       - Not written in check mode.
     type: path
   backup_dir:
-    description: Backups directory of the backup command (C(backup_YYYYMMDD_HHMMSS.dump) files with a
-      C(.sha256) sidecar written after verification). Enables the C(backup_age) check and adds the directory to
-      the disk check.
+    description:
+      - Backups directory of the backup command (C(backup_YYYYMMDD_HHMMSS.dump) files with a C(.sha256) sidecar
+        written after verification). Enables the C(backup_age) check and adds the directory to the disk check.
+      - Only the backups of O(login_db) count (the sidecar or the archive names the database). The newest one's
+        sha256 is compared with its sidecar; the file's checksum is computed once and cached in the directory
+        (C(.soulnear-checksums.json)), so later runs cost a stat. Not written in check mode.
     type: path
   backup_name_pattern:
     description: File name pattern of the backups (the backup role's C(backup_name_pattern)); the age comes from
@@ -99,6 +102,12 @@ options:
     description: The C(disk) check fails above this used share of a file system.
     type: int
     default: 90
+  data_guard_file:
+    description:
+      - The data-loss guard's record on the managed host (see the C(data_guard) module). When it exists, the
+        C(tables) check fails while its flag is raised or when the database does not match it. Empty disables.
+    type: path
+    default: /var/lib/soulnear/data-guard.json
   fail_on_unhealthy:
     description: Fail the task when a check fails. With V(false) the report is returned with RV(ok=false) and the
       play goes on.
@@ -113,7 +122,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Every check is read-only and runs in check mode too; only the O(state_file) is not updated.
+    details: Every check is read-only and runs in check mode too; only the O(state_file) and the checksum cache of
+      O(backup_dir) are not updated.
   diff_mode:
     support: none
 requirements:
@@ -227,6 +237,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 from ansible.module_utils.soulnear.checks import DEFAULTS, report_lines, run_checks
 from ansible.module_utils.soulnear.files import write_private
+from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD_FILE
 
 
 def read_state(path):
@@ -259,6 +270,7 @@ def argument_spec():
         disk_paths=dict(type='list', elements='path', default=list(DEFAULTS['disk_paths'])),
         db_volume=dict(type='str'),
         disk_max_used_percent=dict(type='int', default=DEFAULTS['disk_max_used_percent']),
+        data_guard_file=dict(type='path', default=DATA_GUARD_FILE),
         fail_on_unhealthy=dict(type='bool', default=True),
     )
     return spec
@@ -273,6 +285,7 @@ def main():
     state_file = params.pop('state_file')
     if state_file:
         params['restart_counts'] = read_state(state_file)
+    params['read_only'] = module.check_mode
     try:
         report = run_checks(params)
     except Exception as exc:  # noqa: BLE001 - the operator gets one message, never a traceback

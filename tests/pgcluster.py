@@ -2,11 +2,11 @@
 
 initdb refuses to run as root, so when the tests run as root the cluster is
 created and started as the `postgres` system user (override with
-SOULNEAR_TEST_PG_USER). The binaries come from SOULNEAR_TEST_PG_BIN, or the
-newest /usr/lib/postgresql/*/bin.
+SOULNEAR_TEST_PG_USER). The binaries are those of the PostgreSQL major version the project deploys
+(postgres_major_version of the postgres role, SOULNEAR_TEST_PG_MAJOR overrides it), not whichever is newest
+on this machine: /usr/lib/postgresql/<major>/bin, or SOULNEAR_TEST_PG_BIN.
 """
 
-import glob
 import os
 import pwd
 import shutil
@@ -14,23 +14,34 @@ import socket
 import subprocess
 import tempfile
 
-
+import yaml
 from pgclient import ServerClient
 
 SUPERUSER = 'postgres'
 SUPERUSER_PASSWORD = 'test-superuser-secret'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def intended_major():
+    """The major version the tests intend: the one the postgres role deploys by default."""
+    explicit = os.environ.get('SOULNEAR_TEST_PG_MAJOR')
+    if explicit:
+        return str(explicit)
+    with open(os.path.join(ROOT, 'roles', 'postgres', 'defaults', 'main.yml')) as handle:
+        return str(yaml.safe_load(handle)['postgres_major_version'])
 
 
 def pg_bindir():
     explicit = os.environ.get('SOULNEAR_TEST_PG_BIN')
     if explicit:
         return explicit
-    candidates = sorted(glob.glob('/usr/lib/postgresql/*/bin'),
-                        key=lambda p: int(p.split('/')[-2]))
-    if not candidates:
-        raise RuntimeError('no PostgreSQL server binaries found under /usr/lib/postgresql; '
-                           'install postgresql (apt-get install postgresql) or set SOULNEAR_TEST_PG_BIN')
-    return candidates[-1]
+    major = intended_major()
+    path = '/usr/lib/postgresql/%s/bin' % major
+    if not os.path.exists(os.path.join(path, 'initdb')):
+        raise RuntimeError('no PostgreSQL %s server binaries in %s (the version the project deploys: '
+                           'postgres_major_version); install them (apt-get install postgresql-%s), or point '
+                           'SOULNEAR_TEST_PG_BIN at another bin directory' % (major, path, major))
+    return path
 
 
 def free_port():

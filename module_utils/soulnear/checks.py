@@ -18,8 +18,8 @@ import os
 import time
 from datetime import datetime
 
-from . import containers
-from .backup_files import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, list_backups
+from . import containers, guard
+from .backup_files import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, check_intact, list_backups
 from .files import disk_usage
 from .migrate import MigrationError, status as migration_status
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of
@@ -44,6 +44,7 @@ DEFAULTS = dict(
     disk_paths=[],
     db_volume=None,
     disk_max_used_percent=90,
+    data_guard_file=None,
 )
 
 LOGS_FIX = 'look at make logs-db / make logs-bot and make diagnose'
@@ -124,6 +125,34 @@ def check_tables(conn, tables):
                  % ', '.join(missing))
 
 
+def check_data_guard(conn, tables_result, options):
+    """The data-loss guard (guard.py) on top of the tables check: a raised flag, another cluster or an empty
+    database that held data fail it. The monitor (data_guard_update) records and raises the flag; db_health only
+    reads."""
+    path = options['data_guard_file']
+    required = _opt(options, 'required_tables')
+    try:
+        observed = guard.observe(conn, required)
+
+        def advice():
+            return guard.restore_advice(observed['database'], options.get('backup_dir'),
+                                        _opt(options, 'backup_name_pattern'))
+        if options.get('data_guard_update'):
+            result = guard.check(path, observed, by=options.get('data_guard_actor'), advice=advice)
+        else:
+            result = guard.assess(path, observed, advice=advice)
+    except guard.GuardError as exc:
+        return check(False, dict(tables_result['value'], data_guard=dict(error=str(exc))), str(exc))
+    record = result.get('record') or {}
+    value = dict(tables_result['value'], data_guard=dict(
+        status=result['status'], problem=result['problem'], flag=bool(record.get('flag')),
+        system_identifier=observed['system_identifier'], recorded=record.get('system_identifier'),
+        rows=observed['tables']))
+    if not result['ok']:
+        return check(False, value, result['msg'])
+    return check(tables_result['ok'], value, tables_result['message'], tables_result.get('warning'))
+
+
 def check_migrations(params, path, table):
     try:
         state = migration_status(params, path, table)
@@ -173,17 +202,63 @@ def check_connections(conn, warn_percent):
 
 # -- containers, backups, disk --------------------------------------------------------------------
 
-def check_container(name, previous_restart_count=None, role='database'):
-    """Running, Docker health status and restart count; warns when the restart count grew."""
+def _docker_time(value):
+    """Docker's RFC 3339 time (nanoseconds, Z) as epoch seconds; None when unset."""
+    if not value or value.startswith('0001-'):
+        return None
+    stamp = value.replace('Z', '+00:00')
+    if '.' in stamp:
+        head, rest = stamp.split('.', 1)
+        digits = ''.join(c for c in rest if c.isdigit())
+        zone = rest[len(digits):]
+        stamp = '%s.%s%s' % (head, digits[:6], zone)
     try:
-        state = containers.container_state(name)
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+
+
+def container_facts(name):
+    """containers.container_state() plus what the health rules need: restarting, the healthcheck's start period,
+    interval and timeout (seconds) and when the current run started (epoch seconds)."""
+    data = containers.inspect(name)
+    if data is None:
+        return dict(name=name, exists=False, running=False, status='missing', health=None, restart_count=0)
+    state = data.get('State') or {}
+    probe = (data.get('Config') or {}).get('Healthcheck') or {}
+    return dict(name=name, exists=True, running=bool(state.get('Running')), status=state.get('Status'),
+                restarting=bool(state.get('Restarting')), health=(state.get('Health') or {}).get('Status'),
+                restart_count=int(data.get('RestartCount', 0)), started_at=state.get('StartedAt'),
+                started=_docker_time(state.get('StartedAt')), exit_code=state.get('ExitCode'),
+                oom_killed=bool(state.get('OOMKilled')), finished_at=state.get('FinishedAt'),
+                start_period=(probe.get('StartPeriod') or 0) / 1e9, interval=(probe.get('Interval') or 30e9) / 1e9,
+                timeout=(probe.get('Timeout') or 30e9) / 1e9)
+
+
+def starting_limit(state):
+    """Seconds a container may report "starting": its start period, or one probe when it has none, plus slack."""
+    return max(state.get('start_period') or 0, (state.get('interval') or 30) + (state.get('timeout') or 30)) + 5
+
+
+def check_container(name, previous_restart_count=None, role='database', now=None):
+    """Running, Docker health status and restart count. Unhealthy: missing, exited, restarting (Docker's restart
+    back-off of a crashing container), healthcheck unhealthy, still "starting" past its start period, or restarted
+    by Docker since the last check and not healthy yet (a crash loop). A restart count that grew on a container
+    that is healthy again is a warning."""
+    try:
+        state = container_facts(name)
     except containers.DockerError as exc:
         return check(False, dict(name=name), 'cannot inspect container %s: %s' % (name, exc))
     value = dict((k, state.get(k)) for k in ('name', 'exists', 'running', 'status', 'health', 'restart_count',
-                                             'started_at', 'oom_killed', 'exit_code'))
+                                             'started_at', 'oom_killed', 'exit_code', 'restarting'))
     logs = 'make logs-db' if role == 'database' else 'make logs-bot'
     if not state['exists']:
         return check(False, value, 'container %s does not exist: run deploy.yml (make deploy) to create it' % name)
+    count = state['restart_count']
+    if state['restarting'] or state['status'] == 'restarting':
+        return check(False, value, 'container %s is restarting: it exited (code %s) and Docker starts it again with a '
+                     'growing back-off, restart count %d - it crashes at start. Fix: see %s for why'
+                     % (name, state.get('exit_code'), count, logs))
     if not state['running']:
         oom = ' It was killed by the OOM killer: give the host more memory or lower the load.' \
             if state.get('oom_killed') else ''
@@ -193,11 +268,27 @@ def check_container(name, previous_restart_count=None, role='database'):
     if state['health'] == 'unhealthy':
         return check(False, value, 'container %s runs but its healthcheck reports unhealthy: see %s and docker '
                      'inspect --format "{{json .State.Health}}" %s' % (name, logs, name))
+    grew = count - previous_restart_count if previous_restart_count is not None and count > previous_restart_count \
+        else 0
+    if state['health'] == 'starting':
+        now = time.time() if now is None else now
+        age = now - state['started'] if state.get('started') else 0
+        limit = starting_limit(state)
+        if age > limit:
+            return check(False, value, 'container %s has been "starting" for %.0f s, past its start period (%.0f s): '
+                         'its healthcheck never passed. Fix: see %s and docker inspect --format '
+                         '"{{json .State.Health}}" %s' % (name, age, state['start_period'], logs, name))
+        if grew or count > 0:
+            # Docker resets the count when the container is started by hand: this run began with a restart
+            # after a crash, and has not proven healthy yet.
+            return check(False, value, 'container %s was restarted by Docker %s and is not healthy yet (restart count '
+                         '%d): it crashed and may be crash-looping. Fix: see %s'
+                         % (name, '%d time(s) since the last check' % grew if grew else 'after a crash', count,
+                            logs))
     warnings = []
-    count = state['restart_count']
-    if previous_restart_count is not None and count > previous_restart_count:
+    if grew:
         warnings.append('Docker restarted %s %d time(s) since the last check (it crashed): see %s'
-                        % (name, count - previous_restart_count, logs))
+                        % (name, grew, logs))
     elif previous_restart_count is None and count > 0:
         warnings.append('Docker restarted %s %d time(s) since it was last started by hand (it crashed): see %s'
                         % (name, count, logs))
@@ -208,31 +299,46 @@ def check_container(name, previous_restart_count=None, role='database'):
     return check(True, value, message, '; '.join(warnings) or None)
 
 
-def check_backup_age(backup_dir, max_age_hours, require=False, pattern=DEFAULT_NAME_PATTERN, now=None):
-    """Age of the newest verified backup: one the backup command wrote a sha256 sidecar for, which it does only
-    after pg_restore --list accepted the dump."""
+def check_backup_age(backup_dir, max_age_hours, require=False, pattern=DEFAULT_NAME_PATTERN, now=None,
+                     database=None, save=True):
+    """Age of the newest verified backup of database: one the backup command wrote a sha256 sidecar for (it does
+    so only after pg_restore --list accepted the dump) and whose file still matches that sidecar (sha256
+    computed once per file and cached, see backup_files.intact). A newest backup that no longer matches fails
+    the check."""
     if not os.path.isdir(backup_dir):
         if require:
             return check(False, dict(backup_dir=backup_dir), 'backups directory %s does not exist: deploy the '
                          'backup role (ansible-playbook deploy.yml --tags backup)' % backup_dir)
         return check(True, dict(backup_dir=backup_dir, count=0), 'no backups yet (%s does not exist)' % backup_dir)
     try:
-        backups = list_backups(backup_dir, pattern or DEFAULT_NAME_PATTERN)
+        backups = list_backups(backup_dir, pattern or DEFAULT_NAME_PATTERN, database)
+        verified = [b for b in backups if b['verified']]
+        good, corrupt = check_intact(backup_dir, verified, limit='first', save=save)
     except OSError as exc:
         return check(False, dict(backup_dir=backup_dir), 'cannot read the backups directory: %s. Fix: run the check '
                      'as root (become: true)' % exc)
-    verified = [b for b in backups if b['verified']]
-    value = dict(backup_dir=backup_dir, count=len(backups), verified=len(verified), newest=None, age_hours=None)
+    of = ' of %s' % database if database else ''
+    value = dict(backup_dir=backup_dir, database=database, count=len(backups), verified=len(verified), newest=None,
+                 age_hours=None, corrupt=[b['name'] for b in corrupt])
     if not verified:
         if backups:
-            return check(False, value, 'none of the %d backup(s) in %s is verified (no %s sidecar): the backup '
+            return check(False, value, 'none of the %d backup(s)%s in %s is verified (no %s sidecar): the backup '
                          'command could not verify them with pg_restore --list; see backup.log in the log directory '
-                         'and run make backup' % (len(backups), backup_dir, SIDECAR_SUFFIX))
+                         'and run make backup' % (len(backups), of, backup_dir, SIDECAR_SUFFIX))
         if require:
-            return check(False, value, 'no backups in %s: run make backup and check the backup cron job'
-                         % backup_dir)
-        return check(True, value, 'no backups yet in %s' % backup_dir)
-    newest = verified[0]
+            return check(False, value, 'no backups%s in %s: run make backup and check the backup cron job'
+                         % (of, backup_dir))
+        return check(True, value, 'no backups%s yet in %s' % (of, backup_dir))
+    if corrupt:
+        bad = corrupt[0]
+        value.update(newest=good['name'] if good else None)
+        fallback = ('the newest intact one is %s' % good['name']) if good else 'no backup matches its sidecar'
+        return check(False, value, 'the newest backup%s %s does not match its %s sidecar (sha256 now %s, recorded '
+                     '%s): it was damaged, truncated or changed after it was verified, and a restore would skip it; '
+                     '%s. Fix: run make backup now, keep the damaged file for inspection and look for disk errors '
+                     '(make diagnose)' % (of, bad['name'], SIDECAR_SUFFIX, (bad.get('actual') or '?')[:12],
+                                          (bad.get('expected') or '?')[:12], fallback))
+    newest = good
     # Backup names carry the host's local time (the backup command names them with datetime.now()).
     age = ((now or datetime.now()) - newest['time']).total_seconds() / 3600.0
     value.update(newest=newest['name'], age_hours=round(age, 2))
@@ -241,10 +347,11 @@ def check_backup_age(backup_dir, max_age_hours, require=False, pattern=DEFAULT_N
         warning = ('the newest backup %s has no %s sidecar (its verification failed or it is still being written)'
                    % (backups[0]['name'], SIDECAR_SUFFIX))
     if age > max_age_hours:
-        return check(False, value, 'the newest verified backup %s is %.1f h old (limit %s h): the daily backup is '
+        return check(False, value, 'the newest verified backup%s %s is %.1f h old (limit %s h): the daily backup is '
                      'not running or failing; check the backup cron job and backup.log in the log directory, then '
-                     'run make backup' % (newest['name'], age, max_age_hours), warning)
-    return check(True, value, 'newest verified backup %s is %.1f h old' % (newest['name'], age), warning)
+                     'run make backup' % (of, newest['name'], age, max_age_hours), warning)
+    return check(True, value, 'newest verified backup%s %s is %.1f h old (checksum verified)'
+                 % (of, newest['name'], age), warning)
 
 
 def check_disk(paths, max_used_percent, db_volume=None):
@@ -316,6 +423,8 @@ def run_checks(options, policy=None):
                     skipped[name] = 'not checked: no database connection'
         else:
             checks['tables'] = _guarded('tables', check_tables, conn, _opt(options, 'required_tables'))
+            if options.get('data_guard_file'):
+                checks['tables'] = _guarded('tables', check_data_guard, conn, checks['tables'], options)
             checks['connections'] = _guarded('connections', check_connections, conn,
                                              _opt(options, 'connections_warn_percent'))
     finally:
@@ -332,7 +441,9 @@ def run_checks(options, policy=None):
     if options.get('backup_dir'):
         checks['backup_age'] = check_backup_age(options['backup_dir'], float(_opt(options, 'backup_max_age_hours')),
                                                 bool(options.get('require_backup')),
-                                                _opt(options, 'backup_name_pattern'))
+                                                _opt(options, 'backup_name_pattern'),
+                                                database=options.get('login_db') or None,
+                                                save=not options.get('read_only'))
     disk_paths = list(_opt(options, 'disk_paths'))
     if options.get('backup_dir'):
         disk_paths.append(options['backup_dir'])

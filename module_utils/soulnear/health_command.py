@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: SoulNear operations contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The `soulnear-health` host command: report (default), monitor, snapshot, diagnose, restart, pause, resume.
+"""The `soulnear-health` host command: report (default), monitor, snapshot, diagnose, restart, pause, resume, guard.
 
 The monitoring role installs a copy of this package and a small wrapper that calls main() with the paths of
 soulnear.json and monitoring.json.
@@ -17,10 +17,12 @@ import os
 import sys
 from datetime import datetime
 
+from . import guard
 from .checks import report_lines, run_checks
 from .diagnose import diagnose, write_diagnosis
 from .files import append_line, lock, remove
 from .monitor import Config, Monitor, local_now, pause, snapshot_line
+from .pg import ConnectError, connect
 
 DEFAULT_CONFIG = '/etc/soulnear/soulnear.json'
 DEFAULT_MONITORING_CONFIG = '/etc/soulnear/monitoring.json'
@@ -49,6 +51,9 @@ def _parser(config_path, monitoring_path):
     hold.add_argument('--minutes', type=float, default=30, help='length of the window (default %(default)s)')
     hold.add_argument('--reason', default='maintenance', help='shown in health.log')
     sub.add_parser('resume', help='end the maintenance window now')
+    data = sub.add_parser('guard', help='the data-loss guard: show its record, or clear its flag')
+    data.add_argument('action', nargs='?', choices=['status', 'clear'], default='status')
+    data.add_argument('--confirm', help='clear: the database name, to accept the current database as the real data')
     return parser
 
 
@@ -59,12 +64,39 @@ def _locked(path, wait=False):
     return lock(path + '.lock', wait=wait)
 
 
+def _guard(config, args):
+    """soulnear-health guard [status|clear --confirm DB]: the data-loss guard's record, or accept the current
+    database and lower its flag (after moving the data by hand, or when the flag was a false alarm)."""
+    path = config.data_guard_file
+    if args.action == 'status':
+        found = guard.status(path)
+        print(found['message'])
+        return 1 if found['flag'] else 0
+    database = config.connection()['login_db']
+    if args.confirm != database:
+        print('clearing the data-loss flag accepts the current database %s as the real data; confirm it with '
+              '--confirm %s. Nothing was changed' % (database, database))
+        return 2
+    try:
+        conn = connect(config.connection(), application_name='soulnear-health guard')
+    except ConnectError as exc:
+        print('cannot connect to the database: %s' % exc)
+        return 1
+    try:
+        observed = guard.observe(conn, config.monitoring['required_tables'])
+    finally:
+        conn.close()
+    done = guard.accept(path, observed, reason='accepted by %s (soulnear-health guard clear)' % guard.default_actor())
+    print(done['msg'])
+    return 0
+
+
 def main(argv=None, config_path=DEFAULT_CONFIG, monitoring_config_path=DEFAULT_MONITORING_CONFIG):
     args = _parser(config_path, monitoring_config_path).parse_args(argv)
     config = Config(args.config, args.monitoring_config)
     command = args.command or 'report'
     if command == 'report':
-        report = run_checks(config.health_options())
+        report = run_checks(config.health_options(update_guard=False))
         if getattr(args, 'json', False):
             print(json.dumps(report, indent=2, default=str))
         else:
@@ -110,6 +142,8 @@ def main(argv=None, config_path=DEFAULT_CONFIG, monitoring_config_path=DEFAULT_M
         remove(config.monitoring['maintenance_file'])
         print('monitor active')
         return 0
+    if command == 'guard':
+        return _guard(config, args)
     held = _locked(config.monitoring['state_file'], wait=True)  # never while the monitor is recovering
     try:
         monitor = Monitor(config)

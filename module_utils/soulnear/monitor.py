@@ -4,10 +4,30 @@
 """The host monitor: what `soulnear-health monitor` does every 60 s (systemd timer or cron), and its snapshot.
 
 - Config: soulnear.json (soulnear role) + monitoring.json (monitoring role), turned into the checks' options.
-- Monitor.run(): run the checks, log one line, count consecutive failures, restart the failing container
-  after `failures_before_recovery` runs, alert. Missing tables on an answering database are reported as
-  suspected data loss and never "repaired".
-- maintenance / pause: a maintenance window in which the monitor checks and logs but neither acts nor alerts.
+- Monitor.run(): run the checks, log one line, count consecutive failures, recover, alert. The rules:
+  - Maintenance: while a deploy, redeploy or restore holds the deploy lock (lock.status: held and not stale) or
+    an operator paused the monitor, it checks and logs "MAINTENANCE (deploy by X since T)" but restarts nothing,
+    alerts nothing and raises no flag; it resumes by itself when the lock is released or goes stale.
+  - The database down: an alert at the first failed check ("down, will recover at the next failure"), a restart
+    at the `failures_before_recovery`-th. A database container that EXITED WITH A NON-ZERO CODE (killed or
+    crashed: `docker kill`, an OOM kill) and was not brought back by Docker's restart policy is restarted at the
+    first failed check: no deploy stopped it (a deploy holds the lock) and no operator did (`docker stop` and the
+    project's commands stop PostgreSQL cleanly, exit code 0; a planned stop is announced with
+    `soulnear-health pause`). A recovery that works sends one "recovered" alert, which also ends the incident.
+  - Crash recovery: while the server answers "starting up / in recovery" (SQLSTATE 57P03) and its container
+    runs, the monitor waits instead of counting it down; after `startup_wait_minutes` it alerts (once), never
+    restarts it (a restart would start the recovery over).
+  - The bot: restarted after `failures_before_recovery` failed checks; a bot that is restarting, exited, or
+    stayed "starting" past its start period fails its check (checks.check_container), so a crash loop never
+    "passes again".
+  - At most `max_restarts_per_hour` restarts of a container, then one alert and a human.
+  - Data loss (the tables check: the data-loss guard's flag, another cluster, an empty database that held data,
+    missing tables): nothing is restarted or created; the DATA LOSS alert repeats every `realert_minutes` until a
+    restore or an operator lowers the guard's flag.
+  - A newest backup that fails its checksum alerts at once.
+  - A host reboot (boot id and the start of PID 1 changed) is reported once: when everything passes again, or
+    still failing after `boot_grace_minutes`, during which the containers get time to come back by themselves.
+- maintenance / pause: the operator's maintenance window.
 - snapshot_line: the hourly disk and memory line of resources.log.
 """
 
@@ -22,6 +42,7 @@ import time
 from datetime import datetime
 
 from . import alert, containers
+from . import lock as deploy_lock
 from .checks import CHECK_ORDER, DEFAULTS, check_container, check_database, report_lines, run_checks
 from .diagnose import memory
 from .files import append_line, disk_usage, human, write_private
@@ -42,8 +63,13 @@ MONITOR_DEFAULTS = dict(
     db_stop_timeout=60,
     bot_stop_timeout=30,
     realert_minutes=60,
+    interval_seconds=60,
+    startup_wait_minutes=15,
+    boot_grace_minutes=3,
+    recover_exited_at_once=True,
     state_file='/var/lib/soulnear/health-state.json',
     maintenance_file='/var/lib/soulnear/maintenance.json',
+    data_guard_file=None,
     log_file=None,
     resources_log=None,
     diagnose={},
@@ -70,6 +96,14 @@ class Config:
         self.db_container = db.get('container')
         self.db_volume = db.get('volume')
         self.bot_container = (self.base.get('bot') or {}).get('container') if self.monitoring['check_bot'] else None
+        # The host's state directory holds the deploy lock and the data-loss guard's record next to the monitor's
+        # state; soulnear.json names them (soulnear role), else they sit next to the state file.
+        state_dir = os.path.dirname(os.path.abspath(self.monitoring['state_file']))
+        lock_config = self.base.get('lock') or {}
+        self.lock_dir = lock_config.get('dir') or os.path.join(state_dir, 'deploy.lock')
+        self.lock_ttl_minutes = float(lock_config.get('ttl_minutes') or deploy_lock.DEFAULT_TTL_MINUTES)
+        self.data_guard_file = (self.monitoring.get('data_guard_file') or self.base.get('data_guard_file')
+                                or os.path.join(state_dir, 'data-guard.json'))
 
     @staticmethod
     def _load(path, hint):
@@ -87,7 +121,9 @@ class Config:
                     connect_timeout=int(self.monitoring['connect_timeout']),
                     retries=int(self.monitoring['retries']), db_container=self.db_container)
 
-    def health_options(self, restart_counts=None):
+    def health_options(self, restart_counts=None, update_guard=False):
+        """The checks' options. update_guard: the data-loss guard records and raises its flag (the monitor outside
+        maintenance); otherwise it is only read (the report)."""
         mon = self.monitoring
         options = self.connection()
         options.update(required_tables=mon['required_tables'], migrations_path=mon['migrations_dir'],
@@ -96,7 +132,9 @@ class Config:
                        backup_dir=self.base.get('backup_dir'), backup_max_age_hours=mon['backup_max_age_hours'],
                        backup_name_pattern=mon['backup_name_pattern'],
                        require_backup=mon['require_backup'], disk_paths=mon['disk_paths'],
-                       db_volume=self.db_volume, disk_max_used_percent=mon['disk_max_used_percent'])
+                       db_volume=self.db_volume, disk_max_used_percent=mon['disk_max_used_percent'],
+                       data_guard_file=self.data_guard_file, data_guard_update=update_guard,
+                       data_guard_actor='soulnear-health monitor', read_only=not update_guard)
         return options
 
     def diagnose_config(self, overrides=None):
@@ -163,6 +201,8 @@ class Monitor:
     def restart_and_wait(self, target):
         """Restart the database or bot container and wait until it works; returns (ok, text)."""
         name = self.config.db_container if target == 'database' else self.config.bot_container
+        if not name:
+            return False, 'no %s container is configured (soulnear.json), so there is nothing to restart' % target
         started = self.clock()
         timeout = int(self.mon['db_stop_timeout'] if target == 'database' else self.mon['bot_stop_timeout'])
         try:
@@ -194,7 +234,7 @@ class Monitor:
         healthy = result['ok'] and result['value'].get('health') in (None, 'healthy')
         return healthy, result['message']
 
-    def _recover(self, target, checks):
+    def _recover(self, target, checks, why=None):
         name = self.config.db_container if target == 'database' else self.config.bot_container
         recent = self._recent_restarts(target)
         if len(recent) >= int(self.mon['max_restarts_per_hour']):
@@ -207,27 +247,85 @@ class Monitor:
         self.state['restarts'].setdefault(target, []).append(self.clock())
         ok, text = self.restart_and_wait(target)
         self.state['failures'] = dict((k, 0) for k in self.state['failures'])
+        why = why or 'after %s consecutive failed checks' % self.mon['failures_before_recovery']
         if ok:
             self.events.append('recovered: %s' % text)
-            self.alert('%s recovered by restart' % name, 'The health monitor restarted %s after %s consecutive '
-                       'failed checks: %s\nFailing checks were:\n%s' % (name, self.mon['failures_before_recovery'],
-                                                                         text, checks))
+            self.alert('%s recovered by restart' % name, 'The health monitor restarted %s %s: %s\nFailing checks '
+                       'were:\n%s' % (name, why, text, checks))
+            # This alert ends the incident: no "pass again" follows for the outage it reported.
+            self.state['alerted'].pop('%s-down' % target, None)
         else:
             self.events.append('recovery failed: %s' % text)
-            self.alert('%s is down and recovery failed' % name, '%s\nFailing checks were:\n%s\nRun make diagnose.'
-                       % (text, checks))
+            self.alert('%s is down and recovery failed' % name, '%s (%s)\nFailing checks were:\n%s\nRun make '
+                       'diagnose.' % (text, why, checks))
+
+    # -- maintenance, reboots -------------------------------------------------------------
+    def hold(self):
+        """Why the monitor must not act now: {reason, until} of an operator's pause, or the deploy lock held by a
+        live run ({reason: 'deploy by X since T'}); None otherwise. A stale lock (killed run) does not hold it."""
+        pause = maintenance(self.mon['maintenance_file'], self.clock())
+        if pause:
+            until = datetime.fromtimestamp(pause['until']).astimezone().isoformat(timespec='seconds')
+            return dict(reason=pause['reason'], until='until %s' % until)
+        try:
+            held = deploy_lock.status(self.config.lock_dir, self.config.lock_ttl_minutes, now=self.clock())
+        except OSError:
+            return None
+        if held['held'] and not held['stale']:
+            record = held['record']
+            since = datetime.fromtimestamp(float(record.get('since') or 0)).astimezone().isoformat(
+                timespec='seconds')
+            return dict(reason='%s by %s since %s' % (record.get('operation') or 'deploy',
+                                                       record.get('holder') or 'unknown', since),
+                        until='while the deploy lock %s is held' % self.config.lock_dir)
+        return None
+
+    def _note_boot(self):
+        """Remember this boot; a boot other than the last one seen opens a pending reboot report."""
+        ident, booted = boot_identity()
+        previous = self.state.get('boot')
+        self.state['boot'] = ident
+        if previous and ident and previous != ident:
+            self.state['reboot'] = dict(booted=booted or self.clock(), seen=self.clock())
+            self.events.append('the host restarted (up since %s)' % _iso(booted))
+
+    def _in_boot_grace(self):
+        pending = self.state.get('reboot')
+        if not pending:
+            return False
+        since = pending.get('booted') or pending.get('seen') or self.clock()
+        return self.clock() - since < float(self.mon['boot_grace_minutes']) * 60
+
+    def _report_reboot(self, report):
+        """The one alert about a reboot: when everything passes, or when the grace time is over."""
+        pending = self.state.get('reboot')
+        if not pending:
+            return
+        booted = pending.get('booted') or pending.get('seen')
+        if report['ok']:
+            self.alert('the host restarted; all checks pass', 'The host restarted (up since %s); %.0f s after boot '
+                       'everything passes again: %s' % (_iso(booted), self.clock() - booted, report['msg']))
+        elif not self._in_boot_grace():
+            self.alert('the host restarted and the deployment is NOT healthy', 'The host restarted (up since %s); '
+                       '%.0f s after boot it is still unhealthy: %s\nThe monitor now recovers as usual.\n%s'
+                       % (_iso(booted), self.clock() - booted, report['msg'], '\n'.join(report_lines(report))))
+        else:
+            return
+        self.state.pop('reboot', None)
 
     # -- one run ------------------------------------------------------------------
     def run(self):
-        report = run_checks(self.config.health_options(self.state['restart_counts']))
+        hold = self.hold()
+        report = run_checks(self.config.health_options(self.state['restart_counts'], update_guard=hold is None))
         self.state['restart_counts'].update(report['restart_counts'])
-        pause = maintenance(self.mon['maintenance_file'], self.clock())
-        if pause:
+        self._note_boot()
+        if hold:
             # Deploys, restores and operators stop containers on purpose: check and log, never act or alert.
             self.state['failures'] = {}
-            line = ' '.join(('%s %s MAINTENANCE (%s): %s || no recovery and no alerts until %s' % (
-                local_now(), 'INFO' if report['ok'] else 'WARNING', pause['reason'], report['msg'],
-                datetime.fromtimestamp(pause['until']).astimezone().isoformat(timespec='seconds'))).split())
+            self.state.pop('starting_since', None)
+            line = ' '.join(('%s %s MAINTENANCE (%s): %s || no recovery and no alerts %s' % (
+                local_now(), 'INFO' if report['ok'] else 'WARNING', hold['reason'], report['msg'],
+                hold['until'])).split())
             append_line(self.mon['log_file'], line)
             self._save_state()
             return report, line
@@ -238,8 +336,11 @@ class Monitor:
         text = '\n'.join(report_lines(report))
         threshold = int(self.mon['failures_before_recovery'])
         data_loss = self._data_loss(report)
+        starting = self._database_starting(checks)
         db_down = self._database_down(checks)
-        if db_down:
+        if not starting:
+            self.state.pop('starting_since', None)
+        if db_down or starting:
             # A bot that lost its database is unhealthy until the database is back: do not count that against it.
             self.state['failures']['bot_container'] = 0
         if data_loss:
@@ -247,12 +348,17 @@ class Monitor:
             # volume an operator still has to restore from backup.
             self.events.append('no container was restarted and nothing was created')
             self._alert_once('data-loss', 'DATA LOSS SUSPECTED on the database', data_loss + '\n\n' + text)
+        elif starting:
+            self._wait_for_startup(checks)
+        elif db_down and self._in_boot_grace():
+            self.state['failures']['database'] = self.state['failures']['db_container'] = 0
+            self.events.append('the host booted %.0f s ago: waiting for Docker to start the containers'
+                               % (self.clock() - self.state['reboot']['booted']))
         elif db_down:
-            count = max(self.state['failures']['database'], self.state['failures']['db_container'])
-            if count >= threshold:
-                self._recover('database', text)
-            else:
-                self.events.append('database down (%d/%d failures before recovery)' % (count, threshold))
+            self._database_is_down(checks, text, threshold)
+        elif 'bot_container' in failed and self._in_boot_grace():
+            self.state['failures']['bot_container'] = 0
+            self.events.append('the host booted recently: waiting for the bot to come back')
         elif 'bot_container' in failed:
             count = self.state['failures']['bot_container']
             if count >= threshold:
@@ -264,9 +370,11 @@ class Monitor:
         for name in report['failed']:
             if data_loss or name in ('database', 'db_container', 'bot_container'):
                 continue  # the data-loss alert (with the whole report) or the recovery speaks for these
-            if self.state['failures'][name] >= threshold:
+            at_once = name == 'backup_age' and checks[name]['value'].get('corrupt')
+            if at_once or self.state['failures'][name] >= threshold:
                 self._alert_once(name, 'health check %s failing' % name, checks[name]['message'])
         self._alert_restarts(report)
+        self._report_reboot(report)
         if report['ok'] and not data_loss:
             self._resolve(report)
         if data_loss:
@@ -281,6 +389,60 @@ class Monitor:
         self._save_state()
         return report, line
 
+    def _database_is_down(self, checks, text, threshold):
+        name = self.config.db_container
+        count = max(self.state['failures']['database'], self.state['failures']['db_container'])
+        exited = self._exited_unexpectedly(checks)
+        if exited and self.mon['recover_exited_at_once']:
+            self.events.append('%s exited with code %s without a stop by a deploy or an operator: restarting it '
+                               'at once' % (name, exited))
+            self._recover('database', text, why='at once: it had exited with code %s without a stop by a deploy '
+                                                'or an operator (Docker does not restart a container it counts as '
+                                                'stopped by hand)' % exited)
+        elif count >= threshold:
+            self._recover('database', text)
+        else:
+            self.events.append('database down (%d/%d failures before recovery)' % (count, threshold))
+            self._alert_once('database-down', '%s is down: the monitor restarts it at the next failed check'
+                             % (name or 'the database'),
+                             'The database failed its health check; the monitor restarts it if the next check (in '
+                             'about %s s) fails too.\n%s' % (self.mon['interval_seconds'], text))
+
+    def _wait_for_startup(self, checks):
+        now = self.clock()
+        since = self.state.setdefault('starting_since', now)
+        waited = now - since
+        self.state['failures']['database'] = self.state['failures']['db_container'] = 0
+        self.events.append('the database is starting up or recovering from a crash (SQLSTATE 57P03) for %.0f s while '
+                           'its container runs: waiting, not restarting it' % waited)
+        if waited >= float(self.mon['startup_wait_minutes']) * 60:
+            self._alert_once('database-starting', 'the database is still starting after %.0f min' % (waited / 60),
+                             'PostgreSQL has answered "starting up / in recovery" (SQLSTATE 57P03) for %.0f s. The '
+                             'monitor does not restart it (that would start the recovery over). Look at make logs-db '
+                             'and make diagnose.\n%s' % (waited, checks['database']['message']))
+
+    def _database_starting(self, checks):
+        """True while PostgreSQL answers 57P03 (starting up, in crash recovery, shutting down) and its container
+        runs: waiting helps, a restart does not."""
+        db, container = checks['database'], checks.get('db_container')
+        if db['ok'] or db['value'].get('sqlstate') != '57P03':
+            return False
+        return container is None or bool(container['value'].get('running'))
+
+    def _exited_unexpectedly(self, checks):
+        """The exit code of a database container that exited on its own or was killed (non-zero, or OOM); None when
+        it runs, is missing, or stopped cleanly (exit code 0: docker stop, a deploy)."""
+        container = checks.get('db_container')
+        if container is None or container['ok']:
+            return None
+        value = container['value']
+        if not value.get('exists') or value.get('running') or value.get('restarting'):
+            return None
+        code = value.get('exit_code')
+        if value.get('oom_killed'):
+            return '%s (OOM killed)' % code
+        return code if code not in (None, 0) else None
+
     def _database_down(self, checks):
         """True when restarting the database container can help: it is not running or does not answer."""
         db, container = checks['database'], checks.get('db_container')
@@ -290,25 +452,22 @@ class Monitor:
         return not db['ok'] and db['value'].get('server_unreachable', True)
 
     def _data_loss(self, report):
-        """A message when the database answers but looks re-initialised; None otherwise."""
+        """The tables check's message when the database answers but its data looks lost (the data-loss guard, or
+        required tables missing); None otherwise."""
         checks = report['checks']
         db, tables = checks['database'], checks.get('tables')
-        if not db['ok']:
+        if not db['ok'] or tables is None or tables['ok']:
             return None
-        ident = db['value'].get('system_identifier')
-        previous = self.state.get('system_identifier')
-        self.state['system_identifier'] = ident
-        reasons = []
-        if tables is not None and not tables['ok']:
-            reasons.append('required table(s) %s are missing' % ', '.join(tables['value']['missing']))
-        if previous and ident and previous != ident:
-            reasons.append('the database cluster was re-initialised since the last check (system identifier %s -> '
-                           '%s)' % (previous, ident))
-        if not reasons:
+        if tables['value'].get('data_guard', {}).get('error'):
             return None
-        return ('DATA LOSS SUSPECTED: %s. The data volume was probably lost or re-initialised: restore the latest '
-                'verified backup with make restore (backups in %s). Do not run anything that creates an empty '
-                'schema before that' % ('; '.join(reasons), self.config.base.get('backup_dir') or 'the backups dir'))
+        message = tables['message']
+        if not message.startswith('DATA LOSS SUSPECTED'):
+            message = ('DATA LOSS SUSPECTED: required table(s) %s are missing. The data volume was probably lost '
+                       'or re-initialised: restore the latest verified backup with make restore (backups in %s). '
+                       'Do not run anything that creates an empty schema before that'
+                       % (', '.join(tables['value'].get('missing') or []),
+                          self.config.base.get('backup_dir') or 'the backups dir'))
+        return message
 
     def _alert_restarts(self, report):
         for name, result in report['checks'].items():
@@ -320,6 +479,33 @@ class Monitor:
         if any(not k.startswith('restart-limit') for k in self.state['alerted']):
             self.alert('health checks pass again', 'All health checks pass again (%s).' % report['msg'])
         self.state['alerted'] = {}
+
+
+def _iso(stamp):
+    if not stamp:
+        return 'an unknown time'
+    return datetime.fromtimestamp(float(stamp)).astimezone().isoformat(timespec='seconds')
+
+
+def boot_identity():
+    """(identity of this boot, when it booted): the kernel's boot id and the start of PID 1, so restarting a
+    container that runs systemd (the sandbox, a Molecule VPS) counts as a reboot too."""
+    try:
+        with open('/proc/sys/kernel/random/boot_id') as handle:
+            boot_id = handle.read().strip()
+    except OSError:
+        boot_id = ''
+    booted = None
+    start = ''
+    try:
+        with open('/proc/1/stat') as handle:
+            start = handle.read().rsplit(')', 1)[1].split()[19]  # field 22: start time in clock ticks after boot
+        with open('/proc/stat') as handle:
+            btime = [int(line.split()[1]) for line in handle if line.startswith('btime ')][0]
+        booted = btime + int(start) / float(os.sysconf('SC_CLK_TCK'))
+    except (OSError, IndexError, ValueError):
+        pass
+    return ('%s/%s' % (boot_id, start) if boot_id or start else None), booted
 
 
 def maintenance(path, now=None):

@@ -9,11 +9,18 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import psycopg2
 from ansible.module_utils.soulnear import health_command
+from ansible.module_utils.soulnear import lock as deploy_lock
+from ansible.module_utils.soulnear.backup_files import write_sidecar
+from ansible.module_utils.soulnear.checks import check_database
+from ansible.module_utils.soulnear.files import sha256_file
+from ansible.module_utils.soulnear.pg import RetryPolicy
 from healthenv import ROOT, alerts, container_db, docker, host_config, inspect, log_lines, migrate
 from healthenv import app_db_fixture, own_pg_fixture, throwaway_fixture  # noqa: F401 - fixtures
+from pgcluster import Cluster
 
 
 def test_host_command_runs_without_ansible(app_db, tmp_path):
@@ -143,3 +150,212 @@ def test_monitor_restarts_a_stopped_database_on_the_second_failure(own_pg, tmp_p
     finally:
         docker('start', own_pg.name, check=False)
         own_pg.wait_ready()
+
+
+def state_of(tmp_path):
+    return json.loads((tmp_path / 'state' / 'health-state.json').read_text())
+
+
+def test_a_killed_database_is_recovered_at_the_first_check(own_pg, tmp_path):
+    """docker kill is a manual stop to Docker (its restart policy does not fire): the monitor restarts the
+    database at once instead of waiting for a second failed check."""
+    params = container_db(own_pg)
+    migrate(params)
+    args = host_config(tmp_path, params, db_container=own_pg.name)
+    docker('kill', own_pg.name)
+    try:
+        assert health_command.main(args + ['monitor']) == 0
+        line = log_lines(tmp_path)[-1]
+        assert inspect(own_pg.name, '{{.State.Running}}') == 'true', line
+        assert '%s exited with code 137 without a stop by a deploy or an operator: restarting it at once' \
+            % own_pg.name in line
+        assert 'recovered: restarted %s' % own_pg.name in line
+        sent = alerts(tmp_path)
+        assert sent.count('== %s recovered by restart' % own_pg.name) == 1 and 'at once: it had exited' in sent
+        assert '== health checks pass again' not in sent
+        own_pg.wait_ready()
+        assert health_command.main(args + ['monitor']) == 0
+        assert alerts(tmp_path) == sent, 'one alert for the whole incident'
+    finally:
+        docker('start', own_pg.name, check=False)
+        own_pg.wait_ready()
+
+
+def test_a_stopped_database_alerts_at_the_first_failure_then_recovers(own_pg, tmp_path):
+    params = container_db(own_pg)
+    migrate(params)
+    args = host_config(tmp_path, params, db_container=own_pg.name)
+    docker('stop', own_pg.name)  # exit code 0: an operator's stop gets the second check's grace
+    try:
+        assert health_command.main(args + ['monitor']) == 0
+        assert 'database down (1/2 failures before recovery)' in log_lines(tmp_path)[-1]
+        assert '== %s is down: the monitor restarts it at the next failed check' % own_pg.name in alerts(tmp_path)
+        assert health_command.main(args + ['monitor']) == 0
+        assert 'recovered: restarted %s' % own_pg.name in log_lines(tmp_path)[-1]
+        own_pg.wait_ready()
+        assert health_command.main(args + ['monitor']) == 0
+        sent = alerts(tmp_path)
+        assert sent.count('== ') == 2 and '== health checks pass again' not in sent, sent
+    finally:
+        docker('start', own_pg.name, check=False)
+        own_pg.wait_ready()
+
+
+def test_a_wrong_password_never_restarts_the_database(own_pg, tmp_path):
+    params = dict(container_db(own_pg), login_password='wrong-password')
+    started_at = inspect(own_pg.name, '{{.State.StartedAt}}')
+    args = host_config(tmp_path, params, db_container=own_pg.name, realert_minutes=60)
+    for _ in range(3):
+        assert health_command.main(args + ['monitor']) == 0
+    assert inspect(own_pg.name, '{{.State.StartedAt}}') == started_at, 'a refused login is not fixed by a restart'
+    lines = log_lines(tmp_path)
+    assert all('password authentication failed' in line and 'restart' not in line.split('||', 1)[-1]
+               for line in lines), lines
+    sent = alerts(tmp_path)
+    assert sent.count('== the database refuses the health check') == 1 and 'wrong-password' not in sent
+
+
+def test_crash_recovery_is_waited_for_not_restarted(tmp_path):
+    """57P03 (starting up, in recovery): the monitor waits and counts nothing down; it alerts once after
+    startup_wait_minutes, and never restarts."""
+    standby = Cluster(standby=True).init().start(wait=False)  # refuses every connection with 57P03
+    try:
+        params = standby.params(db='postgres')
+        deadline = time.time() + 60
+        while check_database(dict(params, retries=0), RetryPolicy(retries=0))[0]['value'].get('sqlstate') != '57P03':
+            assert time.time() < deadline, 'the standby did not answer 57P03 within 60 s'
+            time.sleep(0.2)
+        args = host_config(tmp_path, params, startup_wait_minutes=0, failures_before_recovery=1)
+        for _ in range(3):
+            assert health_command.main(args + ['monitor']) == 0
+        lines = log_lines(tmp_path)
+        assert all('(SQLSTATE 57P03) for' in line and 'waiting, not restarting it' in line for line in lines), lines
+        assert not [line for line in lines if 'recovered:' in line or 'recovery failed' in line]
+        state = state_of(tmp_path)
+        assert state['failures']['database'] == 0 and state['restarts'] == {}
+        assert alerts(tmp_path).count('== the database is still starting') == 1
+    finally:
+        standby.destroy()
+
+
+def test_the_deploy_lock_is_a_maintenance_window(own_pg, tmp_path, throwaway):
+    params = container_db(own_pg)
+    migrate(params)
+    bot = throwaway(image='soulnear/python:3-bookworm')
+    docker('stop', '-t', '0', bot)  # the deploy swaps the bot
+    args = host_config(tmp_path, params, db_container=own_pg.name, bot_container=bot, failures_before_recovery=1)
+    lock_dir = str(tmp_path / 'state' / 'deploy.lock')
+    deploy_lock.acquire(lock_dir, 'run-1', 'alice@laptop', operation='deploy', pid=os.getpid())
+    for _ in range(2):
+        assert health_command.main(args + ['monitor']) == 0
+    line = log_lines(tmp_path)[-1]
+    assert ' MAINTENANCE (deploy by alice@laptop since ' in line and 'unhealthy: bot_container' in line, line
+    assert 'while the deploy lock %s is held' % lock_dir in line
+    assert inspect(bot, '{{.State.Running}}') == 'false' and alerts(tmp_path) == ''
+
+    # A lock whose holder is gone (a killed deploy on this host) holds nothing: the monitor acts again.
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    deploy_lock.release(lock_dir, force=True)
+    deploy_lock.acquire(lock_dir, 'run-2', 'bob@laptop', operation='redeploy', pid=dead.pid)
+    assert deploy_lock.status(lock_dir)['stale']
+    assert health_command.main(args + ['monitor']) == 0
+    assert 'recovered: restarted %s' % bot in log_lines(tmp_path)[-1]
+
+
+def test_a_crash_looping_bot_is_restarted_three_times_an_hour_then_alerted_once(own_pg, tmp_path, throwaway):
+    params = container_db(own_pg)
+    migrate(params)
+    bot = throwaway('--restart', 'always', '--health-cmd', 'false', '--health-interval', '1s',
+                    '--health-start-period', '60s', image='soulnear/python:3-bookworm',
+                    command=('sh', '-c', 'sleep 1; exit 3'))
+    args = host_config(tmp_path, params, db_container=own_pg.name, bot_container=bot, failures_before_recovery=1,
+                       recovery_wait_seconds=2, max_restarts_per_hour=3)
+    for _ in range(5):
+        # As a minute between two runs would: the bot has crashed again since the last one.
+        deadline = time.time() + 60
+        while int(inspect(bot, '{{.RestartCount}}')) < 1:
+            assert time.time() < deadline, 'the bot did not crash within 60 s'
+            time.sleep(0.2)
+        assert health_command.main(args + ['monitor']) == 0
+    lines = log_lines(tmp_path)
+    assert len([line for line in lines if 'recovery failed: restarted %s' % bot in line]) == 3, lines
+    assert 'recovery skipped for %s: restarted 3 time(s) in the last hour already' % bot in lines[3]
+    assert all(' ERROR unhealthy: bot_container' in line for line in lines), 'a crash loop never passes'
+    sent = alerts(tmp_path)
+    assert sent.count('== %s is down and recovery failed' % bot) == 3
+    assert sent.count('== %s keeps failing after 3 restarts' % bot) == 1
+    assert '== health checks pass again' not in sent
+
+
+def test_a_reboot_is_reported_once(own_pg, tmp_path):
+    params = container_db(own_pg)
+    migrate(params)
+    args = host_config(tmp_path, params, db_container=own_pg.name)
+    assert health_command.main(args + ['monitor']) == 0
+    state = state_of(tmp_path)
+    assert state['boot']
+    state['boot'] = 'another-boot/1'  # as the state reads after a reboot
+    (tmp_path / 'state' / 'health-state.json').write_text(json.dumps(state))
+    for _ in range(2):
+        assert health_command.main(args + ['monitor']) == 0
+    sent = alerts(tmp_path)
+    assert sent.count('== the host restarted; all checks pass') == 1, sent
+    assert 'the host restarted (up since' in log_lines(tmp_path)[-2]
+
+
+def test_another_cluster_with_the_same_tables_is_data_loss_until_cleared(tmp_path, capsys):
+    """The volume re-initialised and migrated again: same tables, another system_identifier. The monitor raises
+    the data-loss guard's flag, alerts at its interval, restarts nothing, and passes again only after an operator
+    clears the flag (or a restore records the restored database)."""
+    first, second = Cluster().init().start(), Cluster().init().start()
+    try:
+        for cluster in (first, second):
+            cluster.wait_ready()
+            cluster.query('CREATE DATABASE soul_bot')
+            cluster.query("CREATE ROLE soulnear LOGIN PASSWORD 'app-secret'")
+            cluster.query('ALTER DATABASE soul_bot OWNER TO soulnear')
+            migrate(cluster.params(db='soul_bot', user='soulnear', password='app-secret'))
+        params = first.params(db='soul_bot', user='soulnear', password='app-secret')
+        args = host_config(tmp_path, params, realert_minutes=0)
+        assert health_command.main(args + ['monitor']) == 0
+        assert ' INFO healthy' in log_lines(tmp_path)[-1]
+        guard_file = tmp_path / 'state' / 'data-guard.json'
+        assert json.loads(guard_file.read_text())['had_data'] is True
+
+        args = host_config(tmp_path, dict(params, login_port=second.port), realert_minutes=0)
+        for _ in range(2):
+            assert health_command.main(args + ['monitor']) == 0
+        raised, still = log_lines(tmp_path)[-2:]
+        assert ' ERROR DATA LOSS SUSPECTED: the database server is another cluster than the one recorded' in raised
+        assert 'no container was restarted and nothing was created' in raised
+        assert ' ERROR DATA LOSS SUSPECTED: the data-loss flag was raised' in still and 'another cluster' in still
+        assert json.loads(guard_file.read_text())['flag']['by'] == 'soulnear-health monitor'
+        assert alerts(tmp_path).count('== DATA LOSS SUSPECTED on the database') == 2, 'repeats at its interval'
+
+        assert health_command.main(args + ['guard']) == 1
+        assert capsys.readouterr().out.startswith('FLAG RAISED')
+        assert health_command.main(args + ['guard', 'clear']) == 2
+        assert health_command.main(args + ['guard', 'clear', '--confirm', 'soul_bot']) == 0
+        assert 'is lowered' in capsys.readouterr().out
+        assert health_command.main(args + ['monitor']) == 0
+        assert ' INFO healthy' in log_lines(tmp_path)[-1]
+        assert '== health checks pass again' in alerts(tmp_path)
+    finally:
+        first.destroy()
+        second.destroy()
+
+
+def test_a_damaged_newest_backup_alerts_at_once(app_db, tmp_path):
+    args = host_config(tmp_path, app_db)
+    backups = tmp_path / 'backups'
+    backups.mkdir()
+    name = datetime.now().strftime('backup_%Y%m%d_%H%M%S.dump')
+    (backups / name).write_bytes(b'PGDMP a verified archive')
+    write_sidecar(str(backups / name), sha256_file(str(backups / name)), app_db['login_db'])
+    assert health_command.main(args + ['monitor']) == 0
+    assert ' INFO healthy' in log_lines(tmp_path)[-1]
+    (backups / name).write_bytes(b'PGDMP a damaged archive!')
+    assert health_command.main(args + ['monitor']) == 0
+    assert 'does not match its .sha256 sidecar' in log_lines(tmp_path)[-1]
+    assert '== health check backup_age failing' in alerts(tmp_path)
