@@ -7,8 +7,16 @@
 2. A no-op run over 1,000 applied files vs one `psql -c 'select 1'` process.
    Goal: under 10x. Printed twice: the whole module process (Python start-up
    and Ansible's module_utils import included) and the run itself in-process.
+3. One 50 MB migration file vs `psql -1 -f` of the same file. Goal: within 1.5x.
+   The file is a data load: multi-row INSERTs with quoted, E'' and JSON strings,
+   block comments and a function body (what the statement scanner has to read).
+   For information, also 50 MB of single-row INSERTs (one statement per row:
+   the per-statement cost of a run, where psql pays a round trip per statement
+   too). Runs are interleaved and the best of --runs is compared (the machine
+   may be shared).
 
-Usage: .venv/bin/python bench/bench_pg_migrate.py [--files 500] [--noop-files 1000]
+Usage: .venv/bin/python bench/bench_pg_migrate.py [--files 500] [--noop-files 1000] [--big-mb 50] [--runs 2]
+       [--no-rows]
 """
 
 import argparse
@@ -62,6 +70,24 @@ def run_module(params, path, workdir):
     return elapsed, result
 
 
+def make_big(path, megabytes, rows_per_statement):
+    """A data migration of about `megabytes` MB."""
+    target = megabytes * 1024 * 1024
+    with open(path, 'w') as handle:
+        handle.write('-- A data load\nCREATE TABLE big (id int PRIMARY KEY, name text, note text, payload jsonb);\n'
+                     'CREATE FUNCTION big_touch() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n'
+                     "  NEW.note := NEW.note || ';';\n  RETURN NEW;\nEND;\n$$;\n")
+        size, i = 0, 0
+        while size < target:
+            rows = []
+            for _ in range(rows_per_statement):
+                i += 1
+                rows.append("(%d, 'user %d it''s', E'line\\\\n%d; (x)', '{\"k\": %d, \"s\": \"a;b\"}')" % (i, i, i, i))
+            statement = '/* batch %d */ INSERT INTO big (id, name, note, payload) VALUES\n%s;\n' % (i, ',\n'.join(rows))
+            handle.write(statement)
+            size += len(statement)
+
+
 def psql(cluster, db, *args):
     env = dict(os.environ, PGPASSWORD=cluster.params()['login_password'])
     cmd = [os.path.join(cluster.bindir, 'psql'), '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', cluster.host,
@@ -77,6 +103,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--files', type=int, default=500)
     parser.add_argument('--noop-files', type=int, default=1000)
+    parser.add_argument('--big-mb', type=int, default=50)
+    parser.add_argument('--runs', type=int, default=2)
+    parser.add_argument('--no-rows', action='store_true', help='skip the single-row INSERT variant')
     opts = parser.parse_args()
 
     cluster = Cluster(settings=dict(fsync='on', synchronous_commit='on')).init().start()
@@ -121,6 +150,29 @@ def main():
             return time.perf_counter() - started
         floor_s = best_of(5, lambda: interpreter('import ansible.module_utils.basic, psycopg2'))
 
+        big = []
+        for shape, rows_per_statement in (('multi-row INSERTs', 1000), ('single-row INSERTs', 1)):
+            if rows_per_statement == 1 and opts.no_rows:
+                continue
+            big_dir = os.path.join(work, 'big_%d' % rows_per_statement)
+            os.makedirs(big_dir)
+            big_file = os.path.join(big_dir, '001_load.sql')
+            make_big(big_file, opts.big_mb, rows_per_statement)
+            module_runs, psql_runs = [], []
+            for run in range(opts.runs):
+                db_module, db_psql = ('big_%s_%d_%d' % (who, rows_per_statement, run) for who in ('m', 'p'))
+                for db in (db_module, db_psql):
+                    cluster.query('CREATE DATABASE %s' % db)
+                elapsed, result = run_module(cluster.params(db=db_module), big_dir, work)
+                assert result['applied'] == ['001_load.sql'], result
+                module_runs.append(elapsed)
+                started = time.perf_counter()
+                psql(cluster, db_psql, '-1', '-f', big_file)
+                psql_runs.append(time.perf_counter() - started)
+                for db in (db_module, db_psql):
+                    cluster.query('DROP DATABASE %s' % db)
+            big.append((shape, os.path.getsize(big_file) / 1e6, min(module_runs), min(psql_runs)))
+
         print('pg_migrate benchmark (PostgreSQL %s, fsync on)' % cluster.query('SHOW server_version')[0][0])
         print('apply %d files: pg_migrate %.2f s, psql -1 -f loop %.2f s, ratio %.2fx (goal <= 0.5x)'
               % (opts.files, module_s, loop_s, module_s / loop_s))
@@ -130,6 +182,10 @@ def main():
               '%.1fx' % (floor_s, floor_s / psql_s))
         print('no-op over %d applied files, in-process run (no interpreter start-up): %.3f s, ratio %.1fx'
               % (opts.noop_files, noop_inproc_s, noop_inproc_s / psql_s))
+        for shape, megabytes, module_best, psql_best in big:
+            print('one %.0f MB migration (%s): pg_migrate %.2f s, psql -1 -f %.2f s, ratio %.2fx%s'
+                  % (megabytes, shape, module_best, psql_best, module_best / psql_best,
+                     ' (goal <= 1.5x)' if shape.startswith('multi') else ' (for information)'))
     finally:
         cluster.destroy()
         subprocess.run(['rm', '-rf', work])

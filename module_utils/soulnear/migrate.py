@@ -38,9 +38,9 @@ import time
 import zlib
 
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
-from .sql import (NEUTRAL, SqlSplitError, begin_modes, dbmate_section, down_marker, first_word, goose_section,
-                  is_commit, is_rollback, is_transaction_control, line_of_position, outside_transaction,
-                  placeholders_in, replace_placeholders, scan, sql_migrate_section, waits_by_design)
+from .sql import (Facts, SqlSplitError, begin_modes, dbmate_section, down_marker, goose_section, is_commit,
+                  is_rollback, line_of_position, outside_transaction, placeholders_in, replace_placeholders, scan,
+                  sql_migrate_section, waits_by_design)
 
 if psycopg2 is not None:
     from psycopg2 import sql as pgsql
@@ -272,17 +272,30 @@ def _read(full, label, problems):
 
 
 def _first_line(text):
-    return text.split('\n', 1)[0].rstrip('\r')
+    end = text.find('\n')
+    return (text if end == -1 else text[:end]).rstrip('\r')
+
+
+_UP_MARKERS = ((re.compile(r'--[ \t]*migrate:up'), 'dbmate'),
+               (re.compile(r'(?i)[ \t]*--[ \t]*\+goose[ \t]+up\b'), 'goose'),
+               (re.compile(r'(?i)[ \t]*--[ \t]*\+migrate[ \t]+up\b'), 'sql-migrate'))
 
 
 def _numbered_style(text):
-    """Which single-file style a numbered file is written in, from its markers (cheap substring tests first)."""
-    if 'migrate:' in text and re.search(r'(?m)^--[ \t]*migrate:up', text):
-        return 'dbmate'
-    if '+goose' in text and re.search(r'(?mi)^[ \t]*--[ \t]*\+goose[ \t]+up\b', text):
-        return 'goose'
-    if '+migrate' in text and re.search(r'(?mi)^[ \t]*--[ \t]*\+migrate[ \t]+up\b', text):
-        return 'sql-migrate'
+    """Which single-file style a numbered file is written in. dbmate, goose and sql-migrate all refuse statements
+    before the up marker, so only the leading comment lines are read (not the whole of a 50 MB file)."""
+    pos, size = 0, len(text)
+    while pos < size:
+        end = text.find('\n', pos)
+        end = size if end == -1 else end
+        line = text[pos:end]
+        stripped = line.strip()
+        if stripped and not stripped.startswith('--'):
+            break
+        for pattern, style in _UP_MARKERS:
+            if pattern.match(line):
+                return style
+        pos = end + 1
     if _SQLX_NO_TX.match(_first_line(text)):
         return 'sqlx'
     return 'numbered'
@@ -324,20 +337,21 @@ def _classify(path):
                              'directory holding the migrations' % path)
     entries, ignored, problems = [], [], []
     with os.scandir(path) as listing:
-        names = sorted((e.name, e.path) for e in listing)
-    for name, full in names:
+        listed = sorted(listing, key=lambda e: e.name)
+    for entry in listed:  # DirEntry answers from the directory listing: no stat per file unless a symlink
+        name, full = entry.name, entry.path
         if name.startswith('.'):
             ignored.append(name)
             continue
         is_sql = name.lower().endswith('.sql')
-        if os.path.islink(full) and not os.path.exists(full):
+        if entry.is_symlink() and not os.path.exists(full):
             if is_sql or _LOOKS_VERSIONED.match(name):
                 problems.append('%s is a symbolic link to %s, which does not exist: the migration would be skipped. '
                                 'Restore the target or remove the link' % (name, os.readlink(full)))
             else:
                 ignored.append(name)
             continue
-        if os.path.isdir(full):
+        if entry.is_dir():
             if is_sql:
                 problems.append('%s is a directory, not a migration file; rename or remove it' % name)
                 continue
@@ -347,7 +361,7 @@ def _classify(path):
             elif entry is not None:
                 entries.append(entry)
             continue
-        if not os.path.isfile(full):
+        if not entry.is_file():
             if is_sql:
                 problems.append('%s is not a regular file' % name)
             else:
@@ -368,18 +382,23 @@ def _classify(path):
     return [e for e in entries if e is not None], ignored, problems
 
 
+_FLYWAY_PATTERNS = {'V': (_FLYWAY_V, 'versioned', 'flyway'), 'R': (_FLYWAY_R, 'repeatable', 'flyway'),
+                    'U': (_FLYWAY_U, 'undo', 'flyway-only'), 'B': (_FLYWAY_B, 'baseline', 'flyway-only')}
+
+
 def _classify_file(name, full, problems):
-    match = _PAIR.match(name)
+    first = name[0]
+    match = _PAIR.match(name) if first.isdigit() else None
     if match:
         text = _read(full, name, problems)
         return None if text is None else _Entry(name, 'pair', match.group('direction'), full, text, match)
-    for pattern, kind, style in ((_FLYWAY_V, 'versioned', 'flyway'), (_FLYWAY_R, 'repeatable', 'flyway'),
-                                 (_FLYWAY_U, 'undo', 'flyway-only'), (_FLYWAY_B, 'baseline', 'flyway-only')):
+    if first in _FLYWAY_PATTERNS:
+        pattern, kind, style = _FLYWAY_PATTERNS[first]
         match = pattern.match(name)
         if match:
             text = _read(full, name, problems)
             return None if text is None else _Entry(name, style, kind, full, text, match)
-    match = _CALLBACK.match(name)
+    match = _CALLBACK.match(name) if first.islower() else None
     if match and (match.group('event') in RUN_CALLBACKS or match.group('event') in IDLE_CALLBACKS
                   or match.group('event') in REFUSED_CALLBACKS):
         text = _read(full, name, problems)
@@ -761,44 +780,39 @@ def prepare(mfile, context):
                 problems.append((line, 'a down section marker (%r): pg_migrate would run what follows it forward. If '
                                        'the file was written for a tool with up/down sections, set format to that '
                                        'tool; otherwise delete the down part' % words))
-    for line, statement in statements:
-        if first_word(statement) == 'DISCARD' and re.match(r'(?i)DISCARD\s+ALL\b', statement):
-            problems.append((line, 'DISCARD ALL would release pg_migrate\'s lock in the middle of the run; pg_migrate '
-                                   'already resets the session after every file'))
     modes = None
     transactional = not no_tx
+    if not no_tx and statements and begin_modes(statements[0][1]) is not None:
+        last = statements[-1][1] if len(statements) > 1 else ''
+        if is_commit(last):
+            modes = (statements[0][0], begin_modes(statements[0][1]))
+            statements = statements[1:-1]
+        elif is_rollback(last):
+            problems.append((statements[-1][0], 'the file is wrapped in BEGIN ... %s: it undoes itself, so recording '
+                                                'it as applied would be a lie. End it with COMMIT if it is meant to '
+                                                'apply, or move it out of path' % last.split()[0]))
+            statements = statements[1:-1]
+    facts = Facts(statements, context.server_version)
+    for line in facts.discard_all:
+        problems.append((line, 'DISCARD ALL would release pg_migrate\'s lock in the middle of the run; pg_migrate '
+                               'already resets the session after every file'))
     if not no_tx:
-        if statements and begin_modes(statements[0][1]) is not None:
-            last = statements[-1][1] if len(statements) > 1 else ''
-            if is_commit(last):
-                modes = (statements[0][0], begin_modes(statements[0][1]))
-                statements = statements[1:-1]
-            elif is_rollback(last):
-                problems.append((statements[-1][0], 'the file is wrapped in BEGIN ... %s: it undoes itself, so '
-                                                    'recording it as applied would be a lie. End it with COMMIT if it '
-                                                    'is meant to apply, or move it out of path' % last.split()[0]))
-                statements = statements[1:-1]
-        for line, statement in statements:
-            if is_transaction_control(statement):
-                problems.append((line, '%r controls the transaction itself; pg_migrate runs each file in one '
-                                       'transaction (a whole-file BEGIN ... COMMIT is fine). Remove it, or run the '
-                                       'file outside a transaction with %s'
-                                 % (statement.split('\n')[0][:60], _directive(mfile))))
-        outside = [(line, outside_transaction(st, context.server_version)) for line, st in statements]
-        outside = [(line, what) for line, what in outside if what]
-        if outside:
-            others = [(line, st) for line, st in statements
-                      if not outside_transaction(st, context.server_version) and first_word(st) not in NEUTRAL]
-            line, what = outside[0]
+        for line, statement in facts.control:
+            problems.append((line, '%r controls the transaction itself; pg_migrate runs each file in one transaction '
+                                   '(a whole-file BEGIN ... COMMIT is fine). Remove it, or run the file outside a '
+                                   'transaction with %s' % (statement.split('\n')[0][:60], _directive(mfile))))
+        if facts.outside:
+            line, what = facts.outside[0]
             if modes is not None:
                 problems.append((line, '%s cannot run inside a transaction block, and the file wraps it in BEGIN ... '
                                        'COMMIT: PostgreSQL would refuse it. Remove the BEGIN and COMMIT lines' % what))
-            elif others:
+            elif facts.others:
+                other_line, other = facts.others[0]
                 problems.append((line, '%s cannot run inside a transaction block, and the file also has statements '
                                        'that need one (line %d: %s). Put it in a migration of its own (such a file '
                                        'runs outside a transaction), or run the whole file outside a transaction, '
                                        'statement by statement, with %s'
-                                 % (what, others[0][0], ' '.join(others[0][1].split())[:60], _directive(mfile))))
+                                 % (what, other_line, ' '.join(other.split())[:60], _directive(mfile))))
             else:
                 transactional = False
     mfile.prepared = (statements, modes, transactional)

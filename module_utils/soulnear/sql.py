@@ -25,17 +25,34 @@ __metaclass__ = type
 
 import re
 
+
+class _Lazy:
+    """A regular expression compiled on first use: importing this file stays cheap for a run that scans nothing
+    (a no-op deploy), while a scan binds the compiled methods once."""
+
+    def __init__(self, pattern, flags=0):
+        self._source = (pattern, flags)
+
+    def __getattr__(self, name):
+        pattern, flags = self._source
+        compiled = pattern() if callable(pattern) else re.compile(pattern, flags)
+        for attr in ('match', 'search', 'finditer', 'sub', 'pattern', 'flags'):
+            setattr(self, attr, getattr(compiled, attr))
+        return getattr(compiled, name)
+
+
 _DOLLAR_TAG = re.compile(r'\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$')
 _WORD = re.compile(r'[A-Za-z_][A-Za-z0-9_$]*')
 _NONSPACE = re.compile(r'\S')
-_E_STRING = re.compile(r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'", re.S)
+_E_STRING = _Lazy(r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'", re.S)
 # One search per interesting thing: a complete '...' or "..." (the common case, matched in C),
 # a -- comment, or one of the characters that need a decision.
-_TOKEN = re.compile(r"""'[^']*(?:''[^']*)*'|"[^"]*(?:""[^"]*)*"|--[^\n]*|/\*|[;()$\\'"]""")
+_TOKEN_SOURCE = r"""'[^']*(?:''[^']*)*'|"[^"]*(?:""[^"]*)*"|--[^\n]*|/\*|[;()$\\'"]"""
+_TOKEN = _Lazy(_TOKEN_SOURCE)
 # The same plus the words that open and close a BEGIN ATOMIC body (only for scripts that have one).
-_TOKEN_ATOMIC = re.compile(_TOKEN.pattern + r"|(?i:\b(?:begin\s+atomic|case|end)\b)")
-_HAS_ATOMIC = re.compile(r'(?i)\bbegin\s+atomic\b')
-_COPY_STDIN = re.compile(r'(?is)^copy\b.*\bfrom\s+stdin\b')
+_TOKEN_ATOMIC = _Lazy(_TOKEN_SOURCE + r"|(?i:\b(?:begin\s+atomic|case|end)\b)")
+_HAS_ATOMIC = _Lazy(r'(?i)\bbegin\s+atomic\b')
+_COPY_STDIN = _Lazy(r'(?is)^copy\b.*\bfrom\s+stdin\b')
 _IDENT_CHARS = frozenset('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$')
 
 
@@ -175,15 +192,15 @@ def _fast_pattern():
     return re.compile('(?:%s|%s)*' % (flat, nested))
 
 
-_FAST = _fast_pattern()
-_STRING = re.compile(r"'[^']*(?:''[^']*)*'")
-_IDENT = re.compile(r'"[^"]*(?:""[^"]*)*"')
-_LEAD = re.compile(r'(?:\s+|--[^\n]*)*')
+_FAST = _Lazy(_fast_pattern)
+_STRING = _Lazy(r"'[^']*(?:''[^']*)*'")
+_IDENT = _Lazy(r'"[^"]*(?:""[^"]*)*"')
+_LEAD = _Lazy(r'(?:\s+|--[^\n]*)*')
 
 
 def scan(sql, first_line=1):
     """Scan a script; raises SqlSplitError for an unterminated string, identifier or comment."""
-    if _HAS_ATOMIC.search(sql):
+    if 'atomic' in sql.lower() and _HAS_ATOMIC.search(sql):  # the substring test first: the regex is slow
         return _scan_tokens(sql, first_line)
     return _scan_fast(sql, first_line)
 
@@ -327,9 +344,9 @@ def first_word(statement):
 
 
 # -- what a statement needs from the transaction around it ---------------------------------------
-_BEGIN = re.compile(r'(?is)^(?:begin|start\s+transaction)(?:\s+(?:work|transaction)\b)?\s*(?P<modes>.*)$')
-_COMMIT = re.compile(r'(?is)^(?:commit|end)(?:\s+(?:work|transaction))?$')
-_ROLLBACK = re.compile(r'(?is)^(?:rollback|abort)(?:\s+(?:work|transaction))?$')
+_BEGIN = _Lazy(r'(?is)^(?:begin|start\s+transaction)(?:\s+(?:work|transaction)\b)?\s*(?P<modes>.*)$')
+_COMMIT = _Lazy(r'(?is)^(?:commit|end)(?:\s+(?:work|transaction))?$')
+_ROLLBACK = _Lazy(r'(?is)^(?:rollback|abort)(?:\s+(?:work|transaction))?$')
 
 
 def is_transaction_control(statement):
@@ -364,35 +381,35 @@ def is_rollback(statement):
 # only before 12). Checked by first word so that the common INSERT/CREATE TABLE costs one dict lookup.
 _OUTSIDE = {
     'CREATE': (
-        (re.compile(r'(?is)^create\s+(?:unique\s+)?index\s+concurrently\b'), 'CREATE INDEX CONCURRENTLY'),
-        (re.compile(r'(?is)^create\s+database\b'), 'CREATE DATABASE'),
-        (re.compile(r'(?is)^create\s+tablespace\b'), 'CREATE TABLESPACE'),
-        (re.compile(r'(?is)^create\s+subscription\b(?!.*\bcreate_slot\s*=\s*(?:false|off|0)\b)'),
+        (_Lazy(r'(?is)^create\s+(?:unique\s+)?index\s+concurrently\b'), 'CREATE INDEX CONCURRENTLY'),
+        (_Lazy(r'(?is)^create\s+database\b'), 'CREATE DATABASE'),
+        (_Lazy(r'(?is)^create\s+tablespace\b'), 'CREATE TABLESPACE'),
+        (_Lazy(r'(?is)^create\s+subscription\b(?!.*\bcreate_slot\s*=\s*(?:false|off|0)\b)'),
          'CREATE SUBSCRIPTION (with create_slot)'),
     ),
     'DROP': (
-        (re.compile(r'(?is)^drop\s+index\s+concurrently\b'), 'DROP INDEX CONCURRENTLY'),
-        (re.compile(r'(?is)^drop\s+database\b'), 'DROP DATABASE'),
-        (re.compile(r'(?is)^drop\s+tablespace\b'), 'DROP TABLESPACE'),
-        (re.compile(r'(?is)^drop\s+subscription\b'), 'DROP SUBSCRIPTION'),
+        (_Lazy(r'(?is)^drop\s+index\s+concurrently\b'), 'DROP INDEX CONCURRENTLY'),
+        (_Lazy(r'(?is)^drop\s+database\b'), 'DROP DATABASE'),
+        (_Lazy(r'(?is)^drop\s+tablespace\b'), 'DROP TABLESPACE'),
+        (_Lazy(r'(?is)^drop\s+subscription\b'), 'DROP SUBSCRIPTION'),
     ),
     'REINDEX': (
-        (re.compile(r'(?is)^reindex\b.*\bconcurrently\b'), 'REINDEX ... CONCURRENTLY'),
-        (re.compile(r'(?is)^reindex\b(?:\s*\([^)]*\))?\s+(?:database|system)\b'), 'REINDEX DATABASE/SYSTEM'),
+        (_Lazy(r'(?is)^reindex\b.*\bconcurrently\b'), 'REINDEX ... CONCURRENTLY'),
+        (_Lazy(r'(?is)^reindex\b(?:\s*\([^)]*\))?\s+(?:database|system)\b'), 'REINDEX DATABASE/SYSTEM'),
     ),
     'ALTER': (
-        (re.compile(r'(?is)^alter\s+system\b'), 'ALTER SYSTEM'),
-        (re.compile(r'(?is)^alter\s+database\s+\S+\s+set\s+tablespace\b'), 'ALTER DATABASE ... SET TABLESPACE'),
-        (re.compile(r'(?is)^alter\s+table\b.*\bdetach\s+partition\b.*\bconcurrently\b'),
+        (_Lazy(r'(?is)^alter\s+system\b'), 'ALTER SYSTEM'),
+        (_Lazy(r'(?is)^alter\s+database\s+\S+\s+set\s+tablespace\b'), 'ALTER DATABASE ... SET TABLESPACE'),
+        (_Lazy(r'(?is)^alter\s+table\b.*\bdetach\s+partition\b.*\bconcurrently\b'),
          'ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY'),
     ),
-    'VACUUM': ((re.compile(r'(?is)^vacuum\b'), 'VACUUM'),),
-    'CLUSTER': ((re.compile(r'(?is)^cluster(?:\s+verbose)?\s*$'), 'CLUSTER (all tables)'),),
-    'COMMIT': ((re.compile(r'(?is)^commit\s+prepared\b'), 'COMMIT PREPARED'),),
-    'ROLLBACK': ((re.compile(r'(?is)^rollback\s+prepared\b'), 'ROLLBACK PREPARED'),),
+    'VACUUM': ((_Lazy(r'(?is)^vacuum\b'), 'VACUUM'),),
+    'CLUSTER': ((_Lazy(r'(?is)^cluster(?:\s+verbose)?\s*$'), 'CLUSTER (all tables)'),),
+    'COMMIT': ((_Lazy(r'(?is)^commit\s+prepared\b'), 'COMMIT PREPARED'),),
+    'ROLLBACK': ((_Lazy(r'(?is)^rollback\s+prepared\b'), 'ROLLBACK PREPARED'),),
 }
-_ENUM_ADD_VALUE = re.compile(r'(?is)^alter\s+type\b.*\badd\s+value\b')
-_CONCURRENTLY = re.compile(r'(?is)\bconcurrently\b')
+_ENUM_ADD_VALUE = _Lazy(r'(?is)^alter\s+type\b.*\badd\s+value\b')
+_CONCURRENTLY = _Lazy(r'(?is)\bconcurrently\b')
 # Neither needs nor breaks a transaction: allowed next to statements that must run outside one.
 NEUTRAL = frozenset(('SET', 'RESET', 'SHOW'))
 
@@ -406,6 +423,34 @@ def outside_transaction(statement, server_version=120000):
     if word == 'ALTER' and server_version < 120000 and _ENUM_ADD_VALUE.match(statement):
         return 'ALTER TYPE ... ADD VALUE (before PostgreSQL 12)'
     return None
+
+
+_CONTROL_WORDS = frozenset(('BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT', 'PREPARE'))
+_DISCARD_ALL = _Lazy(r'(?is)^discard\s+all\b')
+
+
+class Facts:
+    """What the statements of a file need, from one pass over them (the first word decides what to look at)."""
+
+    def __init__(self, statements, server_version=120000):
+        self.control = []   # (line, statement): transaction control
+        self.outside = []   # (line, what): refuses a transaction block
+        self.others = []    # (line, statement): needs neither (and is not SET/RESET/SHOW)
+        self.discard_all = []  # lines of DISCARD ALL
+        for line, statement in statements:
+            match = _WORD.match(statement)
+            word = match.group(0).upper() if match else ''
+            if word in _CONTROL_WORDS and is_transaction_control(statement):
+                self.control.append((line, statement))
+                continue
+            what = outside_transaction(statement, server_version) if (word in _OUTSIDE or word == 'ALTER') else None
+            if what:
+                self.outside.append((line, what))
+                continue
+            if word == 'DISCARD' and _DISCARD_ALL.match(statement):
+                self.discard_all.append(line)
+            if word not in NEUTRAL:
+                self.others.append((line, statement))
 
 
 def waits_by_design(statement):
@@ -446,10 +491,10 @@ def _sql_before(text, end):
     return False
 
 
-_DBMATE_UP = re.compile(r'(?m)^--[ \t]*migrate:up(?P<opts>[^\n]*)$')
-_DBMATE_DOWN = re.compile(r'(?m)^--[ \t]*migrate:down\b[^\n]*$')
-_GOOSE = re.compile(r'(?mi)^[ \t]*--[ \t]*\+goose[ \t]+(?P<cmd>[^\n]*?)[ \t]*$')
-_SQL_MIGRATE = re.compile(r'(?mi)^[ \t]*--[ \t]*\+migrate[ \t]+(?P<cmd>[^\n]*?)[ \t]*$')
+_DBMATE_UP = _Lazy(r'(?m)^--[ \t]*migrate:up(?P<opts>[^\n]*)$')
+_DBMATE_DOWN = _Lazy(r'(?m)^--[ \t]*migrate:down\b[^\n]*$')
+_GOOSE = _Lazy(r'(?mi)^[ \t]*--[ \t]*\+goose[ \t]+(?P<cmd>[^\n]*?)[ \t]*$')
+_SQL_MIGRATE = _Lazy(r'(?mi)^[ \t]*--[ \t]*\+migrate[ \t]+(?P<cmd>[^\n]*?)[ \t]*$')
 
 
 def dbmate_section(text):
@@ -537,22 +582,27 @@ def sql_migrate_section(text):
     return _annotated_section(text, _SQL_MIGRATE, 'migrate')
 
 
-# Down/undo markers of styles pg_migrate knows, and of some it does not (Play evolutions, MyBatis).
-_DOWN_MARKER = re.compile(
-    r'(?mi)^[ \t]*--[ \t]*(?:migrate:down\b|\+goose[ \t]+down\b|\+migrate[ \t]+down\b|!downs\b|//[ \t]*@undo\b'
-    r'|\+?down(?:[ \t]+migration)?[ \t]*:?[ \t]*$|@down\b|rollback[ \t]*$)[^\n]*$')
+# Down/undo markers of styles pg_migrate knows, and of some it does not (Play evolutions, MyBatis). Searched
+# from a newline (fast) plus a match at the very start: a (?m)^ pattern tries every position of a 50 MB file.
+_DOWN_WORDS = (r'[ \t]*--[ \t]*(?m:(?:migrate:down\b|\+goose[ \t]+down\b|\+migrate[ \t]+down\b|!downs\b'
+               r'|//[ \t]*@undo\b|\+?down(?:[ \t]+migration)?[ \t]*:?[ \t]*$|@down\b|rollback[ \t]*$)[^\n]*$)')
+_DOWN_FIRST = _Lazy(r'(?i)' + _DOWN_WORDS)
+_DOWN_LATER = _Lazy(r'(?i)\n' + _DOWN_WORDS)
 
 
 def down_marker(text):
     """(line, marker) of the first down/undo section marker, or None."""
-    match = _DOWN_MARKER.search(text)
+    match = _DOWN_FIRST.match(text)
+    if match is not None:
+        return 1, match.group(0).strip()
+    match = _DOWN_LATER.search(text)
     if match is None:
         return None
-    return _line_at(text, match.start()), match.group(0).strip()
+    return _line_at(text, match.start() + 1), match.group(0).strip()
 
 
 # -- Flyway placeholders ----------------------------------------------------------------------------
-_PLACEHOLDER = re.compile(r'\$\{([^{}\n]+)\}')
+_PLACEHOLDER = _Lazy(r'\$\{([^{}\n]+)\}')
 
 
 def placeholders_in(text):
