@@ -237,13 +237,13 @@ class Redeployer:
         if self.check_mode or not p['audit_log']:
             return
         r = self.result
+        extra = dict(action=self.action, applied=r['applied'], backup=r['backup'], image=r.get('image'))
+        extra.update((k, v) for k, v in (p['audit_extra'] or {}).items() if v is not None)
         try:
             audit.record(p['audit_log'], p['audit_event'] or event, who=p['audit_who'], from_version=r['from_version'],
                          to_version=r['to_version'], result=result, failed_step=failed_step,
-                         duration=self.clock() - self.started, downtime=r['downtime'], action=self.action,
-                         applied=r['applied'], backup=r['backup'], image=r.get('image'),
-                         **dict(p['audit_extra'] or {}))
-        except OSError as exc:
+                         duration=self.clock() - self.started, downtime=r['downtime'], **extra)
+        except Exception as exc:  # noqa: BLE001 - the audit line never decides a deploy's outcome
             self.warn('could not write the audit log %s: %s' % (p['audit_log'], exc))
 
     # -- docker ------------------------------------------------------------------------------------------
@@ -513,18 +513,13 @@ class Redeployer:
         """The current version and the newest keep_images previous ones: from the history, then (images of an
         earlier layout) the newest other tags of image_name."""
         keep = max(0, int(self.params['keep_images']))
+        tags = [tag for tag, _created in self.image_tags()]
         kept = [current]
-        for entry in reversed(self.history()):
+        for version in [e['version'] for e in reversed(self.history())] + tags:
             if len(kept) > keep:
                 break
-            if entry['version'] not in kept:
-                kept.append(entry['version'])
-        if len(kept) <= keep:
-            for tag, _created in self.image_tags():
-                if len(kept) > keep:
-                    break
-                if tag not in kept:
-                    kept.append(tag)
+            if version not in kept and version in tags:
+                kept.append(version)
         return kept
 
     def image_tags(self):
@@ -752,9 +747,12 @@ class Redeployer:
             with self.step('start'):
                 containers.start(self.name)
             with self.step('wait_healthy') as entry:
-                ready = self.wait_ready(self.name, 'wait_healthy')
-                r['downtime'] = round((ready or self.clock()) - down_since, 3)
-                entry['outcome'] = 'ok: healthy, markers seen after %.1fs of downtime' % r['downtime']
+                ready = self.wait_ready(self.name, 'wait_healthy') or self.clock()
+                if old_running:
+                    r['downtime'] = round(ready - down_since, 3)
+                    entry['outcome'] = 'ok: healthy, markers seen after %.1fs of downtime' % r['downtime']
+                else:
+                    entry['outcome'] = 'ok: healthy, markers seen %.1fs after the start' % (ready - down_since)
             if float(self.params['settle_seconds']) > 0:
                 with self.step('settle'):
                     self.settle(self.name)
@@ -775,9 +773,10 @@ class Redeployer:
             except (OSError, containers.DockerError) as exc:
                 self.warn('pruning old images and releases failed: %s' % exc)
             entry['outcome'] = 'ok: kept %s' % ', '.join(r['kept_versions'])
-        r['msg'] = ('%s %s -> %s: %s; downtime %.1fs' % (
+        r['msg'] = ('%s %s -> %s: %s; %s' % (
             'Rolled back' if self.action == 'rollback' else 'Deployed', r['from_version'] or 'none', version,
-            ('applied %s' % ', '.join(r['applied'])) if r['applied'] else 'no migrations', r['downtime'] or 0))
+            ('applied %s' % ', '.join(r['applied'])) if r['applied'] else 'no migrations',
+            'downtime %.1fs' % r['downtime'] if r['downtime'] is not None else 'no bot was running before'))
         self.audit(self.action, 'success')
 
     def rollback(self, failure, progress, had_old, old_running, down_since):
@@ -795,8 +794,8 @@ class Redeployer:
                     self.rename(self.prev_name, self.name)
                 if had_old and old_running:
                     containers.start(self.name)
-                    ready = self.wait_ready(self.name, 'rollback', scan=False)
-                    r['downtime'] = round((ready or self.clock()) - down_since, 3)
+                    ready = self.wait_ready(self.name, 'rollback', scan=False) or self.clock()
+                    r['downtime'] = round(ready - down_since, 3)
                     restored = True
                     entry['outcome'] = 'ok: %s runs %s again and is healthy' % (self.name, r['from_version'])
                 else:

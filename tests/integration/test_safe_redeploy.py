@@ -69,6 +69,7 @@ def test_first_deploy_applies_every_migration_and_starts_the_bot(env, tmp_path):
     assert [s['name'] for s in result['steps']] == ['preflight', 'backup', 'create', 'stop', 'migrate', 'start',
                                                     'wait_healthy', 'settle', 'switch', 'prune']
     assert all(s['outcome'].startswith(('ok', 'skipped')) for s in result['steps'])
+    assert result['downtime'] is None and 'no bot was running before' in result['msg']
     assert audit_lines(env)[-1]['to_version'] == 'v1' and audit_lines(env)[-1]['result'] == 'success'
 
 

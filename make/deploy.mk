@@ -1,0 +1,29 @@
+# Shipping a new bot version, and the database operations around it; the main Makefile includes make/*.mk.
+#   make redeploy                         the app step only: new version, backup when migrations are pending, rollback on failure
+#   make rollback [VERSION=...]           a kept earlier version (default: the one before the running one)
+#   make migrate                          the pending migrations of the running version, backup first
+#   make redeploy-clean CONFIRM=soul_bot  a fresh, empty database with every migration (after a verified backup)
+ANSIBLE_PLAYBOOK ?= .venv/bin/ansible-playbook
+INVENTORY ?= inventory/sandbox/hosts.yml
+# The kept version `make rollback` starts (empty: the one deployed before the running one).
+VERSION ?=
+# The name of the database a clean redeploy deletes (soul_bot); required by `make redeploy-clean`.
+CONFIRM ?=
+
+.PHONY: redeploy rollback migrate redeploy-clean
+
+## Ship a new bot version (the app step only), rolled back automatically when it fails
+redeploy:
+	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/redeploy.yml
+
+## Start a kept earlier version: make rollback [VERSION=...]
+rollback:
+	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/rollback.yml $(if $(VERSION),-e 'app_rollback_version=$(VERSION)')
+
+## Apply the pending migrations of the running version (a verified backup first)
+migrate:
+	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/migrate.yml
+
+## Fresh database with every migration after a verified backup: make redeploy-clean CONFIRM=soul_bot
+redeploy-clean:
+	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/redeploy-clean.yml -e 'confirm=$(CONFIRM)'
