@@ -1,18 +1,47 @@
 #!/usr/bin/env bash
 # Host packages the pytest suite needs: PostgreSQL server binaries for the throwaway
-# test clusters (tests/pgcluster.py) and pgbench for the backup benchmark.
+# test clusters (tests/pgcluster.py), pgbench for the backup benchmark, and promtool
+# (Debian's prometheus package) for the alert rule tests (tests/unit/test_alert_rules.py).
 set -euo pipefail
 
-if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v pgbench >/dev/null && id postgres >/dev/null 2>&1; then
+need_pg=
+if ! { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v pgbench >/dev/null && id postgres >/dev/null 2>&1; }; then
+  need_pg=1
+fi
+need_promtool=
+if ! command -v promtool >/dev/null; then
+  need_promtool=1
+fi
+if [ -z "$need_pg$need_promtool" ]; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
-  echo "test-deps: PostgreSQL server binaries are missing; run as root or: sudo apt-get install postgresql postgresql-contrib" >&2
+  echo "test-deps: ${need_pg:+PostgreSQL server binaries }${need_promtool:+promtool }missing; run as root or:" \
+    "sudo apt-get install --no-install-recommends${need_pg:+ postgresql postgresql-contrib}${need_promtool:+ prometheus}" >&2
   exit 1
 fi
-echo "test-deps: installing PostgreSQL server binaries"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends postgresql postgresql-contrib >/dev/null
-# The Debian package starts a cluster when it can; the tests use their own.
-if command -v pg_ctlcluster >/dev/null; then pg_lsclusters -h 2>/dev/null | awk '{print $1, $2}' | while read -r v c; do pg_ctlcluster "$v" "$c" stop 2>/dev/null || true; done; fi
+if [ -n "$need_pg" ]; then
+  echo "test-deps: installing PostgreSQL server binaries"
+  apt-get install -y -qq --no-install-recommends postgresql postgresql-contrib >/dev/null
+  # The Debian package starts a cluster when it can; the tests use their own.
+  if command -v pg_ctlcluster >/dev/null; then pg_lsclusters -h 2>/dev/null | awk '{print $1, $2}' | while read -r v c; do pg_ctlcluster "$v" "$c" stop 2>/dev/null || true; done; fi
+fi
+if [ -n "$need_promtool" ]; then
+  echo "test-deps: installing promtool (Debian's prometheus package; its server is not started)"
+  # The tests need the promtool binary only: no recommends (node_exporter), and the package's server neither
+  # started now (a policy-rc.d that refuses starts, unless the machine already has one) nor at boot.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [ -n "$own_policy" ]; then rm -f "$policy"; trap - EXIT; fi
+  if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+  command -v promtool >/dev/null
+fi
