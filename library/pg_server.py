@@ -21,6 +21,8 @@ description:
     (O(container)), the password read inside the container from O(superuser_password_file).
   - Creates the app role O(app_role) (LOGIN, no superuser, no createdb, no createrole) or converges its
     attributes and password.
+  - Creates the monitoring role O(monitor_role) (LOGIN, no other attribute, member of C(pg_monitor) and of no
+    other role) or converges it and its password, the least-privilege login of a metrics exporter.
   - Passwords are set in a session with statement logging off (C(log_statement), C(log_min_duration_statement),
     C(log_min_error_statement)), and only when the stored SCRAM verifier does not accept them, so no password
     ever reaches the server log and a converged server sees no password statement at all.
@@ -41,6 +43,12 @@ options:
     description: The application's login role to create or converge.
     type: str
   app_password:
+    description: Its password.
+    type: str
+  monitor_role:
+    description: A monitoring login role (for postgres_exporter) to create or converge, member of C(pg_monitor).
+    type: str
+  monitor_password:
     description: Its password.
     type: str
   container:
@@ -73,6 +81,14 @@ EXAMPLES = r'''
       tcp_keepalives_idle: 60
       log_statement: ddl
   register: server
+
+- name: Ensure the metrics exporter's role, a member of pg_monitor only
+  pg_server:
+    login_host: 127.0.0.1
+    login_user: postgres
+    login_password: "{{ vault_postgres_password }}"
+    monitor_role: soulnear_metrics
+    monitor_password: "{{ vault_metrics_postgres_password }}"
 
 - name: Restart PostgreSQL when a postmaster-context setting changed
   community.docker.docker_container:
@@ -110,7 +126,7 @@ role_changes:
   returned: always
   type: list
   elements: str
-  sample: [role soulnear created]
+  sample: [role soulnear created, pg_monitor granted to soulnear_metrics]
 msg:
   description: One line for people, saying whether PostgreSQL was reloaded or needs a restart.
   returned: always
@@ -130,6 +146,8 @@ def argument_spec():
         settings=dict(type='dict', default={}),
         app_role=dict(type='str'),
         app_password=dict(type='str', no_log=True),
+        monitor_role=dict(type='str'),
+        monitor_password=dict(type='str', no_log=True),
         container=dict(type='str'),
         superuser_password_file=dict(type='str', default='/run/secrets/soulnear/superuser_password', no_log=False),
     )
@@ -150,13 +168,14 @@ def summary(result):
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           required_by=dict(app_role='app_password'))
+                           required_by=dict(app_role='app_password', monitor_role='monitor_password'))
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
     p = module.params
     try:
         result = converge(p, p['settings'], p['app_role'], p['app_password'], p['container'],
-                          p['superuser_password_file'], check_mode=module.check_mode)
+                          p['superuser_password_file'], check_mode=module.check_mode,
+                          monitor_role=p['monitor_role'], monitor_password=p['monitor_password'])
     except (ConnectError, ServerConfigError) as exc:
         module.fail_json(msg=str(exc))
     changed = bool(result['changed_settings'] or result['password_changes'] or result['role_changes'])

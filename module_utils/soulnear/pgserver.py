@@ -10,6 +10,8 @@
 - The superuser password is checked by logging in with it; when that login is refused, it is set through the
   database container's local socket (trusted by the official image) with the password read inside the
   container from its secret file, so it never appears on a command line.
+- A monitoring role (postgres_exporter's login) is a LOGIN role without any other attribute and a member of
+  pg_monitor only (PostgreSQL's built-in read-only monitoring role): it reads statistics and settings, no data.
 - Settings are compared with what ALTER SYSTEM wrote (postgresql.auto.conf, via pg_file_settings) and set
   with ALTER SYSTEM when they differ; the server is then reloaded and asked which changed settings wait for a
   restart (pg_settings.pending_restart), so the caller restarts only when a postmaster-context setting changed.
@@ -118,6 +120,24 @@ def _ensure_role(cur, name, password, check_mode, changes):
             cur.execute('ALTER ROLE %s PASSWORD %%s' % ident, (password,))
 
 
+def _ensure_monitor_role(cur, name, password, check_mode, changes):
+    """A login role that is a member of pg_monitor and of nothing else."""
+    _ensure_role(cur, name, password, check_mode, changes)
+    cur.execute('SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid '
+                'JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = %s ORDER BY 1', (name,))
+    groups = [row[0] for row in cur.fetchall()]
+    ident = psycopg2.extensions.quote_ident(name, cur)
+    if 'pg_monitor' not in groups:
+        changes.append('pg_monitor granted to %s' % name)
+        if not check_mode:
+            cur.execute('GRANT pg_monitor TO %s' % ident)
+    for group in groups:
+        if group != 'pg_monitor':
+            changes.append('%s revoked from %s' % (group, name))
+            if not check_mode:
+                cur.execute('REVOKE %s FROM %s' % (psycopg2.extensions.quote_ident(group, cur), ident))
+
+
 def _auto_conf(cur):
     """name -> the text ALTER SYSTEM wrote for it (postgresql.auto.conf)."""
     cur.execute("SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%%postgresql.auto.conf' "
@@ -144,8 +164,10 @@ def _wait_for_reload(params, since, timeout=15.0):
 
 
 def converge(params, settings=None, app_role=None, app_password=None, container=None,
-             superuser_secret_file='/run/secrets/soulnear/superuser_password', check_mode=False):
-    """Passwords, the app role and the server settings; returns the result dict of the pg_server module."""
+             superuser_secret_file='/run/secrets/soulnear/superuser_password', check_mode=False,
+             monitor_role=None, monitor_password=None):
+    """Passwords, the app role, the monitoring role and the server settings; returns the result dict of the
+    pg_server module."""
     changes = []
     conn = _connect_superuser(params, container, superuser_secret_file, check_mode, changes)
     result = dict(changed_settings=[], restart_required=[], reloaded=False, password_changes=[], role_changes=[])
@@ -158,6 +180,8 @@ def converge(params, settings=None, app_role=None, app_password=None, container=
             role_changes = []
             if app_role:
                 _ensure_role(cur, app_role, app_password, check_mode, role_changes)
+            if monitor_role:
+                _ensure_monitor_role(cur, monitor_role, monitor_password, check_mode, role_changes)
             current = _auto_conf(cur)
             wanted = dict((name, setting_text(value)) for name, value in sorted((settings or {}).items()))
             changed = [name for name, text in wanted.items() if current.get(name) != text]

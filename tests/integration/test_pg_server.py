@@ -106,3 +106,44 @@ def test_module_reports_and_hides_the_password(server, tmp_path):
     assert 'ModuleSecret-424242' not in out
     rc, result, out = run_module(tmp_path, 'pg_server', args)
     assert rc == 0 and result['changed'] is False and result['msg'] == 'PostgreSQL settings unchanged.'
+
+
+def test_monitor_role_is_a_pg_monitor_member_only_and_its_password_is_never_logged(server, tmp_path):
+    params = server.params()
+    server.query('CREATE TABLE IF NOT EXISTS private_data (secret text)')
+    dry = converge(params, monitor_role='metrics_mon', monitor_password='MonitorSecret-1a2b3c', check_mode=True)
+    assert dry['role_changes'] == ['role metrics_mon created', 'pg_monitor granted to metrics_mon']
+    assert server.query("SELECT count(*) FROM pg_roles WHERE rolname = 'metrics_mon'")[0][0] == 0
+    first = converge(params, monitor_role='metrics_mon', monitor_password='MonitorSecret-1a2b3c')
+    assert first['role_changes'] == ['role metrics_mon created', 'pg_monitor granted to metrics_mon']
+    assert converge(params, monitor_role='metrics_mon', monitor_password='MonitorSecret-1a2b3c') == dict(
+        changed_settings=[], restart_required=[], reloaded=False, password_changes=[], role_changes=[])
+    conn = psycopg2.connect(host=server.host, port=server.port, user='metrics_mon', password='MonitorSecret-1a2b3c',
+                            dbname='postgres')
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            # pg_monitor reads every session's statistics and the settings ...
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE query IS NOT NULL AND usename <> current_user")
+            cur.execute("SELECT setting FROM pg_settings WHERE name = 'max_connections'")
+            # ... and no data.
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute('SELECT * FROM private_data')
+    finally:
+        conn.close()
+    # Another membership granted by hand is taken away again; attributes converge like the app role's.
+    server.query('CREATE ROLE some_group NOLOGIN')
+    server.query('GRANT some_group TO metrics_mon')
+    server.query('ALTER ROLE metrics_mon CREATEDB')
+    again = converge(params, monitor_role='metrics_mon', monitor_password='MonitorRotated-9z8y7x')
+    assert again['role_changes'] == ['attributes of metrics_mon', 'some_group revoked from metrics_mon']
+    assert again['password_changes'] == ['password of metrics_mon']
+    assert server.query("SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+                        "WHERE r.rolname = 'metrics_mon'")[0][0] == 1
+    args = dict(params, monitor_role='modmon', monitor_password='ModuleMonitor-434343')
+    rc, result, out = run_module(tmp_path, 'pg_server', args, '-vvv')
+    assert rc == 0 and result['role_changes'] == ['role modmon created', 'pg_monitor granted to modmon'], out
+    assert 'ModuleMonitor-434343' not in out
+    time.sleep(0.5)  # the server writes its log asynchronously to the file
+    text = log_text(server)
+    assert 'MonitorSecret' not in text and 'MonitorRotated' not in text and 'ModuleMonitor' not in text
