@@ -1,0 +1,12 @@
+# make chaos: the fault scenarios and security checks of issue 10 on a disposable sandbox of its own
+# (scripts/chaos.py; SANDBOX=name picks the sandbox container, CHAOS_ARGS passes options, e.g.
+# CHAOS_ARGS="--only 1,5 --keep"). Prints the table: fault, recovered, time to recover, rows acknowledged, rows lost.
+PYTHON ?= .venv/bin/python
+SANDBOX ?= soulnear-chaos
+CHAOS_ARGS ?=
+
+.PHONY: chaos
+
+## Inject the faults into a sandbox of its own and print what recovered and what was lost (~1 h)
+chaos:
+	$(PYTHON) scripts/chaos.py --name $(SANDBOX) --table .cache/chaos-table.md $(CHAOS_ARGS)
