@@ -31,6 +31,7 @@ __metaclass__ = type
 import getpass
 import hashlib
 import os
+import queue
 import re
 import socket
 import threading
@@ -38,9 +39,9 @@ import time
 import zlib
 
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
-from .sql import (Facts, SqlSplitError, begin_modes, dbmate_section, down_marker, goose_section, is_commit,
-                  is_rollback, line_of_position, outside_transaction, placeholders_in, replace_placeholders, scan,
-                  sql_migrate_section, waits_by_design)
+from .sql import (Facts, SqlSplitError, begin_modes, dbmate_section, down_marker, goose_section, has_atomic_body,
+                  is_commit, is_rollback, iter_statements, line_of_position, outside_transaction, placeholders_in,
+                  replace_placeholders, scan, sql_migrate_section, waits_by_design)
 
 if psycopg2 is not None:
     from psycopg2 import sql as pgsql
@@ -742,6 +743,21 @@ def prepare(mfile, context):
 
     statements: [(line, text)] as they run; problems: [(line, message)]. Nothing runs here.
     """
+    body, first_line, no_tx, problems = body_of(mfile, context)
+    try:
+        script = scan(body, first_line)
+    except SqlSplitError as exc:
+        problems.append((exc.line, '%s; the file cannot be split into statements' % exc.message))
+        mfile.prepared = ([], None, True)
+        return [], problems
+    problems.extend(script.problems)
+    statements = check_statements(mfile, body, first_line, no_tx, script.statements, problems, context)
+    return statements, problems
+
+
+def body_of(mfile, context):
+    """The text that runs forward (the up section, placeholders replaced): (body, first line, outside a
+    transaction by directive, problems)."""
     problems = []
     text = mfile.text
     start, end, first_line = 0, len(text), 1
@@ -763,14 +779,12 @@ def prepare(mfile, context):
             problems.append((first_line + body.count('\n', 0, max(at, 0)),
                              'placeholder ${%s} has no value: set it in placeholders (placeholders: {%s: ...}); Flyway '
                              'would refuse the file too' % (name, name.lower())))
-    try:
-        script = scan(body, first_line)
-    except SqlSplitError as exc:
-        problems.append((exc.line, '%s; the file cannot be split into statements' % exc.message))
-        mfile.prepared = ([], None, True)
-        return [], problems
-    problems.extend(script.problems)
-    statements = script.statements
+    return body, first_line, no_tx, problems
+
+
+def check_statements(mfile, body, first_line, no_tx, statements, problems, context):
+    """Check the statements of a file (appending to problems); sets mfile.prepared to (statements as they run,
+    BEGIN options, in a transaction) and returns those statements."""
     if not mfile.section:
         marker = down_marker(body)
         if marker is not None:
@@ -816,7 +830,7 @@ def prepare(mfile, context):
             else:
                 transactional = False
     mfile.prepared = (statements, modes, transactional)
-    return statements, problems
+    return statements
 
 
 def _directive(mfile):
@@ -1374,13 +1388,19 @@ def _interval_ms(seconds):
 class Migrator:
     """Apply pending migrations under a session-level advisory lock.
 
+    STREAM_BYTES: a first pending file at least this large is read and checked while it runs (see
+    _apply_streamed); every other file is checked before anything runs.
+
     params: connection parameters (pg.connection_argument_spec) plus path, format, placeholders, table,
     takeover, takeover_table, drift, baseline, target, out_of_order, repair, lock_timeout, ddl_lock_timeout,
     ddl_lock_retries, statement_timeout, applied_by.
     """
 
+    STREAM_BYTES = 4 * 1024 * 1024
+
     def __init__(self, params, check_mode=False, warn=None, sleep=time.sleep, log=None):
         self.params = params
+        self.stream_bytes = self.STREAM_BYTES
         self.check_mode = check_mode
         self.warn = warn or (lambda msg: None)
         self.log = log or (lambda msg: None)
@@ -1406,6 +1426,8 @@ class Migrator:
         self.statement_timeout = float(params.get('statement_timeout', 0) or 0)
         self.placeholders = params.get('placeholders') or {}
         self.catalog = None
+        self.context = None
+        self.streamed = None
         self._reset_run()
         self.policy = RetryPolicy(retries=params.get('retries', 3), sleep=sleep,
                                   on_retry=lambda n, wait, exc: self.log(
@@ -1475,10 +1497,20 @@ class Migrator:
             try:
                 conn.autocommit = False
                 plan = self._plan_and_check(conn, cur)
-                self._bookkeeping(conn, cur, plan)
                 todo = plan.todo()
+                first = todo[0] if todo else None
+                # The bookkeeping joins the first migration's transaction when it has one: a run that fails on
+                # its first file then changes nothing at all.
+                joined = first is not None and (first is self.streamed or first.prepared[2])
+                conn.commit()  # ends the reading transaction
+                prelude = (lambda cursor: self._bookkeeping(cursor, plan)) if joined else None
+                if not joined:
+                    with conn.cursor() as book:
+                        self._bookkeeping(book, plan)
+                    conn.commit()
+                    self._booked()
                 if todo:
-                    self._apply_all(conn, plan, todo)
+                    self._apply_all(conn, plan, todo, prelude)
                 conn.autocommit = True
                 if not (self.applied or self.baselined or self.taken_over or self.notes):
                     return plan
@@ -1497,7 +1529,7 @@ class Migrator:
     def _plan_and_check(self, conn, cur):
         """Everything that can fail before the first change: the tracking table, a takeover, the plan and
         every pending file. Check mode stops here."""
-        self.notes, self.taken_over = [], []
+        self.notes, self.planned_takeover, self.streamed = [], [], None
         exists = self.table.inspect(cur)
         if exists:
             owner = foreign_owner(self.table, self.catalog, cur)
@@ -1520,6 +1552,7 @@ class Migrator:
         self._preflight(cur, plan)
         if self.check_mode:
             self.baselined = [f.name for f in plan.baseline]
+            self.taken_over = list(self.planned_takeover)
             if plan.unchecksummed or (plan.drift and self.drift_policy == 'adopt'):
                 self.notes.append('would record the checksums of %d file(s)'
                                   % (len(plan.unchecksummed) + len(plan.drift)))
@@ -1569,7 +1602,7 @@ class Migrator:
             self.warn('%s records version(s) %s that have no migration in path; they are not recorded in %s'
                       % (source.qualified, _listing(unknown), self.table.qualified))
         self.takeover_rows = found
-        self.taken_over = [f.name for f, _ in found]
+        self.planned_takeover = [f.name for f, _ in found]
         return [Record((version_text(f.key), f.name, 'baseline', f.checksum, True, None)) for f, _ in found]
 
     def _check_plan(self, plan):
@@ -1607,14 +1640,23 @@ class Migrator:
         todo = plan.todo()
         if not todo:
             return
-        context = self._context(cur)
+        self.context = context = self._context(cur)
         problems = []
         files = list(todo)
+        first = todo[0]
+        if not self.check_mode and first.kind == 'versioned' and len(first.text) >= self.stream_bytes \
+                and not first.no_transaction and not any(self.catalog.callbacks.values()) \
+                and not has_atomic_body(first.text):
+            self.streamed = files.pop(0)  # a large first file is checked while it runs (_apply_streamed)
         for event in RUN_CALLBACKS:
             files.extend(self.catalog.callbacks.get(event, []))
         for mfile in files:
             _, found = prepare(mfile, context)
             problems.extend('%s line %d: %s' % (mfile.label, line, message) for line, message in found)
+        if problems and self.streamed is not None:  # report its problems too, all together
+            _, found = prepare(self.streamed, context)
+            problems[:0] = ['%s line %d: %s' % (self.streamed.label, line, message) for line, message in found]
+            self.streamed = None
         for event in ('beforeEachMigrate', 'afterEachMigrate'):
             for callback in self.catalog.callbacks.get(event, []):
                 if callback.prepared and not callback.prepared[2]:
@@ -1630,9 +1672,11 @@ class Migrator:
             raise MigrationError(_numbered_problems(problems, 'pending migration(s) that cannot run as written; '
                                                               'nothing was applied'))
 
-    def _bookkeeping(self, conn, cur, plan):
+    def _bookkeeping(self, cur, plan):
         """Create or adopt the tracking table, remove repaired failures, record a takeover, a baseline and
-        checksums: one transaction, so a failure here changes nothing."""
+        checksums, in the caller's transaction (its own, or the first migration's): a failure changes nothing.
+        _booked() makes it count once that transaction committed."""
+        self.table.inspect(cur)  # again: a rolled-back attempt may have created it in this session's view
         done = []
         done.extend(self.table.ensure(cur))
         if self.params.get('repair'):
@@ -1645,16 +1689,21 @@ class Migrator:
             self.table.insert(cur, mfile, 'baseline', mfile.checksum, 0, True, origin, applied_at=applied_at)
         for mfile in plan.baseline:
             self.table.insert(cur, mfile, 'baseline', mfile.checksum, 0, True, self.applied_by)
-            self.baselined.append(mfile.name)
         adopt = list(plan.unchecksummed)
         if self.drift_policy == 'adopt':
             adopt += plan.drift
         for mfile in adopt:
             self.table.update_checksum(cur, mfile.key, mfile.name, mfile.checksum)
             done.append('recorded checksum of %s' % mfile.name)
-        conn.commit()
-        self.notes.extend(done)
-        if done or self.takeover_rows or plan.baseline:
+        self._book = (done, [f.name for f in plan.baseline], list(self.planned_takeover),
+                      bool(done or self.takeover_rows or plan.baseline))
+
+    def _booked(self):
+        done, baselined, taken_over, changed = self._book
+        self.notes = list(done)
+        self.baselined = baselined
+        self.taken_over = taken_over
+        if changed:
             self.db_changed = True
 
     def _lock(self, cur):
@@ -1688,7 +1737,7 @@ class Migrator:
                              % (self.table.qualified, who, int(timeout), fix))
 
     # -- applying ---------------------------------------------------------
-    def _apply_all(self, conn, plan, todo):
+    def _apply_all(self, conn, plan, todo, prelude=None):
         callbacks = self.catalog.callbacks
         versioned_left = len(plan.pending)
         try:
@@ -1697,7 +1746,7 @@ class Migrator:
                 if mfile.kind == 'repeatable' and versioned_left == 0 and mfile is plan.repeat_due[0]:
                     self._callback(conn, 'beforeRepeatables')
                 self._apply(conn, mfile, callbacks.get('beforeEachMigrate', []),
-                            callbacks.get('afterEachMigrate', []))
+                            callbacks.get('afterEachMigrate', []), prelude if mfile is todo[0] else None)
                 if mfile.kind != 'repeatable':
                     versioned_left -= 1
                     if versioned_left == 0:
@@ -1740,20 +1789,170 @@ class Migrator:
                 self._run_outside(conn, callback, [(callback, statements)], record=False)
             self.callbacks_run.append(callback.name)
 
-    def _apply(self, conn, mfile, before_each=(), after_each=()):
-        statements, modes, transactional = mfile.prepared
+    def _apply(self, conn, mfile, before_each=(), after_each=(), prelude=None):
         self.current = mfile
-        self.log('applying %s' % mfile.label)
+        if mfile is self.streamed:
+            self.streamed = None
+            self.log('applying %s (read and checked while it runs; committed only when all of it is checked)'
+                     % mfile.label)
+            self._apply_streamed(conn, mfile, prelude)
+        else:
+            self.log('applying %s' % mfile.label)
+            self._apply_prepared(conn, mfile, before_each, after_each, prelude)
+        self.applied.append(mfile.name)
+        self.callbacks_run.extend(c.name for c in list(before_each) + list(after_each))
+        self.current = None
+
+    def _apply_prepared(self, conn, mfile, before_each=(), after_each=(), prelude=None, attempt=0):
+        statements, modes, transactional = mfile.prepared
         self._reset_session(conn)
         parts = [(c, c.prepared[0]) for c in before_each] + [(mfile, statements)] + \
             [(c, c.prepared[0]) for c in after_each]
         if transactional:
-            self._run_transaction(conn, mfile, parts, modes)
-        else:
-            self._run_outside(conn, mfile, parts)
-        self.applied.append(mfile.name)
-        self.callbacks_run.extend(c.name for c in list(before_each) + list(after_each))
-        self.current = None
+            self._run_transaction(conn, mfile, parts, modes, prelude=prelude, attempt=attempt)
+            return
+        if prelude is not None:  # the bookkeeping needs a transaction of its own here
+            conn.autocommit = False
+            with conn.cursor() as cur:
+                prelude(cur)
+            conn.commit()
+            self._booked()
+            self._reset_session(conn)
+        self._run_outside(conn, mfile, parts)
+
+    def _apply_streamed(self, conn, mfile, prelude):
+        """Apply one large file while it is still being read and checked: a thread scans it (the regular
+        expressions hold the interpreter while the statements wait for the server), the statements run as they
+        come, inside the file's transaction, and nothing is committed before the whole file is checked. A
+        problem found late rolls everything back, the bookkeeping included: nothing applied, as for the others."""
+        body, first_line, no_tx, problems = body_of(mfile, self.context)
+        if no_tx:
+            self._prepare_or_raise(mfile)
+            self._apply_prepared(conn, mfile, prelude=prelude)
+            return
+        self._reset_session(conn)
+        found, outcome, items, cancel = [], {}, queue.Queue(maxsize=256), threading.Event()
+
+        def offer(item):
+            while not cancel.is_set():
+                try:
+                    items.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce():
+            try:
+                for item in iter_statements(body, first_line, found):
+                    if not offer(item):
+                        return
+            except SqlSplitError as exc:
+                outcome['split'] = exc
+            except Exception as exc:  # noqa: BLE001 - handed to the applying thread
+                outcome['crash'] = exc
+            offer(None)
+
+        reader = threading.Thread(target=produce, name='pg_migrate scan', daemon=True)
+        reader.start()
+        raw, begin, done, stop, error = [], None, 0, False, None
+        started = time.time()
+        conn.autocommit = False
+        try:
+            with conn.cursor() as cur:
+                while True:
+                    item = items.get()
+                    if item is None:
+                        break
+                    raw.append(item)
+                    if stop or found:
+                        stop = True
+                        continue
+                    if len(raw) == 1:
+                        modes = begin_modes(item[1])
+                        try:
+                            if modes is not None:  # a wrapper's BEGIN: its options first, then the bookkeeping
+                                begin, done = item, 1
+                                if modes:
+                                    cur.execute('SET TRANSACTION ' + modes)
+                            if prelude is not None:
+                                prelude(cur)
+                        except psycopg2.Error as exc:
+                            if is_retryable(exc):
+                                raise
+                            stop, error = True, (item if modes else (0, ''), exc)
+                        if begin is not None or stop:
+                            continue
+                    facts = Facts([item], self.context.server_version)
+                    if facts.control or facts.outside or facts.discard_all:
+                        stop = True  # decided once the whole file is read
+                        continue
+                    try:
+                        cur.execute(item[1])
+                        done += 1
+                    except psycopg2.Error as exc:
+                        if is_retryable(exc):
+                            raise
+                        stop, error = True, (item, exc)
+                reader.join()
+                if 'crash' in outcome:
+                    raise outcome['crash']
+                if 'split' in outcome:
+                    exc = outcome['split']
+                    problems.append((exc.line, '%s; the file cannot be split into statements' % exc.message))
+                problems.extend(found)
+                statements, modes, transactional = [], None, True
+                if 'split' not in outcome:
+                    statements = check_statements(mfile, body, first_line, no_tx, raw, problems, self.context)
+                    _, modes, transactional = mfile.prepared
+                if problems:
+                    conn.rollback()
+                    raise MigrationError(_numbered_problems(
+                        ['%s line %d: %s' % (mfile.label, line, message) for line, message in problems],
+                        'pending migration(s) that cannot run as written; nothing was applied'))
+                if error is not None and getattr(error[1], 'pgcode', None) != '55P03':
+                    conn.rollback()
+                    (line, statement), exc = error
+                    raise self._failure(mfile, mfile, line, statement, exc, None, 0) from None
+                if error is not None or not transactional:
+                    # A lock timeout (retried with backoff and named), or a file that runs outside a transaction.
+                    conn.rollback()
+                    if error is not None:
+                        self.log('%s: lock not available within %ss (attempt 1); retrying in %.1fs'
+                                 % (mfile.label, self.ddl_lock_timeout, self._backoff(0)))
+                        self.sleep(self._backoff(0))
+                    self._apply_prepared(conn, mfile, prelude=prelude, attempt=1 if error is not None else 0)
+                    return
+                if prelude is not None and not raw:
+                    prelude(cur)
+                offset = 1 if begin is not None and modes is not None else 0
+                line, statement = 0, ''
+                try:
+                    for line, statement in statements[max(0, done - offset):]:  # noqa: B007 - names a failure
+                        cur.execute(statement)
+                    line, statement = 0, ''
+                    cur.execute('SET SESSION AUTHORIZATION DEFAULT')
+                    self.table.insert(cur, mfile, 'versioned', mfile.checksum, (time.time() - started) * 1000, True,
+                                      self.applied_by)
+                except psycopg2.Error as exc:
+                    if is_retryable(exc):
+                        raise
+                    conn.rollback()
+                    raise self._failure(mfile, mfile if statement else None, line, statement, exc, None, 0) from None
+            conn.commit()
+            self.db_changed = True
+            if prelude is not None:
+                self._booked()
+        finally:
+            cancel.set()
+            reader.join(5)
+
+    def _prepare_or_raise(self, mfile):
+        _, found = prepare(mfile, self.context)
+        if found:
+            raise MigrationError(_numbered_problems(
+                ['%s line %d: %s' % (mfile.label, line, message) for line, message in found],
+                'pending migration(s) that cannot run as written; nothing was applied'))
 
     def _backoff(self, attempt):
         return min(0.5 * (2 ** attempt), 8.0)
@@ -1763,9 +1962,9 @@ class Migrator:
             return None
         return BlockerWatch(self.params, conn.get_backend_pid())
 
-    def _run_transaction(self, conn, mfile, parts, modes, record=True):
-        """Run the parts in one transaction with the tracking row; retry a lock timeout (55P03) with backoff."""
-        attempt = 0
+    def _run_transaction(self, conn, mfile, parts, modes, record=True, prelude=None, attempt=0):
+        """Run the parts in one transaction with the tracking row (and the bookkeeping, as prelude, for the first
+        file); retry a lock timeout (55P03) with backoff."""
         while True:
             started = time.time()
             watch = self._watch(conn, attempt)
@@ -1776,6 +1975,10 @@ class Migrator:
                     if modes and modes[1]:
                         line, statement = modes[0], 'SET TRANSACTION ' + modes[1]
                         cur.execute(statement)
+                    if prelude is not None:
+                        source, line, statement = None, 0, ''
+                        prelude(cur)
+                        source = mfile
                     for source, statements in parts:  # noqa: B007 - source names the failing part
                         for line, statement in statements:  # noqa: B007 - line names the failing statement
                             cur.execute(statement)
@@ -1786,6 +1989,8 @@ class Migrator:
                                           mfile.checksum, (time.time() - started) * 1000, True, self.applied_by)
                 conn.commit()
                 self.db_changed = True
+                if prelude is not None:
+                    self._booked()
                 return
             except psycopg2.Error as exc:
                 if is_retryable(exc):

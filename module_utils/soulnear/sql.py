@@ -116,16 +116,15 @@ _COPY_PROBLEM = ('COPY ... FROM STDIN: the data lines after it are for psql, whi
                  'can read)')
 
 
-def _end_statement(sql, start, j, lines, statements, problems):
-    """Record the statement sql[start:j]; returns where scanning goes on (after COPY data, if any)."""
+def _end_statement(sql, start, j, lines, problems):
+    """The statement sql[start:j] as (line, text), and where scanning goes on (after COPY data, if any)."""
     text = sql[start:j].rstrip()
     line = lines.of(start)
-    statements.append((line, text))
     if text[:4].lower() == 'copy' and _COPY_STDIN.match(text):
         problems.append((line, _COPY_PROBLEM))
         data_end = sql.find('\n\\.', j)
-        return len(sql) if data_end == -1 else data_end + 3
-    return j + 1
+        return (len(sql) if data_end == -1 else data_end + 3), (line, text)
+    return j + 1, (line, text)
 
 
 def _meta_command(sql, j, lines, problems):
@@ -198,16 +197,27 @@ _IDENT = _Lazy(r'"[^"]*(?:""[^"]*)*"')
 _LEAD = _Lazy(r'(?:\s+|--[^\n]*)*')
 
 
+def has_atomic_body(sql):
+    """True when the script may hold a BEGIN ATOMIC body (the substring test first: the regex is slow)."""
+    return 'atomic' in sql.lower() and bool(_HAS_ATOMIC.search(sql))
+
+
 def scan(sql, first_line=1):
     """Scan a script; raises SqlSplitError for an unterminated string, identifier or comment."""
-    if 'atomic' in sql.lower() and _HAS_ATOMIC.search(sql):  # the substring test first: the regex is slow
+    if has_atomic_body(sql):
         return _scan_tokens(sql, first_line)
     return _scan_fast(sql, first_line)
 
 
 def _scan_fast(sql, first_line=1):
-    """Statements of a script without BEGIN ATOMIC bodies: C-speed runs between the few decisions."""
-    statements, problems = [], []
+    problems = []
+    return Script(list(iter_statements(sql, first_line, problems)), problems)
+
+
+def iter_statements(sql, first_line=1, problems=None):
+    """Statements of a script without BEGIN ATOMIC bodies, one at a time as (line, text), with C-speed runs
+    between the few decisions; psql-only syntax is appended to `problems`. Raises SqlSplitError."""
+    problems = [] if problems is None else problems
     lines = _Lines(sql, first_line)
     fast, lead = _FAST.match, _LEAD.match
     n = len(sql)
@@ -236,7 +246,8 @@ def _scan_fast(sql, first_line=1):
             if depth > 0:
                 i += 1
                 continue
-            i = _end_statement(sql, start, i, lines, statements, problems)
+            i, statement = _end_statement(sql, start, i, lines, problems)
+            yield statement
             start = -1
         elif ch == '(':
             depth += 1
@@ -255,8 +266,7 @@ def _scan_fast(sql, first_line=1):
     if start >= 0:
         text = sql[start:].rstrip()
         if text:
-            statements.append((lines.of(start), text))
-    return Script(statements, problems)
+            yield lines.of(start), text
 
 
 def _scan_tokens(sql, first_line=1):
@@ -300,7 +310,8 @@ def _scan_tokens(sql, first_line=1):
             if depth > 0 or atomic > 0:
                 i = j + 1
                 continue
-            i = _end_statement(sql, start, j, lines, statements, problems)
+            i, statement = _end_statement(sql, start, j, lines, problems)
+            statements.append(statement)
             start = -1
         elif ch == '-':
             i = match.end()

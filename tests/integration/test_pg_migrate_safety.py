@@ -4,6 +4,7 @@ found in review: every point is reproduced against a real PostgreSQL."""
 import os
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -253,10 +254,16 @@ def test_changed_is_true_when_the_database_changed_before_a_failure(pg_db, tmp_p
     assert result['changed'] is True and result['applied'] == ['001_a.sql']
     _, again = failure(pg_db, path)  # nothing new applied, nothing created: unchanged
     assert again['changed'] is False and again['applied'] == []
+    # The first file's transaction also creates the tracking table: when it fails, nothing changed at all.
     fresh = write(tmp_path / 'f', {'001_bad.sql': 'INSERT INTO missing VALUES (1);'})
     _, result = failure(pg_db, fresh, table='fresh_migrations')
-    assert result['changed'] is True and result['applied'] == []  # the tracking table was created
-    assert exists(pg_db, 'fresh_migrations')
+    assert result['changed'] is False and result['applied'] == []
+    assert not exists(pg_db, 'fresh_migrations')
+    # Outside a transaction the table is created first, and the failure is recorded in it.
+    outside = write(tmp_path / 'o', {'001_bad.sql': 'CREATE INDEX CONCURRENTLY bad ON missing (x);'})
+    _, result = failure(pg_db, outside, table='outside_migrations')
+    assert result['changed'] is True and exists(pg_db, 'outside_migrations')
+    assert query(pg_db, 'SELECT name, success FROM outside_migrations') == [('001_bad.sql', False)]
 
 
 # -- locks -------------------------------------------------------------------------------------------------------
@@ -335,7 +342,7 @@ def test_statement_timeout(pg_db, tmp_path):
 
 
 def test_lock_holder_message_names_only_sessions_of_the_same_database(pg_server, pg_db, tmp_path):
-    name = 'lockother_' + str(os.getpid())
+    name = 'lockother_' + uuid.uuid4().hex[:8]
     pg_server.query('CREATE DATABASE %s' % name)
     key = lock_key('public.schema_migrations')
     elsewhere = here = None
@@ -385,7 +392,7 @@ def test_mixed_case_and_schema_qualified_tables_work_on_the_second_run(pg_db, tm
 # -- the session between files ---------------------------------------------------------------------------------------
 def test_session_state_does_not_leak_into_the_next_file_and_the_lock_is_kept(pg_server, pg_db, tmp_path):
     # As the database owner (not a superuser), like the deploy.
-    user = 'owner_%d' % os.getpid()
+    user = 'owner_' + uuid.uuid4().hex[:8]
     pg_server.query("CREATE ROLE %s LOGIN PASSWORD 'pw'; CREATE ROLE %s_helper" % (user, user))
     pg_server.query('GRANT %s_helper TO %s' % (user, user))
     pg_server.query('ALTER DATABASE %s OWNER TO %s' % (pg_db['login_db'], user))
