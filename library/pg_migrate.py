@@ -35,7 +35,8 @@ description:
     together with nothing applied (also in check mode): an unparseable file, a psql meta-command (C(\\i),
     C(\\set)), C(COPY ... FROM STDIN), a transaction statement in the middle of a file, a file wrapped in
     C(BEGIN; ... ROLLBACK;), an unresolved placeholder, a down section marker in a file of a layout without
-    sections."
+    sections. A first pending file of 4 MB or more is read and checked while it runs, inside its transaction, and
+    committed only once all of it is checked (a problem found late rolls it back)."
   - "Transactions: a file wrapped in C(BEGIN; ... COMMIT;) is unwrapped and its options (C(BEGIN ISOLATION LEVEL
     SERIALIZABLE)) are honoured with C(SET TRANSACTION). A file whose statements all refuse a transaction block
     (C(CREATE INDEX CONCURRENTLY), C(VACUUM), C(ALTER SYSTEM), C(CREATE DATABASE) ...) runs outside a transaction,
@@ -56,7 +57,8 @@ description:
   - Each file runs statement by statement, so a failure names the file, the line of the failing statement and
     PostgreSQL's message; the failing file is rolled back completely (with its tracking row), later files are not
     run and files before it stay applied. RV(changed) is true whenever the database was changed, also when the
-    run then failed.
+    run then failed. The tracking table is created (and a takeover or baseline recorded) in the first migration's
+    transaction when it has one, so a run that fails on its first file changes nothing.
   - "Tracking table: a table left by the bot's older runner (only a C(version) or C(filename) column, or
     C(version) and C(applied_at)) is adopted: missing columns are added, old rows kept. A table of another tool is
     never adopted or altered: a C(schema_migrations) with golang-migrate's C(dirty) column, or with dbmate's single
