@@ -1,7 +1,7 @@
 """Verify shipping new bot versions on the converged VPS (issue: safe redeploy with automatic rollback).
 
 The versions are examples/bot copied into a temporary directory on the controller with small edits, shipped with
-playbooks/redeploy.yml -e app_source_dir=<copy>: v2 adds a migration and must ship with the data intact; v3
+make redeploy SOURCE=<copy>: v2 adds a migration and must ship with the data intact; v3
 crashes at start and v4 carries a failing migration, and both must leave v2 running and healthy. Then an
 explicit rollback, the clean redeploy (refused without the confirmation; with it, a verified backup and a fresh
 database with every migration), and a no-change redeploy. The clean redeploy runs the default source
@@ -14,7 +14,7 @@ import re
 import shutil
 
 import pytest
-from conftest import BOT, DB, PROJECT, container_health, psql, run_playbook, wait_healthy
+from conftest import BOT, DB, PROJECT, container_health, psql, run_make, run_playbook, wait_healthy
 
 CURRENT = '/opt/soulnear/app/current'
 AUDIT_LOG = '/var/log/soulnear/audit.log'
@@ -46,8 +46,8 @@ def versions(tmp_path_factory):
         v4=make('v4', {'004_profiles.sql': PROFILES, '005_broken.sql': BROKEN}))
 
 
-def redeploy(source, *args):
-    return run_playbook('playbooks/redeploy.yml', '-e', 'app_source_dir=%s' % source, *args)
+def redeploy(source):
+    return run_make('redeploy', 'SOURCE=%s' % source)
 
 
 def flat(proc):
@@ -125,7 +125,7 @@ def test_v4_with_a_failing_migration_applies_nothing_and_keeps_v2(host, versions
 
 def test_rollback_starts_the_previous_version(host):
     v2 = running_version(host)
-    proc = run_playbook('playbooks/rollback.yml')
+    proc = run_make('rollback')
     assert proc.returncode == 0, proc.stdout[-4000:]
     v1 = running_version(host)
     assert v1 != v2 and current_release(host) == v1
@@ -137,7 +137,7 @@ def test_clean_redeploy_without_confirmation_refuses_and_changes_nothing(host):
     db_before = host.check_output('docker inspect -f "{{.Id}}" %s', DB)
     bot_before = bot_id(host)
     users = psql(host, 'SELECT count(*) FROM users')
-    proc = run_playbook('playbooks/redeploy-clean.yml')
+    proc = run_make('redeploy-clean')
     assert proc.returncode != 0
     assert 'make redeploy-clean CONFIRM=soul_bot' in flat(proc)
     assert host.check_output('docker inspect -f "{{.Id}}" %s', DB) == db_before
@@ -149,7 +149,7 @@ def test_clean_redeploy_without_confirmation_refuses_and_changes_nothing(host):
 def test_clean_redeploy_backs_up_then_starts_on_a_fresh_database(host):
     identity = psql(host, 'SELECT system_identifier FROM pg_control_system()')
     psql(host, "INSERT INTO users (id, username) VALUES (777002, 'before-clean') ON CONFLICT DO NOTHING")
-    proc = run_playbook('playbooks/redeploy-clean.yml', '-e', 'confirm=soul_bot')
+    proc = run_make('redeploy-clean', 'CONFIRM=soul_bot')
     assert proc.returncode == 0, proc.stdout[-5000:]
     path = re.search(r'path: (/\S+/backup_\d{8}_\d{6}\.dump)', proc.stdout).group(1)
     assert host.file(path).exists and host.file(path + '.sha256').exists
@@ -169,11 +169,11 @@ def test_clean_redeploy_backs_up_then_starts_on_a_fresh_database(host):
 
 def test_nothing_to_redeploy_changes_nothing(host):
     before = bot_id(host)
-    proc = run_playbook('playbooks/redeploy.yml')
+    proc = run_make('redeploy')
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert 'nothing to do' in proc.stdout
     assert re.search(r'changed=0 ', proc.stdout), proc.stdout[-2000:]
     assert bot_id(host) == before
-    migrate = run_playbook('playbooks/migrate.yml')
+    migrate = run_make('migrate')
     assert migrate.returncode == 0 and re.search(r'changed=0 ', migrate.stdout), migrate.stdout[-3000:]
     assert bot_id(host) == before
