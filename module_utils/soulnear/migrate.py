@@ -1831,27 +1831,34 @@ class Migrator:
             self._apply_prepared(conn, mfile, prelude=prelude)
             return
         self._reset_session(conn)
-        found, outcome, items, cancel = [], {}, queue.Queue(maxsize=256), threading.Event()
-
-        def offer(item):
-            while not cancel.is_set():
-                try:
-                    items.put(item, timeout=0.2)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+        # Statements go over in batches and the queue never blocks the reader: it finishes its scan quickly
+        # (the statements are kept anyway) instead of competing for the interpreter for the whole run.
+        found, outcome, batches, cancel = [], {}, queue.Queue(), threading.Event()
 
         def produce():
+            batch, size = [], 0
             try:
                 for item in iter_statements(body, first_line, found):
-                    if not offer(item):
-                        return
+                    batch.append(item)
+                    size += len(item[1])
+                    if len(batch) >= 512 or size >= 1 << 20:
+                        if cancel.is_set():
+                            return
+                        batches.put(batch)
+                        batch, size = [], 0
             except SqlSplitError as exc:
                 outcome['split'] = exc
             except Exception as exc:  # noqa: BLE001 - handed to the applying thread
                 outcome['crash'] = exc
-            offer(None)
+            batches.put(batch)
+            batches.put(None)
+
+        def statements_as_read():
+            while True:
+                batch = batches.get()
+                if batch is None:
+                    return
+                yield from batch
 
         reader = threading.Thread(target=produce, name='pg_migrate scan', daemon=True)
         reader.start()
@@ -1860,10 +1867,7 @@ class Migrator:
         conn.autocommit = False
         try:
             with conn.cursor() as cur:
-                while True:
-                    item = items.get()
-                    if item is None:
-                        break
+                for item in statements_as_read():
                     raw.append(item)
                     if stop or found:
                         stop = True
@@ -1913,7 +1917,7 @@ class Migrator:
                 if error is not None and getattr(error[1], 'pgcode', None) != '55P03':
                     conn.rollback()
                     (line, statement), exc = error
-                    raise self._failure(mfile, mfile, line, statement, exc, None, 0) from None
+                    raise self._failure(mfile, mfile if statement else None, line, statement, exc, None, 0) from None
                 if error is not None or not transactional:
                     # A lock timeout (retried with backoff and named), or a file that runs outside a transaction.
                     conn.rollback()
