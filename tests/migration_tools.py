@@ -286,10 +286,18 @@ def record_history(tool, server, params, names, directory):
 
 
 # -- comparing results -----------------------------------------------------------------------------------
+def _restrict_key(server):
+    """pg_dump 15.14+/16.10+ writes a random \\restrict key unless given one; older ones know no such option."""
+    if not hasattr(server, '_restrict_key'):
+        proc = subprocess.run([server.bin('pg_dump'), '--help'], capture_output=True, text=True)
+        server._restrict_key = ['--restrict-key=soulnear'] if '--restrict-key' in proc.stdout else []
+    return server._restrict_key
+
+
 def schema(server, params, exclude=HISTORY_TABLES):
     """pg_dump --schema-only of a database without the migration tools' own tables, comments stripped."""
-    args = [server.bin('pg_dump'), '--schema-only', '--no-owner', '--no-privileges', '--restrict-key=soulnear',
-            '-h', params['login_host'], '-p', str(params['login_port']), '-U', params['login_user']]
+    args = [server.bin('pg_dump'), '--schema-only', '--no-owner', '--no-privileges'] + _restrict_key(server) + [
+        '-h', params['login_host'], '-p', str(params['login_port']), '-U', params['login_user']]
     for table in exclude:
         args += ['-T', table, '-T', table + '_*']
     proc = subprocess.run(args + [params['login_db']], env=dict(os.environ, PGPASSWORD=SUPERUSER_PASSWORD),
@@ -299,9 +307,9 @@ def schema(server, params, exclude=HISTORY_TABLES):
 
 def table_dump(server, params, table):
     """DDL and rows of one table, to show it was not touched."""
-    args = [server.bin('pg_dump'), '--no-owner', '--no-privileges', '--restrict-key=soulnear', '--inserts',
-            '-h', params['login_host'], '-p', str(params['login_port']), '-U', params['login_user'], '-t', table,
-            params['login_db']]
+    args = [server.bin('pg_dump'), '--no-owner', '--no-privileges', '--inserts'] + _restrict_key(server) + [
+        '-h', params['login_host'], '-p', str(params['login_port']), '-U', params['login_user'], '-t', table,
+        params['login_db']]
     proc = subprocess.run(args, env=dict(os.environ, PGPASSWORD=SUPERUSER_PASSWORD), capture_output=True,
                           text=True, check=True)
     return proc.stdout
