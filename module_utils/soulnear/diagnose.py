@@ -6,6 +6,11 @@
 diagnose(config) reads what a person would look at after an incident - PostgreSQL's logs, container
 restarts and OOM kills, the data volume, disk, the kernel's OOM killer, memory, the Docker daemon - over
 a look-back window, and returns the anomalies (each with its fix) plus a readable report (render_diagnosis).
+
+An operator who has dealt with an incident acknowledges it (`soulnear-health diagnose --acknowledge`,
+acknowledge()): the look-back window then starts at the acknowledgement, and a container's restarts count only
+beyond the restart count it had then, so the next diagnosis shows what happened since, not the incident again
+for a day.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -49,6 +54,7 @@ DIAGNOSE_DEFAULTS = dict(
     journal=True,
     dmesg=True,
     keep_reports=30,
+    ack_file=None,
 )
 
 
@@ -217,9 +223,12 @@ def _check_containers(diag, config):
                          'make restart, then %s' % logs)
         elif state['health'] == 'unhealthy':
             diag.anomaly('containers', 'container %s is unhealthy' % name, logs)
-        if state['restart_count']:
-            diag.anomaly('containers', 'Docker restarted %s %d time(s) since it was last started by hand'
-                         % (name, state['restart_count']), '%s shows why it exited' % logs)
+        acknowledged = int((config.get('acknowledged_restarts') or {}).get(name) or 0)
+        if state['restart_count'] > acknowledged:
+            diag.anomaly('containers', 'Docker restarted %s %d time(s) since it was last started by hand%s'
+                         % (name, state['restart_count'] - acknowledged,
+                            ' (beyond the %d acknowledged)' % acknowledged if acknowledged else ''),
+                         '%s shows why it exited' % logs)
         if state.get('oom_killed'):
             oom.append(name)
             diag.anomaly('memory', 'container %s was killed by the OOM killer' % name,
@@ -401,11 +410,49 @@ def _check_docker_daemon(diag, config, since):
     diag.section('Docker daemon', lines)
 
 
+def read_acknowledgement(path):
+    """{at (aware datetime), restart_counts, by} of the last acknowledgement, or None."""
+    if not path:
+        return None
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+        at = datetime.fromisoformat(data['at'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dict(at=at if at.tzinfo else at.replace(tzinfo=timezone.utc), restart_counts=data.get('restart_counts')
+                or {}, by=data.get('by'))
+
+
+def acknowledge(config, by=None, now=None):
+    """Record that the anomalies up to now were dealt with: the next diagnoses look back no further than now, and
+    count container restarts beyond today's counts. Returns the acknowledgement written."""
+    config = dict(DIAGNOSE_DEFAULTS, **dict((k, v) for k, v in config.items() if v is not None))
+    if not config.get('ack_file'):
+        raise ValueError('no ack_file configured')
+    counts = {}
+    for key in ('db_container', 'bot_container'):
+        name = config.get(key)
+        if name:
+            try:
+                counts[name] = containers.container_state(name)['restart_count']
+            except containers.DockerError:
+                pass
+    now = now or datetime.now(timezone.utc)
+    data = dict(at=now.isoformat(timespec='seconds'), restart_counts=counts, by=by or socket.gethostname())
+    write_private(config['ack_file'], json.dumps(data, sort_keys=True))
+    return data
+
+
 def diagnose(config, now=None):
     """Run the diagnostics checklist; config: containers, volume, log/backup dirs and DIAGNOSE_DEFAULTS keys."""
     config = dict(DIAGNOSE_DEFAULTS, **dict((k, v) for k, v in config.items() if v is not None))
     now = now or datetime.now(timezone.utc)
     since = now - timedelta(hours=float(config['since_hours']))
+    ack = read_acknowledgement(config.get('ack_file'))
+    if ack and ack['at'] > since:
+        since = ack['at']
+    config['acknowledged_restarts'] = (ack or {}).get('restart_counts') or {}
     diag = Diagnosis()
     _scan_postgres_logs(diag, config, since)
     oom_containers = _check_containers(diag, config)
@@ -416,7 +463,8 @@ def diagnose(config, now=None):
     _check_docker_daemon(diag, config, since)
     return dict(host=socket.gethostname(), generated_at=now.isoformat(timespec='seconds'),
                 since=since.isoformat(timespec='seconds'), anomalies=diag.anomalies, sections=diag.sections,
-                summary=diagnosis_summary(diag.anomalies))
+                summary=diagnosis_summary(diag.anomalies),
+                acknowledged=dict(at=ack['at'].isoformat(timespec='seconds'), by=ack['by']) if ack else None)
 
 
 def diagnosis_summary(anomalies):
@@ -427,8 +475,10 @@ def diagnosis_summary(anomalies):
 
 
 def render_diagnosis(result):
-    out = ['SoulNear diagnostics for %s' % result['host'], 'generated %s, looking back to %s'
-           % (result['generated_at'], result['since']), '']
+    out = ['SoulNear diagnostics for %s' % result['host'], 'generated %s, looking back to %s%s'
+           % (result['generated_at'], result['since'], ' (anomalies acknowledged %s by %s)' % (
+               result['acknowledged']['at'], result['acknowledged']['by']) if result.get('acknowledged') else ''),
+           '']
     out += ['== Summary'] + result['summary'] + ['']
     for section in result['sections']:
         out.append('== %s' % section['title'])

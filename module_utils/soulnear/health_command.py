@@ -19,7 +19,7 @@ from datetime import datetime
 
 from . import guard
 from .checks import report_lines, run_checks
-from .diagnose import diagnose, write_diagnosis
+from .diagnose import acknowledge, diagnose, write_diagnosis
 from .files import append_line, lock, remove
 from .monitor import Config, Monitor, local_now, pause, snapshot_line
 from .pg import ConnectError, connect
@@ -51,6 +51,8 @@ def _parser(config_path, monitoring_path):
     hold.add_argument('--minutes', type=float, default=30, help='length of the window (default %(default)s)')
     hold.add_argument('--reason', default='maintenance', help='shown in health.log')
     sub.add_parser('resume', help='end the maintenance window now')
+    sub.add_parser('acknowledge', help='an incident was dealt with: diagnose looks back no further than now (and '
+                   'counts only new container restarts), and the monitor\'s restart budget starts over')
     data = sub.add_parser('guard', help='the data-loss guard: show its record, or clear its flag')
     data.add_argument('action', nargs='?', choices=['status', 'clear'], default='status')
     data.add_argument('--confirm', help='clear: the database name, to accept the current database as the real data')
@@ -144,6 +146,20 @@ def main(argv=None, config_path=DEFAULT_CONFIG, monitoring_config_path=DEFAULT_M
         return 0
     if command == 'guard':
         return _guard(config, args)
+    if command == 'acknowledge':
+        data = acknowledge(config.diagnose_config())
+        held = _locked(config.monitoring['state_file'], wait=True)
+        try:
+            monitor = Monitor(config)
+            monitor.state['restarts'] = {}
+            monitor.state['alerted'] = dict((k, v) for k, v in monitor.state['alerted'].items()
+                                            if not k.startswith('restart-limit'))
+            monitor._save_state()
+        finally:
+            held.close()
+        print('acknowledged at %s: diagnose looks back no further than now (container restart counts %s), and the '
+              'monitor may restart containers again' % (data['at'], data['restart_counts']))
+        return 0
     held = _locked(config.monitoring['state_file'], wait=True)  # never while the monitor is recovering
     try:
         monitor = Monitor(config)

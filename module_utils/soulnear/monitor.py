@@ -140,7 +140,9 @@ class Config:
     def diagnose_config(self, overrides=None):
         config = dict(db_container=self.db_container, bot_container=(self.base.get('bot') or {}).get('container'),
                       db_volume=self.db_volume, log_dir=self.base.get('log_dir'),
-                      backup_dir=self.base.get('backup_dir'))
+                      backup_dir=self.base.get('backup_dir'),
+                      ack_file=os.path.join(os.path.dirname(os.path.abspath(self.monitoring['state_file'])),
+                                            'diagnose-ack.json'))
         config.update(self.monitoring.get('diagnose') or {})
         config.update(dict((k, v) for k, v in (overrides or {}).items() if v is not None))
         return config

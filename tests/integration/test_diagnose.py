@@ -4,7 +4,8 @@ and log files with planted anomalies.
 
 import json
 import os
-from datetime import datetime, timezone
+import time
+from datetime import datetime, timedelta, timezone
 
 from ansible.module_utils.soulnear import diagnose as soulnear_diagnose
 from ansible.module_utils.soulnear import health_command
@@ -102,3 +103,40 @@ def test_diagnose_command_writes_a_report(own_pg, tmp_path, capsys):
     report = output.read_text()
     assert report.startswith('SoulNear diagnostics for ') and '== Summary' in report and '== Disk' in report
     assert oct(os.stat(output).st_mode & 0o777) == '0o600'
+
+
+def test_acknowledged_anomalies_are_not_reported_again(own_pg, tmp_path, capsys):
+    """After an incident was dealt with, `soulnear-health acknowledge` starts the look-back there: the crash
+    recovery and FATAL lines before it are no anomalies any more, new ones after it are; and the monitor's restart
+    budget starts over."""
+    params = own_pg.params()
+    (tmp_path / 'kern.log').write_text('')
+    args = host_config(tmp_path, params, db_container=own_pg.name,
+                       diagnose=dict(journal=False, dmesg=False, kernel_log=str(tmp_path / 'kern.log'),
+                                     disk_threshold_percent=100, memory_min_available_percent=1))
+    log = tmp_path / 'log' / 'postgres' / 'postgresql.log'
+    log.parent.mkdir(parents=True)
+    before = (datetime.now(timezone.utc) - timedelta(seconds=30)).strftime('%Y-%m-%d %H:%M:%S.000 UTC')
+    log.write_text('%s [7] LOG:  database system was interrupted; last known up at %s\n'
+                   '%s [8] soulnear@soul_bot FATAL:  terminating connection due to unexpected postmaster exit\n'
+                   % (before, before, before))
+
+    def anomalies():
+        assert health_command.main(args + ['diagnose', '--json', '--output', str(tmp_path / 'r.txt')]) == 0
+        return [a['message'] for a in json.loads(capsys.readouterr().out)['anomalies']]
+    found = anomalies()
+    assert any('crash recovery ran once' in m for m in found), found
+    state = tmp_path / 'state' / 'health-state.json'
+    state.parent.mkdir(exist_ok=True)
+    state.write_text(json.dumps(dict(restarts={'database': [time.time()] * 3}, alerted={'restart-limit-database': 1})))
+    assert health_command.main(args + ['acknowledge']) == 0
+    assert 'acknowledged' in capsys.readouterr().out
+    assert json.loads(state.read_text())['restarts'] == {} and json.loads(state.read_text())['alerted'] == {}
+    assert anomalies() == []
+    ack = json.loads((tmp_path / 'state' / 'diagnose-ack.json').read_text())
+    assert ack['restart_counts'] == {own_pg.name: 0}
+    later = (datetime.now(timezone.utc) + timedelta(seconds=5)).strftime('%Y-%m-%d %H:%M:%S.000 UTC')
+    with open(log, 'a') as handle:
+        handle.write('%s [9] FATAL:  role "root" does not exist\n' % later)
+    assert anomalies() == ['1 x FATAL: role "root" does not exist']
+    assert 'anomalies acknowledged' in (tmp_path / 'r.txt').read_text()

@@ -29,10 +29,12 @@ def lab(host):
 
 @pytest.fixture
 def serving(host, lab):
-    """Healthy before, and healthy again after the fault (for the tests after it)."""
+    """Healthy before, and healthy again after the fault, which is then acknowledged as an operator would after an
+    incident: the diagnostics of the tests after it (make diagnose) report what happens from then on."""
     wait_healthy(host)
     yield lab
     wait_healthy(host)
+    lab.acknowledge()
 
 
 def assert_clean(result):
