@@ -34,6 +34,7 @@ import os
 import queue
 import re
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -1861,6 +1862,8 @@ class Migrator:
                 yield from batch
 
         reader = threading.Thread(target=produce, name='pg_migrate scan', daemon=True)
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, 0.0005))  # a statement back from the server waits less for the reader
         reader.start()
         raw, begin, done, stop, error = [], None, 0, False, None
         started = time.time()
@@ -1950,6 +1953,7 @@ class Migrator:
         finally:
             cancel.set()
             reader.join(5)
+            sys.setswitchinterval(switch)
 
     def _prepare_or_raise(self, mfile):
         _, found = prepare(mfile, self.context)
