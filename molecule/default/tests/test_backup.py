@@ -43,8 +43,7 @@ def test_cron_entries_daily_backup_at_2_and_weekly_restore_test(host):
     assert host.service('cron').is_running and host.service('cron').is_enabled
     cron = host.file(CRON_FILE)
     assert cron.exists and cron.user == 'root' and cron.mode == 0o644
-    assert '#Ansible: soulnear backup' in cron.content_string
-    assert '#Ansible: soulnear restore test' in cron.content_string
+    assert 'Ansible managed' in cron.content_string
     jobs = cron_jobs(host)
     schedule, user, job = jobs['backup']
     assert schedule == ['0', '2', '*', '*', '*'] and user == 'root'
