@@ -6,9 +6,11 @@
 scan() splits a script into top-level statements, remembering the line each
 starts on, the way psql does: '...' strings (with '' escapes), E'...' strings
 (backslash escapes), "quoted identifiers", $tag$ dollar quoting $tag$, --
-comments, nested /* */ comments, parentheses (CREATE RULE ... DO (a; b) is one
-statement) and SQL-standard bodies (BEGIN ATOMIC ... END). It is linear: a
-regular expression jumps from one interesting character to the next, so a
+comments, nested /* */ comments, parentheses in CREATE RULE (DO (a; b) is one
+statement; anywhere else the text before a semicolon inside parentheses is a
+syntax error whichever way it is split) and SQL-standard bodies (BEGIN ATOMIC
+... END). It is linear: a regular expression consumes whole statements (strings
+and comments included) in C and stops only where a decision is needed, so a
 50 MB data migration is scanned in C, not character by character in Python.
 
 What psql would do that a server cannot (meta-commands such as \\i or \\set,
@@ -191,7 +193,24 @@ def _fast_pattern():
     return re.compile('(?:%s|%s)*' % (flat, nested))
 
 
+def _flat_pattern():
+    """The same without parentheses (they are plain text): one match per statement in the common case."""
+    other = r"[^;'\"$\\/\-]"
+    ident = r'\w$\x80-\U0010ffff'
+    string = r"'[^']*(?:''[^']*)*'"
+    pieces = (other + '+', r"(?<![eE])" + string,
+              r"(?<=[^%s][eE])'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'" % ident,  # E'...' (an E after no identifier)
+              r"(?<=[%s][eE])" % ident + string,                           # name'...' is a plain string
+              r'"[^"]*(?:""[^"]*)*"', r'--[^\n]*', r'/(?!\*)', r'-(?!-)')
+    return re.compile('(?:%s)*' % '|'.join(pieces))
+
+
 _FAST = _Lazy(_fast_pattern)
+_FLAT = _Lazy(_flat_pattern)
+# The one statement where a semicolon inside parentheses is valid SQL (CREATE RULE ... DO (a; b)). Anywhere else
+# the text before such a semicolon has an unclosed parenthesis, so splitting there only changes which syntax
+# error the server reports.
+_RULE = _Lazy(r'(?i)create\s+(?:or\s+replace\s+)?rule\b')
 _STRING = _Lazy(r"'[^']*(?:''[^']*)*'")
 _IDENT = _Lazy(r'"[^"]*(?:""[^"]*)*"')
 _LEAD = _Lazy(r'(?:\s+|--[^\n]*)*')
@@ -219,9 +238,9 @@ def iter_statements(sql, first_line=1, problems=None):
     between the few decisions; psql-only syntax is appended to `problems`. Raises SqlSplitError."""
     problems = [] if problems is None else problems
     lines = _Lines(sql, first_line)
-    fast, lead = _FAST.match, _LEAD.match
+    flat, nested, lead, rule = _FLAT.match, _FAST.match, _LEAD.match, _RULE.match
     n = len(sql)
-    i, start, depth = 0, -1, 0
+    i, start, depth, fast = 0, -1, 0, flat
     while i < n:
         if start < 0:
             i = lead(sql, i).end()
@@ -238,6 +257,7 @@ def iter_statements(sql, first_line=1, problems=None):
                 i = _meta_command(sql, i, lines, problems)
                 continue
             start, depth = i, 0
+            fast = nested if ch in 'cC' and rule(sql, i) else flat  # parentheses count only in CREATE RULE
         i = fast(sql, i).end()
         if i >= n:
             break

@@ -115,7 +115,8 @@ def test_every_meta_command_is_reported_with_its_line():
 CORPUS = [
     "SELECT 1; SELECT 'a;b'; SELECT \"x;y\" FROM t; SELECT $$;$$, $tag$ $$ ; $tag$;",
     'CREATE FUNCTION f() RETURNS int AS $$ BEGIN RETURN 1; END; $$ LANGUAGE plpgsql;\n-- c;\n/* a /* b; */ c; */ x;',
-    "SELECT E'\\\\'; SELECT (1, (2, (3, (4; 5)))); SELECT ')';",
+    "SELECT E'\\\\'; CREATE OR REPLACE RULE r AS ON DELETE TO t DO INSTEAD (DELETE FROM a WHERE id IN "
+    "(SELECT (1)); NOTIFY x); SELECT ')';",
     "INSERT INTO t VALUES (1, 'a'), (2, E'b\\'c;'), (3, now()), (4, coalesce((SELECT max(x) FROM y), 0));",
     'SELECT a$b, $1, x$$y FROM t;  ;; \n\n SELECT -1 - -2 / 3 ;',
     "CREATE RULE r AS ON UPDATE TO t DO INSTEAD (UPDATE a SET x = ';'; NOTIFY n);\nVALUES ('\u00e9;');",
@@ -131,17 +132,28 @@ def test_fast_scanner_agrees_with_the_token_scanner(sql):
 
 def test_scanning_is_linear_even_for_unbalanced_parentheses():
     import time
-    # A long statement whose outer parenthesis holds something the C pattern stops at ($ and a third level).
-    sql = 'CREATE TABLE x (' + ', '.join('c%d numeric(10, (2))' % i for i in range(20000)) + \
-          ", d text DEFAULT $$a$$);\n" + "SELECT ((((1;\n" * 2000 + ')))) ;'
+    # CREATE RULE counts parentheses (with a C pattern two levels deep): a long rule whose outer parenthesis
+    # holds what the pattern stops at ($ and a third level) must not backtrack exponentially.
+    sql = 'CREATE RULE r AS ON INSERT TO t DO ALSO (' + '; '.join(
+        'INSERT INTO log VALUES (%d, numeric(10, (2)), $$a$$)' % i for i in range(20000)) + ');\n' + \
+        'SELECT ((((1;\n' * 2000 + ')))) ;'
     started = time.perf_counter()
     script = sqlmod.scan(sql)
     assert time.perf_counter() - started < 2.0
-    assert len(script.statements) == 2
+    assert len(script.statements) == 2002 and script.statements[0][1].endswith('$$a$$))')
     big = "INSERT INTO t VALUES " + ', '.join("(%d, 'r%d', E'x\\\\n')" % (i, i) for i in range(100000)) + ';'
     started = time.perf_counter()
     assert len(sqlmod.scan(big * 3).statements) == 3
     assert time.perf_counter() - started < 3.0
+
+
+def test_a_semicolon_inside_parentheses_ends_a_statement_outside_create_rule():
+    # psql would keep reading; the text before such a semicolon has an unclosed parenthesis either way, so the
+    # server refuses it: splitting there changes which syntax error is reported, never what runs.
+    assert [t for _, t in split_statements('SELECT (1; SELECT 2);')] == ['SELECT (1', 'SELECT 2)']
+    assert [t for _, t in split_statements('create or replace rule r as on insert to t do also (select 1; '
+                                           'select 2);')] == ['create or replace rule r as on insert to t do also '
+                                                              '(select 1; select 2)']
 
 
 def test_statements_that_refuse_a_transaction_block():
