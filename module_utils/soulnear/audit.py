@@ -25,6 +25,8 @@ import socket
 import sys
 from datetime import datetime, timezone
 
+from . import metrics
+
 EVENTS = ('deploy', 'rollback', 'migrate', 'restore', 'clean-redeploy')
 RESULTS = ('success', 'failed', 'rolled back', 'rollback failed', 'refused')
 FIELDS = ('time', 'event', 'who', 'host', 'from_version', 'to_version', 'result', 'failed_step', 'duration',
@@ -44,6 +46,7 @@ def entry(event, who=None, from_version=None, to_version=None, result='success',
     return record
 
 
+@metrics.audit_written
 def write(path, record):
     """Append one record as one line (the directory is created when missing; the file is 0640)."""
     directory = os.path.dirname(os.path.abspath(path))
