@@ -43,37 +43,53 @@ def address(instance):
     return out[0]
 
 
-def known_host(ip, path):
-    """ssh-keyscan, as the README tells an operator to do before the first deploy."""
+def known_host(ip, alias, path):
+    """ssh-keyscan, as the README tells an operator to do before the first deploy; the keys are recorded under
+    the VPS's name (HostKeyAlias), so a restart that gives it another address keeps them valid."""
     deadline = time.time() + 120
     while True:
         proc = subprocess.run(['ssh-keyscan', '-T', '5', ip], capture_output=True, text=True)
         if proc.stdout.strip():
             with open(path, 'w') as handle:
-                handle.write(proc.stdout)
+                for line in proc.stdout.splitlines():
+                    if line and not line.startswith('#'):
+                        handle.write(alias + ' ' + line.split(None, 1)[1] + '\n')
             return
         if time.time() > deadline:
             sys.exit('sshd on %s did not answer within 120 s: %s' % (ip, proc.stderr))
         time.sleep(2)
 
 
+def refresh(instance, hosts_file):
+    """Point the inventory at the VPS's current address (a restart of the VPS may change it)."""
+    with open(hosts_file) as handle:
+        hosts = yaml.safe_load(handle)
+    server = hosts['soulnear']['hosts'][instance]
+    ip = address(instance)
+    if server['ansible_host'] != ip:
+        server['ansible_host'] = ip
+        with open(hosts_file, 'w') as handle:
+            yaml.safe_dump(hosts, handle, sort_keys=False)
+
+
 def main():
     instance = sys.argv[1]
     hosts_file = os.path.join(INVENTORY, 'hosts.yml')
     if os.path.exists(hosts_file):
+        refresh(instance, hosts_file)
         print(hosts_file)
         return
     ip = address(instance)
     key = os.path.join(EPHEMERAL, 'id_ed25519')
     known_hosts = os.path.join(EPHEMERAL, 'known_hosts')
-    known_host(ip, known_hosts)
+    known_host(ip, instance, known_hosts)
     shutil.copytree(os.path.join(PROJECT, 'inventory', 'production'), INVENTORY)
 
     with open(hosts_file) as handle:
         hosts = yaml.safe_load(handle)
     server = hosts['soulnear']['hosts'].pop('bot-server')
     server.update(ansible_host=ip, ansible_user='deploy', ansible_ssh_private_key_file=key,
-                  ansible_ssh_common_args='-o UserKnownHostsFile=%s' % known_hosts)
+                  ansible_ssh_common_args='-o UserKnownHostsFile=%s -o HostKeyAlias=%s' % (known_hosts, instance))
     hosts['soulnear']['hosts'][instance] = server
     with open(hosts_file, 'w') as handle:
         yaml.safe_dump(hosts, handle, sort_keys=False)

@@ -46,9 +46,13 @@ def instance_name():
 
 
 def operator_inventory():
-    """(hosts.yml, vault password file) of the operator's inventory converge wrote (SSH, inline vault)."""
+    """(hosts.yml, vault password file) of the operator's inventory converge wrote (SSH, inline vault), pointed
+    at the VPS's current address (a test that restarts the VPS may change it)."""
     ephemeral = os.environ['MOLECULE_EPHEMERAL_DIRECTORY']
-    return (os.path.join(ephemeral, 'operator-inventory', 'hosts.yml'), os.path.join(ephemeral, 'vault-password'))
+    writer = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'operator_inventory.py')
+    hosts = subprocess.run([os.path.join(PROJECT, '.venv', 'bin', 'python'), writer, instance_name()], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    return hosts, os.path.join(ephemeral, 'vault-password')
 
 
 def _playbook_command(playbook, args):

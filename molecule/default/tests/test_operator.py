@@ -43,17 +43,16 @@ def test_make_reaches_a_host_behind_a_jump_host(host, tmp_path):
     shutil.copytree(os.path.dirname(inventory), str(jumped))
     with open(inventory) as handle:
         hosts = yaml.safe_load(handle)
-    (name, server), = hosts['soulnear']['hosts'].items()
-    key, known = server['ansible_ssh_private_key_file'], server['ansible_ssh_common_args'].split('=', 1)[1]
-    server['ansible_ssh_common_args'] = (
-        '-o UserKnownHostsFile=%s -o ProxyCommand="ssh -o UserKnownHostsFile=%s -i %s -W %%h:%%p deploy@%s"'
-        % (known, known, key, server['ansible_host']))
+    (_name, server), = hosts['soulnear']['hosts'].items()
+    key, common = server['ansible_ssh_private_key_file'], server['ansible_ssh_common_args']
+    server['ansible_ssh_common_args'] = '%s -o ProxyCommand="ssh %s -i %s -W %%h:%%p deploy@%s"' % (
+        common, common, key, server['ansible_host'])
     (jumped / 'hosts.yml').write_text(yaml.safe_dump(hosts))
     proc = run_make('ps', 'INVENTORY=%s' % (jumped / 'hosts.yml'), vault=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'soulnear_bot' in proc.stdout
     # The same command without the jump fails when the proxy is broken: the option is really used.
-    server['ansible_ssh_common_args'] = '-o UserKnownHostsFile=%s -o ProxyCommand="false"' % known
+    server['ansible_ssh_common_args'] = '%s -o ProxyCommand="false"' % common
     (jumped / 'hosts.yml').write_text(yaml.safe_dump(hosts))
     broken = run_make('ps', 'INVENTORY=%s' % (jumped / 'hosts.yml'), vault=False)
     assert broken.returncode != 0
