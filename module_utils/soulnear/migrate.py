@@ -40,9 +40,10 @@ import time
 import zlib
 
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
-from .sql import (Facts, SqlSplitError, begin_modes, dbmate_section, down_marker, goose_section, has_atomic_body,
-                  is_commit, is_rollback, iter_statements, line_of_position, outside_transaction, placeholders_in,
-                  replace_placeholders, scan, sql_migrate_section, waits_by_design)
+from .sql import (WATCHED_WORDS, Facts, SqlSplitError, begin_modes, dbmate_section, down_marker, first_word_upper,
+                  goose_section, has_atomic_body, is_commit, is_rollback, iter_statements, line_of_position,
+                  outside_transaction, placeholders_in, replace_placeholders, scan, sql_migrate_section,
+                  waits_by_design)
 
 if psycopg2 is not None:
     from psycopg2 import sql as pgsql
@@ -1890,10 +1891,11 @@ class Migrator:
                             stop, error = True, (item if modes else (0, ''), exc)
                         if begin is not None or stop:
                             continue
-                    facts = Facts([item], self.context.server_version)
-                    if facts.control or facts.outside or facts.discard_all:
-                        stop = True  # decided once the whole file is read
-                        continue
+                    if first_word_upper(item[1]) in WATCHED_WORDS:
+                        facts = Facts([item], self.context.server_version)
+                        if facts.control or facts.outside or facts.discard_all:
+                            stop = True  # decided once the whole file is read
+                            continue
                     try:
                         cur.execute(item[1])
                         done += 1

@@ -460,6 +460,17 @@ _CONTROL_WORDS = frozenset(('BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABOR
 _DISCARD_ALL = _Lazy(r'(?is)^discard\s+all\b')
 
 
+def first_word_upper(statement, _match=_WORD.match):
+    match = _match(statement)
+    return match.group(0).upper() if match else ''
+
+
+# First words after which a statement may control the transaction, refuse one, or be DISCARD ALL (Facts looks
+# closer); a data load's INSERTs are passed with one match and a set lookup.
+WATCHED_WORDS = frozenset(('BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT', 'PREPARE', 'CREATE', 'DROP',
+                           'REINDEX', 'ALTER', 'VACUUM', 'CLUSTER', 'DISCARD'))
+
+
 class Facts:
     """What the statements of a file need, from one pass over them (the first word decides what to look at)."""
 

@@ -225,3 +225,8 @@ def test_flyway_placeholders():
                                                 {'schema': 'app', 'x': 'X'})
     assert text == "CREATE TABLE app.t (v text DEFAULT 'X'); ${y}" and missing == ['y']
     assert sqlmod.placeholders_in('${a} ${b} ${a} $$ ${flyway:user}') == ['a', 'b', 'flyway:user']
+
+
+def test_watched_words_cover_every_statement_facts_looks_at():
+    assert sqlmod._CONTROL_WORDS | set(sqlmod._OUTSIDE) | {'ALTER', 'DISCARD'} <= sqlmod.WATCHED_WORDS
+    assert sqlmod.first_word_upper('  insert into t') == '' and sqlmod.first_word_upper('vacuum t') == 'VACUUM'
