@@ -271,9 +271,11 @@ def fault_reboot(lab, limit=300):
     writer = lab.start_writer(name)
     time.sleep(2)
     before = len(lab.health_lines())
+    started = time.time()
     lab.reboot_host()
     seconds = lab.healthy_again(limit)
-    result = _result(name, seconds is not None, seconds)
+    # From the moment the host went down: the shutdown and boot count too.
+    result = _result(name, seconds is not None, None if seconds is None else round(time.time() - started, 1))
     lines = lab.monitor_runs_after(before, minimum=2, timeout=240)
     reboot_alerts = [a for a in lab.alerts(lines) if a.startswith('the host restarted')]
     result['notes'].append('reboot alerts: %s' % reboot_alerts)
