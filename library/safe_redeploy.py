@@ -88,6 +88,14 @@ options:
     description: The migration tracking table (as C(pg_migrate)'s O(ignore:table)).
     type: str
     default: schema_migrations
+  migration_options:
+    description:
+      - Further C(pg_migrate) options for the migrations of a deploy, by their C(pg_migrate) names - C(format),
+        C(placeholders), C(takeover), C(takeover_table), C(drift), C(baseline), C(out_of_order), C(lock_timeout),
+        C(ddl_lock_timeout), C(ddl_lock_retries), C(statement_timeout) (see C(ansible-doc -M library pg_migrate)).
+      - A team coming from another migration tool sets C(format) and C(takeover) here for its first deploy.
+    type: dict
+    default: {}
   applied_by:
     description: Recorded as who applied the migrations (default user@host of the module).
     type: str
@@ -348,12 +356,14 @@ duration:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.containers import DockerError
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
-from ansible.module_utils.soulnear.redeploy import ACTIONS, BACKUP_MODES, DEFAULTS, RedeployError, Redeployer
+from ansible.module_utils.soulnear.redeploy import (
+    ACTIONS, BACKUP_MODES, DEFAULTS, MIGRATION_OPTIONS, RedeployError, Redeployer)
 
 _TYPES = dict(
     action=dict(type='str', choices=list(ACTIONS)), name=dict(type='str'), image=dict(type='str'),
     image_name=dict(type='str'), version=dict(type='str'), releases_dir=dict(type='path'),
     current_link=dict(type='path'), migrations_subdir=dict(type='str'), migrations_table=dict(type='str'),
+    migration_options=dict(type='dict'),
     applied_by=dict(type='str'), env_file=dict(type='path'), network=dict(type='str'),
     restart_policy=dict(type='str'), stop_timeout=dict(type='int'), labels=dict(type='dict'),
     healthy_timeout=dict(type='int'), settle_seconds=dict(type='float'),
@@ -390,6 +400,10 @@ def main():
                            required_if=[('action', 'deploy', ('image', 'version'))])
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+    unknown = sorted(set(module.params['migration_options']) - set(MIGRATION_OPTIONS))
+    if unknown:
+        module.fail_json(msg='migration_options: unknown option(s) %s; the options a deploy can pass to pg_migrate are '
+                         '%s' % (', '.join(unknown), ', '.join(MIGRATION_OPTIONS)))
     try:
         redeployer = Redeployer(module.params, check_mode=module.check_mode, warn=module.warn)
         result = redeployer.run()

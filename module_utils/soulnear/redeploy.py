@@ -78,6 +78,11 @@ DEFAULT_MARKERS = [
 DEFAULT_ERROR_PATTERNS = ['Traceback', 'does not exist', 'FATAL', 'PANIC',
                           'terminated by other getUpdates request']
 
+# pg_migrate options a deploy may pass on (the app role's app_migration_options): layouts of other tools,
+# placeholders, taking over another tool's history, lock and statement timeouts.
+MIGRATION_OPTIONS = ('format', 'placeholders', 'takeover', 'takeover_table', 'drift', 'baseline', 'out_of_order',
+                     'lock_timeout', 'ddl_lock_timeout', 'ddl_lock_retries', 'statement_timeout')
+
 # The module's options besides the connection ones (pg.connection_argument_spec): type and default, once.
 DEFAULTS = dict(
     action='deploy',
@@ -89,6 +94,7 @@ DEFAULTS = dict(
     current_link='/opt/soulnear/app/current',
     migrations_subdir='database/migrations',
     migrations_table='schema_migrations',
+    migration_options={},
     applied_by=None,
     env_file=None,
     network=None,
@@ -403,7 +409,8 @@ class Redeployer:
             raise _StepFailed('preflight', 'the migrations directory %s does not exist: the release is incomplete; '
                               'ship it again (run the app role)' % migrations_dir)
         try:
-            state = migration_status(self.conn, migrations_dir, self.params['migrations_table'])
+            state = migration_status(self.conn, migrations_dir, self.params['migrations_table'],
+                                     self.params['migration_options'].get('format') or 'auto')
             if state['pending'] or state['failed'] or state['drift']:
                 Migrator(self.migrate_params(migrations_dir), check_mode=True, warn=self.warn).run()
         except MigrationError as exc:
@@ -413,7 +420,8 @@ class Redeployer:
         return state['pending']
 
     def migrate_params(self, migrations_dir):
-        params = dict(self.conn, path=migrations_dir, table=self.params['migrations_table'])
+        params = dict(self.params['migration_options'])
+        params.update(self.conn, path=migrations_dir, table=self.params['migrations_table'])
         if self.params['applied_by']:
             params['applied_by'] = self.params['applied_by']
         return params
