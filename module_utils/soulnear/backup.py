@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import time
 
+from . import metrics
 from .backup_files import FAILURES as FAILURES_DB
 from .backup_files import (
     SIDECAR_SUFFIX, BackupError, DirLock, ensure_dir, list_backups, null_log, parse_name, pattern_regex,
@@ -138,6 +139,7 @@ def preflight(settings, directory, db=None):
     return dict(database=db, database_size=db_size, server_version=version, free=free, estimate=estimate)
 
 
+@metrics.backup_run
 def create_backup(settings, check_mode=False, log=null_log, directory=None, pattern=None, retention=True,
                   offsite=True, db=None, lock=True):
     """Take one verified backup; returns the result dict the modules and the host command report."""

@@ -202,7 +202,7 @@ def check_connections(conn, warn_percent):
 
 # -- containers, backups, disk --------------------------------------------------------------------
 
-def _docker_time(value):
+def docker_time(value):
     """Docker's RFC 3339 time (nanoseconds, Z) as epoch seconds; None when unset."""
     if not value or value.startswith('0001-'):
         return None
@@ -229,7 +229,7 @@ def container_facts(name):
     return dict(name=name, exists=True, running=bool(state.get('Running')), status=state.get('Status'),
                 restarting=bool(state.get('Restarting')), health=(state.get('Health') or {}).get('Status'),
                 restart_count=int(data.get('RestartCount', 0)), started_at=state.get('StartedAt'),
-                started=_docker_time(state.get('StartedAt')), exit_code=state.get('ExitCode'),
+                started=docker_time(state.get('StartedAt')), exit_code=state.get('ExitCode'),
                 oom_killed=bool(state.get('OOMKilled')), finished_at=state.get('FinishedAt'),
                 start_period=(probe.get('StartPeriod') or 0) / 1e9, interval=(probe.get('Interval') or 30e9) / 1e9,
                 timeout=(probe.get('Timeout') or 30e9) / 1e9)

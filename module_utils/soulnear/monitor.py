@@ -41,9 +41,9 @@ import socket
 import time
 from datetime import datetime
 
-from . import alert, containers
+from . import alert, containers, metrics
 from . import lock as deploy_lock
-from .checks import CHECK_ORDER, DEFAULTS, check_container, check_database, report_lines, run_checks
+from .checks import CHECK_ORDER, DEFAULTS, check_container, check_database, docker_time, report_lines, run_checks
 from .diagnose import memory
 from .files import append_line, disk_usage, human, write_private
 from .pg import RetryPolicy
@@ -291,12 +291,18 @@ class Monitor:
             self.state['reboot'] = dict(booted=booted or self.clock(), seen=self.clock())
             self.events.append('the host restarted (up since %s)' % _iso(booted))
 
-    def _in_boot_grace(self):
+    def _in_boot_grace(self, container=None):
+        """True shortly after a reboot while the container (its check) has not been started since the boot: Docker
+        is still bringing the deployment back. A container started after the boot that is down again is an
+        incident like any other."""
         pending = self.state.get('reboot')
         if not pending:
             return False
-        since = pending.get('booted') or pending.get('seen') or self.clock()
-        return self.clock() - since < float(self.mon['boot_grace_minutes']) * 60
+        booted = pending.get('booted') or pending.get('seen') or self.clock()
+        if self.clock() - booted >= float(self.mon['boot_grace_minutes']) * 60:
+            return False
+        started = docker_time((container or {}).get('value', {}).get('started_at'))
+        return not (started and started > booted)
 
     def _report_reboot(self, report):
         """The one alert about a reboot: when everything passes, or when the grace time is over."""
@@ -316,6 +322,7 @@ class Monitor:
         self.state.pop('reboot', None)
 
     # -- one run ------------------------------------------------------------------
+    @metrics.monitor_run
     def run(self):
         hold = self.hold()
         report = run_checks(self.config.health_options(self.state['restart_counts'], update_guard=hold is None))
@@ -352,13 +359,13 @@ class Monitor:
             self._alert_once('data-loss', 'DATA LOSS SUSPECTED on the database', data_loss + '\n\n' + text)
         elif starting:
             self._wait_for_startup(checks)
-        elif db_down and self._in_boot_grace():
+        elif db_down and self._in_boot_grace(checks.get('db_container')):
             self.state['failures']['database'] = self.state['failures']['db_container'] = 0
             self.events.append('the host booted %.0f s ago: waiting for Docker to start the containers'
                                % (self.clock() - self.state['reboot']['booted']))
         elif db_down:
             self._database_is_down(checks, text, threshold)
-        elif 'bot_container' in failed and self._in_boot_grace():
+        elif 'bot_container' in failed and self._in_boot_grace(checks.get('bot_container')):
             self.state['failures']['bot_container'] = 0
             self.events.append('the host booted recently: waiting for the bot to come back')
         elif 'bot_container' in failed:

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .backup import create_backup
-from . import guard
+from . import guard, metrics
 from .backup import drop_stale_restore_databases
 from .backup_files import (
     FAILURES, SAFETY_NAME_PATTERN, SIDECAR_SUFFIX, BackupError, DirLock, describe_failure, list_backups,
@@ -498,6 +498,7 @@ def _swap_with_bot_stopped(settings, live, new, old, result, log):
             result['bot']['started'] = True
 
 
+@metrics.restore_test_run
 def restore_test(settings, backup=LATEST, log=null_log):
     """Restore a backup into a throwaway database, check it, drop it; returns a report (raises on failure)."""
     started = time.time()

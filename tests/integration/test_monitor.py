@@ -15,7 +15,7 @@ import psycopg2
 from ansible.module_utils.soulnear import health_command
 from ansible.module_utils.soulnear import lock as deploy_lock
 from ansible.module_utils.soulnear.backup_files import write_sidecar
-from ansible.module_utils.soulnear.checks import check_database
+from ansible.module_utils.soulnear.checks import check_database, docker_time
 from ansible.module_utils.soulnear.files import sha256_file
 from ansible.module_utils.soulnear.pg import RetryPolicy
 from healthenv import ROOT, alerts, container_db, docker, host_config, inspect, log_lines, migrate
@@ -359,3 +359,33 @@ def test_a_damaged_newest_backup_alerts_at_once(app_db, tmp_path):
     assert health_command.main(args + ['monitor']) == 0
     assert 'does not match its .sha256 sidecar' in log_lines(tmp_path)[-1]
     assert '== health check backup_age failing' in alerts(tmp_path)
+
+
+def test_after_a_reboot_docker_gets_time_but_a_database_killed_since_is_recovered_at_once(own_pg, tmp_path):
+    """Boot grace: right after a reboot a database container Docker has not started yet is waited for; one that
+    came back after the boot and was killed since is an incident, restarted at once."""
+    params = container_db(own_pg)
+    migrate(params)
+    args = host_config(tmp_path, params, db_container=own_pg.name, boot_grace_minutes=60)
+    assert health_command.main(args + ['monitor']) == 0  # records this boot
+    started = docker_time(inspect(own_pg.name, '{{.State.StartedAt}}'))
+    state_file = tmp_path / 'state' / 'health-state.json'
+    docker('kill', own_pg.name)
+    try:
+        # The host booted after the container last started: Docker has not brought it back yet.
+        state = state_of(tmp_path)
+        state['reboot'] = dict(booted=started + 5, seen=time.time())
+        state_file.write_text(json.dumps(state))
+        assert health_command.main(args + ['monitor']) == 0
+        assert 'waiting for Docker to start the containers' in log_lines(tmp_path)[-1]
+        assert inspect(own_pg.name, '{{.State.Running}}') == 'false'
+        # The container started after the boot and was killed since: no grace.
+        state = state_of(tmp_path)
+        state['reboot'] = dict(booted=started - 5, seen=time.time())
+        state_file.write_text(json.dumps(state))
+        assert health_command.main(args + ['monitor']) == 0
+        assert 'restarting it at once' in log_lines(tmp_path)[-1]
+        assert inspect(own_pg.name, '{{.State.Running}}') == 'true'
+    finally:
+        docker('start', own_pg.name, check=False)
+        own_pg.wait_ready()
