@@ -101,7 +101,7 @@ EXAMPLES = r'''
   block:
     - name: Compare the database with the data-loss guard's record
       data_guard:
-        state_file: "{{ soulnear_lock_dir | dirname }}/data-guard.json"
+        state_file: "{{ soulnear_data_guard_file }}"
         backup_dir: "{{ soulnear_backup_dir }}"
         backup_name_pattern: "{{ soulnear_backup_name_pattern }}"
         allow_empty_database: "{{ app_allow_empty_database | default(false) | bool }}"
