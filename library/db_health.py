@@ -144,7 +144,7 @@ EXAMPLES = r'''
     login_user: soulnear
     login_password: "{{ vault_app_db_password }}"
     login_db: soul_bot
-    migrations_path: /opt/soulnear/app/src/database/migrations
+    migrations_path: /opt/soulnear/app/current/database/migrations
     db_container: soulnear_postgres
     bot_container: soulnear_bot
     backup_dir: /var/backups/soulnear

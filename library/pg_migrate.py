@@ -193,7 +193,7 @@ seealso:
 EXAMPLES = r'''
 - name: Apply the bot's migrations
   pg_migrate:
-    path: /opt/soulnear/app/src/database/migrations
+    path: /opt/soulnear/app/current/database/migrations
     login_host: 127.0.0.1
     login_user: soulnear
     login_password: "{{ vault_app_db_password }}"
@@ -203,7 +203,7 @@ EXAMPLES = r'''
 
 - name: Show what would run (dry run)
   pg_migrate:
-    path: /opt/soulnear/app/src/database/migrations
+    path: /opt/soulnear/app/current/database/migrations
     login_host: 127.0.0.1
     login_user: soulnear
     login_password: "{{ vault_app_db_password }}"
@@ -212,13 +212,13 @@ EXAMPLES = r'''
 
 - name: Take over an existing database whose schema already has files up to 003
   pg_migrate:
-    path: /opt/soulnear/app/src/database/migrations
+    path: /opt/soulnear/app/current/database/migrations
     login_db: soul_bot
     baseline: "3"
 
 - name: Retry a no-transaction migration after fixing the database by hand
   pg_migrate:
-    path: /opt/soulnear/app/src/database/migrations
+    path: /opt/soulnear/app/current/database/migrations
     login_db: soul_bot
     repair: true
 
