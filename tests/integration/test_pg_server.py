@@ -24,6 +24,20 @@ def log_text(cluster):
         return handle.read()
 
 
+def flushed_log_text(cluster, timeout=30):
+    """The whole log up to now: a marker statement logged after everything before it (log_statement = all), and
+    the log read once the marker is in it - no sleep standing in for the server's asynchronous write."""
+    marker = 'soulnear-log-marker-%d' % time.time_ns()
+    cluster.query("SELECT '%s'" % marker)
+    deadline = time.time() + timeout
+    while True:
+        text = log_text(cluster)
+        if marker in text:
+            return text
+        assert time.time() < deadline, 'the marker statement did not reach the server log within %s s' % timeout
+        time.sleep(0.2)
+
+
 def stored_password(cluster, role):
     return cluster.query('SELECT rolpassword FROM pg_authid WHERE rolname = %s', (role,))[0][0]
 
@@ -79,15 +93,11 @@ def test_app_role_created_then_password_rotated_never_logged(server):
     assert converge(params, app_role='botapp', app_password='RotatedSecret-9z8y7x')['role_changes'] == [
         'attributes of botapp']
     assert server.query("SELECT rolsuper FROM pg_roles WHERE rolname = 'botapp'")[0][0] is False
-    time.sleep(0.5)  # the server writes its log asynchronously to the file
-    text = log_text(server)
+    text = flushed_log_text(server)
     assert 'FirstSecret' not in text and 'RotatedSecret' not in text
     # The control: the same statement in an ordinary session is logged with log_statement = all.
     server.query("ALTER ROLE botapp PASSWORD 'ControlSecret-555'")
-    deadline = time.time() + 10
-    while 'ControlSecret-555' not in log_text(server) and time.time() < deadline:
-        time.sleep(0.2)
-    assert 'ControlSecret-555' in log_text(server)
+    assert 'ControlSecret-555' in flushed_log_text(server)
 
 
 def test_scram_and_md5_verifiers():
@@ -144,6 +154,5 @@ def test_monitor_role_is_a_pg_monitor_member_only_and_its_password_is_never_logg
     rc, result, out = run_module(tmp_path, 'pg_server', args, '-vvv')
     assert rc == 0 and result['role_changes'] == ['role modmon created', 'pg_monitor granted to modmon'], out
     assert 'ModuleMonitor-434343' not in out
-    time.sleep(0.5)  # the server writes its log asynchronously to the file
-    text = log_text(server)
+    text = flushed_log_text(server)
     assert 'MonitorSecret' not in text and 'MonitorRotated' not in text and 'ModuleMonitor' not in text

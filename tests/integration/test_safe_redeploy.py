@@ -247,7 +247,8 @@ def test_two_deploys_at_once_one_is_refused(env, tmp_path):
                    ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_ROLES_PATH=os.path.join(ROOT, 'roles'))
     first = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not os.path.exists(os.path.join(lock_dir, 'holder')):
+    while not os.path.exists(os.path.join(lock_dir, 'holder')):
+        assert time.time() < deadline and first.poll() is None, 'the first run never took the lock'
         time.sleep(0.2)
     second = subprocess.run(cmd, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=300)
     out, _ = first.communicate(timeout=300)
