@@ -58,6 +58,15 @@ options:
     description: Path, inside O(container), of the file holding the superuser password.
     type: str
     default: /run/secrets/soulnear/superuser_password
+  unreachable_ok:
+    description:
+      - When no server answers (connection refused, no such host, timeout - not a refused login), return
+        RV(reachable=false) and change nothing instead of failing. The postgres role converges the server that runs
+        before its container task this way, so a container that task recreates anyway (a new image or mounts)
+        applies the new postmaster-context settings with its one restart; a first deploy, where nothing runs yet,
+        converges after it.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -127,6 +136,11 @@ role_changes:
   type: list
   elements: str
   sample: [role soulnear created, pg_monitor granted to soulnear_metrics]
+reachable:
+  description: False when O(unreachable_ok) is set and no server answered (then nothing was done).
+  returned: always
+  type: bool
+  sample: true
 msg:
   description: One line for people, saying whether PostgreSQL was reloaded or needs a restart.
   returned: always
@@ -136,7 +150,7 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.pg import (
-    HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, ConnectError, connection_argument_spec)
+    HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, ConnectError, connection_argument_spec, is_retryable, psycopg2)
 from ansible.module_utils.soulnear.pgserver import ServerConfigError, converge
 
 
@@ -150,8 +164,15 @@ def argument_spec():
         monitor_password=dict(type='str', no_log=True),
         container=dict(type='str'),
         superuser_password_file=dict(type='str', default='/run/secrets/soulnear/superuser_password', no_log=False),
+        unreachable_ok=dict(type='bool', default=False),
     )
     return spec
+
+
+def server_unreachable(exc):
+    """True when connecting failed because no server answered (not because it refused the login)."""
+    cause = exc.__context__
+    return cause is not None and psycopg2 is not None and isinstance(cause, psycopg2.Error) and is_retryable(cause)
 
 
 def summary(result):
@@ -176,10 +197,16 @@ def main():
         result = converge(p, p['settings'], p['app_role'], p['app_password'], p['container'],
                           p['superuser_password_file'], check_mode=module.check_mode,
                           monitor_role=p['monitor_role'], monitor_password=p['monitor_password'])
-    except (ConnectError, ServerConfigError) as exc:
+    except ConnectError as exc:
+        if p['unreachable_ok'] and server_unreachable(exc):
+            module.exit_json(changed=False, reachable=False, changed_settings=[], restart_required=[], reloaded=False,
+                             password_changes=[], role_changes=[],
+                             msg='No server answers (%s); nothing was converged.' % exc)
+        module.fail_json(msg=str(exc))
+    except ServerConfigError as exc:
         module.fail_json(msg=str(exc))
     changed = bool(result['changed_settings'] or result['password_changes'] or result['role_changes'])
-    module.exit_json(changed=changed, msg=summary(result), **result)
+    module.exit_json(changed=changed, msg=summary(result), reachable=True, **result)
 
 
 if __name__ == '__main__':

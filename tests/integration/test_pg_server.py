@@ -156,3 +156,21 @@ def test_monitor_role_is_a_pg_monitor_member_only_and_its_password_is_never_logg
     assert 'ModuleMonitor-434343' not in out
     text = flushed_log_text(server)
     assert 'MonitorSecret' not in text and 'MonitorRotated' not in text and 'ModuleMonitor' not in text
+
+
+def test_unreachable_ok_returns_unreachable_instead_of_failing(server, tmp_path):
+    """The postgres role's first pg_server call runs before the container task: nothing answering is not an error
+    then, but a refused login still is."""
+    from pgcluster import free_port
+    nobody = dict(login_host='127.0.0.1', login_port=free_port(), login_user='postgres', login_password='x',
+                  retries=0)
+    rc, result, out = run_module(tmp_path, 'pg_server', dict(nobody, unreachable_ok=True,
+                                                             settings=dict(archive_timeout='60s')))
+    assert rc == 0 and result['reachable'] is False and result['changed'] is False, out
+    rc, result, out = run_module(tmp_path, 'pg_server', dict(nobody, settings=dict(archive_timeout='60s')))
+    assert rc != 0 and 'could not connect' in result['msg'], out
+    params = dict(server.params(), login_password='wrong-password', retries=0)
+    rc, result, out = run_module(tmp_path, 'pg_server', dict(params, unreachable_ok=True))
+    assert rc != 0, out
+    rc, result, out = run_module(tmp_path, 'pg_server', dict(server.params(), unreachable_ok=True))
+    assert rc == 0 and result['reachable'] is True, out
