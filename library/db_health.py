@@ -26,7 +26,11 @@ description:
     none pending, none failed, no drift; C(connections): slots in use against C(max_connections), a warning above
     O(connections_warn_percent); C(db_container) / C(bot_container): running, Docker health status, restart
     count (a warning when it grew); C(backup_age): newest verified backup younger than
-    O(backup_max_age_hours); C(disk): used space of O(disk_paths), the backup directory and the data volume."
+    O(backup_max_age_hours); C(wal_archiving) and C(physical_backup) with O(pitr_stanza) (point-in-time
+    recovery): archive_mode on, the archiver's last attempt succeeded (C(pg_stat_archiver)) and few segments wait,
+    and the newest physical backup of every pgBackRest repository younger than O(pitr_backup_max_age_hours), every
+    repository answering, room for the next full backup (and C(pgbackrest check) with O(pitr_check)); C(disk): used
+    space of O(disk_paths), the backup directory, the pgBackRest repository and the data volume."
   - Checks that need their option (migrations, containers, backups, disk) run only when it is set. When the
     database cannot be reached, the checks that need a connection are listed in RV(skipped).
   - Connection-class failures are retried O(retries) times with 0.5 s, 1 s, 2 s backoff; a wrong password or
@@ -102,6 +106,28 @@ options:
     description: The C(disk) check fails above this used share of a file system.
     type: int
     default: 90
+  pitr_stanza:
+    description:
+      - pgBackRest's stanza of point-in-time recovery. Enables the C(wal_archiving) check (needs the database
+        connection; the segments waiting are counted in O(db_volume)'s C(pg_wal/archive_status)) and the
+        C(physical_backup) check (C(pgbackrest info) in O(db_container)).
+    type: str
+  pitr_repo_dir:
+    description: The local pgBackRest repository on the host. Its free space is checked against the newest full
+      backup, and it joins the disk check.
+    type: path
+  pitr_backup_max_age_hours:
+    description: The C(physical_backup) check fails when the newest physical backup of a repository is older.
+    type: float
+    default: 26
+  pitr_archive_ready_max:
+    description: The C(wal_archiving) check fails when more finished WAL segments than this wait to be archived.
+    type: int
+    default: 8
+  pitr_check:
+    description: Also run C(pgbackrest check) (a WAL switch that must reach every repository) in C(physical_backup).
+    type: bool
+    default: false
   data_guard_file:
     description:
       - The data-loss guard's record on the managed host (see the C(data_guard) module). When it exists, the
@@ -181,7 +207,7 @@ msg:
 checks:
   description:
     - Check name -> result, in the order database, tables, migrations, connections, db_container, bot_container,
-      backup_age, disk. Only configured checks appear.
+      backup_age, wal_archiving, physical_backup, disk. Only configured checks appear.
     - Each result has C(ok) (bool), C(value) (what was measured), C(message) (for people; on failure it names
       the fix) and, when something deserves attention without failing, C(warning).
   returned: always
@@ -270,6 +296,11 @@ def argument_spec():
         disk_paths=dict(type='list', elements='path', default=list(DEFAULTS['disk_paths'])),
         db_volume=dict(type='str'),
         disk_max_used_percent=dict(type='int', default=DEFAULTS['disk_max_used_percent']),
+        pitr_stanza=dict(type='str'),
+        pitr_repo_dir=dict(type='path'),
+        pitr_backup_max_age_hours=dict(type='float', default=DEFAULTS['pitr_backup_max_age_hours']),
+        pitr_archive_ready_max=dict(type='int', default=DEFAULTS['pitr_archive_ready_max']),
+        pitr_check=dict(type='bool', default=DEFAULTS['pitr_check']),
         data_guard_file=dict(type='path', default=DATA_GUARD_FILE),
         fail_on_unhealthy=dict(type='bool', default=True),
     )

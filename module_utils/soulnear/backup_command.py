@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: SoulNear operations contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The `soulnear-backup` host command: backup | restore-test | list, run by cron on the database host.
+"""The `soulnear-backup` host command: backup | restore-test | list, and for point-in-time recovery
+pitr-backup | pitr-verify | pitr-check | window, run by cron on the database host.
 
 The backup role installs a copy of this package and a small wrapper that calls main(); the configuration
 comes from /etc/soulnear/soulnear.json (soulnear role) and /etc/soulnear/backup.json (backup role).
@@ -22,6 +23,7 @@ from .backup import create_backup
 from .backup_files import FAILURES, BackupError, describe_failure, list_backups
 from .backup_settings import settings_from_config
 from .files import human
+from . import pitr
 from .restore import LATEST, restore_test
 
 
@@ -52,6 +54,11 @@ def main(argv=None):
     test = sub.add_parser('restore-test', help='restore a backup into a throwaway database, check it, drop it')
     test.add_argument('--backup', default=LATEST, help='%s (default) or a file name in the backups directory' % LATEST)
     sub.add_parser('list', help='list the backups with their verification state')
+    physical = sub.add_parser('pitr-backup', help='a physical backup (pgBackRest) on every repository')
+    physical.add_argument('--type', choices=pitr.BACKUP_TYPES, default='diff', dest='backup_type')
+    sub.add_parser('pitr-verify', help='pgbackrest verify: every backup file and WAL segment against its checksum')
+    sub.add_parser('pitr-check', help='pgbackrest check: WAL reaches every repository')
+    sub.add_parser('window', help='the physical backups and the recovery window of point-in-time recovery')
     args = parser.parse_args(argv)
 
     def log(message):
@@ -60,8 +67,10 @@ def main(argv=None):
     config = {}
     try:
         config = _load_json(os.path.join(args.config_dir, 'soulnear.json'))
-        settings = settings_from_config(config, _load_json(os.path.join(args.config_dir, 'backup.json'),
-                                                           required=False))
+        backup_config = _load_json(os.path.join(args.config_dir, 'backup.json'), required=False)
+        if args.command.startswith('pitr-') or args.command == 'window':
+            return _pitr(args, pitr.settings_from_config(config, backup_config), config, log)
+        settings = settings_from_config(config, backup_config)
         if args.command == 'list':
             for item in list_backups(settings['backup_dir'], settings['name_pattern']):
                 print('%s  %10s  %s' % (item['name'], human(item['size']),
@@ -82,6 +91,33 @@ def main(argv=None):
         return 0
     except FAILURES as exc:
         message = describe_failure(exc)
+        log('FAILED: %s' % message)
+        for error in send_alert(config.get('alert'), 'soulnear %s FAILED' % args.command, message):
+            log('alert not delivered: %s' % error)
+        return 1
+
+
+def _pitr(args, settings, config, log):
+    """The point-in-time recovery commands; a failure alerts like a failed backup."""
+    if not (config.get('pitr') or {}).get('enabled'):
+        print('point-in-time recovery is off on this host (soulnear_pitr_enabled)')
+        return 0 if args.command == 'window' else 1
+    try:
+        if args.command == 'window':
+            print('Physical backups (pgBackRest, stanza %s):' % settings['stanza'])
+            print('\n'.join(pitr.describe(settings)['lines']))
+            return 0
+        if args.command == 'pitr-backup':
+            result = pitr.backup(settings, args.backup_type, log=log)
+        elif args.command == 'pitr-verify':
+            result = pitr.verify(settings, log=log)
+        else:
+            pitr.check(settings)
+            result = dict(msg='pgbackrest check passed')
+        log('OK %s' % result['msg'])
+        return 0
+    except pitr.FAILURES as exc:
+        message = pitr.describe_failure(exc)
         log('FAILED: %s' % message)
         for error in send_alert(config.get('alert'), 'soulnear %s FAILED' % args.command, message):
             log('alert not delivered: %s' % error)

@@ -18,15 +18,15 @@ import os
 import time
 from datetime import datetime
 
-from . import containers, guard
+from . import containers, guard, pitr
 from .backup_files import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, check_intact, list_backups
 from .files import disk_usage
 from .migrate import MigrationError, status as migration_status
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of
 
 CHECK_ORDER = ('database', 'tables', 'migrations', 'connections', 'db_container', 'bot_container',
-               'backup_age', 'disk')
-DB_CHECKS = ('tables', 'migrations', 'connections')  # need a database connection
+               'backup_age', 'wal_archiving', 'physical_backup', 'disk')
+DB_CHECKS = ('tables', 'migrations', 'connections', 'wal_archiving')  # need a database connection
 
 # Option names are the db_health module's; the host command builds the same dict from its config files.
 DEFAULTS = dict(
@@ -45,6 +45,12 @@ DEFAULTS = dict(
     db_volume=None,
     disk_max_used_percent=90,
     data_guard_file=None,
+    # Point-in-time recovery (pitr.py): the stanza enables wal_archiving and physical_backup.
+    pitr_stanza=None,
+    pitr_repo_dir=None,
+    pitr_backup_max_age_hours=26.0,
+    pitr_archive_ready_max=8,
+    pitr_check=False,
 )
 
 LOGS_FIX = 'look at make logs-db / make logs-bot and make diagnose'
@@ -419,7 +425,8 @@ def run_checks(options, policy=None):
     try:
         if conn is None:
             for name in DB_CHECKS:
-                if name != 'migrations' or options.get('migrations_path'):
+                if (name != 'migrations' or options.get('migrations_path')) and \
+                        (name != 'wal_archiving' or options.get('pitr_stanza')):
                     skipped[name] = 'not checked: no database connection'
         else:
             checks['tables'] = _guarded('tables', check_tables, conn, _opt(options, 'required_tables'))
@@ -427,6 +434,8 @@ def run_checks(options, policy=None):
                 checks['tables'] = _guarded('tables', check_data_guard, conn, checks['tables'], options)
             checks['connections'] = _guarded('connections', check_connections, conn,
                                              _opt(options, 'connections_warn_percent'))
+            if options.get('pitr_stanza'):
+                checks['wal_archiving'] = _guarded('wal_archiving', pitr.check_wal_archiving, conn, options)
     finally:
         if conn is not None:
             conn.close()
@@ -444,9 +453,17 @@ def run_checks(options, policy=None):
                                                 _opt(options, 'backup_name_pattern'),
                                                 database=options.get('login_db') or None,
                                                 save=not options.get('read_only'))
+    if options.get('pitr_stanza'):
+        physical = pitr.check_physical_backup(options)
+        if physical is None:
+            skipped['physical_backup'] = 'not checked: the database container is not running'
+        else:
+            checks['physical_backup'] = physical
     disk_paths = list(_opt(options, 'disk_paths'))
     if options.get('backup_dir'):
         disk_paths.append(options['backup_dir'])
+    if options.get('pitr_stanza') and options.get('pitr_repo_dir'):
+        disk_paths.append(options['pitr_repo_dir'])
     if disk_paths or options.get('db_volume'):
         checks['disk'] = check_disk(disk_paths, _opt(options, 'disk_max_used_percent'), options.get('db_volume'))
     return build_report(checks, skipped, time.time() - started)

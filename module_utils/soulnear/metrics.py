@@ -71,6 +71,15 @@ METRICS = dict(
                                                           'starting it by hand resets it).'),
     soulnear_backup_newest_age_seconds=('health', GAUGE, 'Age of the newest verified backup seen by the monitor.'),
     soulnear_disk_used_ratio=('health', GAUGE, 'Used share of the file system holding the path (df), 0 to 1.'),
+    soulnear_wal_archiving_ok=('health', GAUGE, '1 when WAL archiving to the pgBackRest repositories works (the '
+                                                'archiver\'s last attempt succeeded, few segments wait), else 0.'),
+    soulnear_wal_archive_last_age_seconds=('health', GAUGE, 'Seconds since the archiver last archived a WAL segment '
+                                                            '(grows on an idle database too).'),
+    soulnear_wal_archive_failed_total=('health', COUNTER, 'Failed WAL archive attempts (pg_stat_archiver).'),
+    soulnear_wal_segments_waiting=('health', GAUGE, 'Finished WAL segments waiting to be archived.'),
+    soulnear_pitr_backup_newest_age_seconds=('health', GAUGE, 'Age of the newest physical backup of the pgBackRest '
+                                                              'repository.'),
+    soulnear_pitr_repo_free_bytes=('health', GAUGE, 'Free bytes on the disk of the local pgBackRest repository.'),
     # soulnear_lock.prom: the monitor (each run) and whoever else reports the lock
     soulnear_deploy_lock_held=('lock', GAUGE, '1 while a deploy, redeploy or restore holds the deploy lock '
                                               '(a stale lock counts as 0).'),
@@ -272,6 +281,17 @@ def record_health(report, events=(), maintenance=False, now=None):
         elif name == 'backup_age' and isinstance(value, dict) and value.get('age_hours') is not None:
             values.append(('soulnear_backup_newest_age_seconds', dict(database=value.get('database') or ''),
                            float(value['age_hours']) * 3600))
+        elif name == 'wal_archiving' and isinstance(value, dict):
+            values += [('soulnear_wal_archiving_ok', {}, _bool(result.get('ok'))),
+                       ('soulnear_wal_archive_last_age_seconds', {}, value.get('last_archived_age_seconds')),
+                       ('soulnear_wal_archive_failed_total', {}, value.get('failed_count')),
+                       ('soulnear_wal_segments_waiting', {}, value.get('ready'))]
+        elif name == 'physical_backup' and isinstance(value, dict):
+            for repo in value.get('repositories') or ():
+                if repo.get('age_hours') is not None:
+                    values.append(('soulnear_pitr_backup_newest_age_seconds', dict(repo=str(repo.get('repo'))),
+                                   float(repo['age_hours']) * 3600))
+            values.append(('soulnear_pitr_repo_free_bytes', {}, value.get('repo_free_bytes')))
         elif name == 'disk' and isinstance(value, list):
             for usage in value:
                 if isinstance(usage, dict) and usage.get('used_percent') is not None:
@@ -285,7 +305,7 @@ def record_health(report, events=(), maintenance=False, now=None):
             increments.append(('soulnear_monitor_recoveries_total', dict(result=result), 1))
     # The run's gauges replace the previous run's (a check that is gone leaves no stale series); counters stay.
     replace = [n for n, (src, kind, _h) in METRICS.items() if src == 'health' and kind == GAUGE] + [
-        'soulnear_container_restarts_total']
+        'soulnear_container_restarts_total', 'soulnear_wal_archive_failed_total']
     return update('health', values, increments, replace)
 
 

@@ -52,7 +52,7 @@ from .pg import RetryPolicy
 MONITOR_DEFAULTS = dict(
     dict((key, DEFAULTS[key]) for key in ('required_tables', 'connections_warn_percent', 'backup_max_age_hours',
                                           'backup_name_pattern', 'require_backup', 'disk_max_used_percent',
-                                          'disk_paths')),
+                                          'disk_paths', 'pitr_backup_max_age_hours', 'pitr_archive_ready_max')),
     migrations_dir=None,
     check_bot=True,
     retries=3,
@@ -135,6 +135,11 @@ class Config:
                        db_volume=self.db_volume, disk_max_used_percent=mon['disk_max_used_percent'],
                        data_guard_file=self.data_guard_file, data_guard_update=update_guard,
                        data_guard_actor='soulnear-health monitor', read_only=not update_guard)
+        pitr = self.base.get('pitr') or {}
+        if pitr.get('enabled'):
+            options.update(pitr_stanza=pitr.get('stanza'), pitr_repo_dir=pitr.get('repo_dir'),
+                           pitr_backup_max_age_hours=mon['pitr_backup_max_age_hours'],
+                           pitr_archive_ready_max=mon['pitr_archive_ready_max'])
         return options
 
     def diagnose_config(self, overrides=None):

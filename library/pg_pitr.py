@@ -1,0 +1,340 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: SoulNear operations contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: pg_pitr
+short_description: Point-in-time recovery of a PostgreSQL container with pgBackRest - setup, backups, window, restore
+description:
+  - Drives pgBackRest inside the database container (C(docker exec)), or in a throwaway container of its image with
+    its network and bind mounts when the container is stopped or lost its data. The repositories are the ones
+    C(pgbackrest.conf) names (the postgres role writes it) - a directory on the host and, optionally, an encrypted
+    one in S3-compatible storage.
+  - "Gap it fills: no module of community.postgresql or community.docker sets up WAL archiving repositories, takes
+    or verifies physical backups, computes the recovery window or restores a server to a point in time; doing it by
+    hand means stopping the right containers in the right order, a restore into a fresh data directory, waiting for
+    the recovery and the promotion, and putting everything back when it fails."
+  - "O(operation=setup) (each deploy): C(stanza-create) on every repository that has no stanza, C(pgbackrest check)
+    after that (a freshly switched WAL segment reaches every repository), a first full backup where a repository
+    holds none. Refuses a repository that holds another database cluster's backups (a re-initialised volume): the
+    fix is a restore. On a converged host it costs one C(pgbackrest info)."
+  - O(operation=backup) takes a O(backup_type) backup on every repository (or O(repo)), expiring by O(retention_full)
+    and O(retention_diff); O(operation=verify) runs C(pgbackrest verify) on every repository and fails on a damaged
+    file; O(operation=check) runs C(pgbackrest check); O(operation=info) returns the backups and the recovery window
+    of every repository, from the end of its oldest backup to the last commit in its archived WAL (read with
+    C(pg_waldump)).
+  - "O(operation=restore) restores to O(target) (a time with its zone, or V(latest)): it refuses without O(confirm)
+    naming the database and for a target outside the recovery window (printing the window); stops the bot; writes a
+    commit and stops the server cleanly when it is this cluster (so every finished WAL segment is archived; one that
+    cannot be stops the restore); restores into a new Docker volume; moves the current data directory to
+    C(<volume>__pre_pitr_<time>) (kept, RV(drop_previous_command) drops it) and the restored one into the database's
+    volume; starts PostgreSQL, waits for the recovery to the target and the promotion (a new timeline), removes the
+    recovery settings, records the restored database with the data-loss guard and starts the bot again."
+  - A restore that fails before the volumes change places leaves the live data as it was; a recovery that fails
+    after puts the previous data back and starts it and the bot.
+version_added: "1.2.0"
+author: SoulNear operations contributors
+extends_documentation_fragment:
+  - soulnear_connection
+options:
+  operation:
+    description: What to do (see the description).
+    type: str
+    choices: [setup, backup, verify, check, info, restore]
+    default: info
+  container:
+    description: The database container pgBackRest runs in (its image, network and bind mounts are reused).
+    type: str
+    default: soulnear_postgres
+  stanza:
+    description: pgBackRest's stanza of the cluster.
+    type: str
+    default: soulnear
+  repo_dir:
+    description: The local repository's directory on the host, for its free space in RV(repositories).
+    type: path
+    default: ''
+  backup_type:
+    description: The backup O(operation=backup) takes. A V(diff) or V(incr) without a full before it becomes a full.
+    type: str
+    choices: [full, diff, incr]
+    default: diff
+  retention_full:
+    description: Full backups kept per repository after a backup.
+    type: int
+    default: 2
+  retention_diff:
+    description: Differential backups kept per repository after a backup.
+    type: int
+    default: 7
+  target:
+    description: O(operation=restore) - a time with its zone (C(2026-11-29 14:05:00+00)) or V(latest) (the last
+      archived commit).
+    type: str
+    default: latest
+  confirm:
+    description: O(operation=restore) - must be the name of the database (O(login_db)); the whole server is replaced.
+    type: str
+  repo:
+    description: Only this repository (1 the local one, 2 the offsite one). Without it a restore takes the first
+      repository whose window holds the target (for V(latest) the one whose archive reaches furthest).
+    type: int
+  bot_container:
+    description: The bot's container, stopped during a restore and started again after it.
+    type: str
+    default: ''
+  bot_stop_timeout:
+    description: Seconds C(docker stop) gives the bot.
+    type: int
+    default: 30
+  bot_healthy_timeout:
+    description: Seconds the restarted bot gets to become healthy.
+    type: int
+    default: 120
+  db_stop_timeout:
+    description: Seconds C(docker stop) gives PostgreSQL for its clean stop (which archives its last WAL).
+    type: int
+    default: 60
+  recovery_timeout:
+    description: Seconds to wait for the recovery to the target and the promotion.
+    type: int
+    default: 1800
+  space_margin:
+    description: A restore needs the backup's database size times this factor free on the disk of the Docker
+      volumes (the restored copy sits next to the kept one).
+    type: float
+    default: 1.2
+  data_guard_file:
+    description: The data-loss guard's record, updated after a restore (empty disables).
+    type: path
+    default: /var/lib/soulnear/data-guard.json
+  login_user:
+    description: The superuser (a restore writes a commit, waits for the promotion and resets settings).
+  login_db:
+    description: The bot's database; O(confirm) must name it.
+attributes:
+  check_mode:
+    support: full
+    details: setup reports what it would create or back up; restore refuses or reports its plan (repository, backup,
+      window); backup and verify report what they would do; nothing is changed.
+  diff_mode:
+    support: none
+requirements:
+  - the docker CLI and psycopg2 on the managed host; pgBackRest, pg_waldump and zstd in the database image
+notes:
+  - Docker's C(local) volume driver on the managed host (the volumes' directories change places with two renames).
+seealso:
+  - module: community.postgresql.postgresql_info
+  - module: community.docker.docker_container
+'''
+
+EXAMPLES = r'''
+- name: Set up the repositories (stanza, check, first full backup)
+  pg_pitr:
+    operation: setup
+    login_host: 127.0.0.1
+    login_password: "{{ vault_postgres_password }}"
+    login_db: soul_bot
+    container: soulnear_postgres
+    stanza: soulnear
+
+- name: Show the recovery window
+  pg_pitr:
+    operation: info
+    container: soulnear_postgres
+    stanza: soulnear
+  register: pitr
+
+- name: Restore soul_bot to a minute before the table was dropped
+  pg_pitr:
+    operation: restore
+    target: "2026-11-29 14:04:00+00"
+    confirm: soul_bot
+    login_host: 127.0.0.1
+    login_password: "{{ vault_postgres_password }}"
+    login_db: soul_bot
+    container: soulnear_postgres
+    bot_container: soulnear_bot
+'''
+
+RETURN = r'''
+changed:
+  description: True when something was created, backed up or restored.
+  returned: always
+  type: bool
+msg:
+  description: One line for people.
+  returned: always
+  type: str
+  sample: "Restored soul_bot to 2026-11-29 14:04:00+00 from repo1 (backup 20261129-011502F) in 41.3 s: ..."
+actions:
+  description: What setup did (or would do).
+  returned: operation=setup
+  type: list
+  elements: str
+  sample: [stanza soulnear created on repo1, pgbackrest check passed, first full backup on repo1]
+backups:
+  description: The backups taken (repo, duration, backup with label, type, size, repo_size, start, stop).
+  returned: operation=backup
+  type: list
+  elements: dict
+repositories:
+  description: Every repository (key, status, message, cipher, system_id, archive_max, backups) for info; the keys
+    for setup.
+  returned: operation=info or operation=setup
+  type: raw
+window:
+  description: Repository -> {start, end} of its recovery window (UTC, C(YYYY-MM-DD HH:MM:SS+00)).
+  returned: operation=info or operation=restore
+  type: dict
+  sample: {"1": {start: "2026-11-22 01:15:40+00", end: "2026-11-29 14:03:12.52+00"}}
+lines:
+  description: The report of O(operation=info) for people (what C(make backups) prints).
+  returned: operation=info
+  type: list
+  elements: str
+target:
+  description: The restore's target, normalised to UTC, or latest.
+  returned: operation=restore
+  type: str
+repo:
+  description: The repository restored from.
+  returned: operation=restore
+  type: int
+backup:
+  description: The label of the backup the restore started from.
+  returned: operation=restore
+  type: str
+recovered_to:
+  description: The time of the last transaction the recovery replayed (the newest data in the restored database).
+  returned: operation=restore and not check mode
+  type: str
+timeline:
+  description: The restored server's timeline after the promotion.
+  returned: operation=restore and not check mode
+  type: int
+kept_volume:
+  description: The volume holding the data directory from before the restore; null when there was none.
+  returned: operation=restore
+  type: str
+drop_previous_command:
+  description: The command that drops RV(kept_volume) once the restored data is confirmed good.
+  returned: operation=restore and a volume was kept
+  type: str
+steps:
+  description: Seconds per step of a restore (stop_bot, stop_database, restore_files, swap, recovery).
+  returned: operation=restore
+  type: dict
+duration:
+  description: Wall time in seconds.
+  returned: success
+  type: float
+bot:
+  description: What happened to O(bot_container) (was_running, stopped, started, downtime).
+  returned: operation=restore
+  type: dict
+data_guard:
+  description: What the data-loss guard recorded after the restore.
+  returned: operation=restore and not check mode
+  type: dict
+log:
+  description: What the module did, step by step.
+  returned: always
+  type: list
+  elements: str
+'''
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD_FILE
+from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
+from ansible.module_utils.soulnear import pitr
+from ansible.module_utils.soulnear.pitr_restore import restore
+
+OPERATIONS = ('setup', 'backup', 'verify', 'check', 'info', 'restore')
+SETTINGS = ('container', 'stanza', 'repo_dir', 'retention_full', 'retention_diff', 'bot_container',
+            'bot_stop_timeout', 'bot_healthy_timeout', 'db_stop_timeout', 'recovery_timeout', 'space_margin',
+            'data_guard_file')
+
+
+def argument_spec():
+    spec = connection_argument_spec()
+    defaults = pitr.DEFAULTS
+    spec.update(
+        operation=dict(type='str', choices=list(OPERATIONS), default='info'),
+        container=dict(type='str', default=defaults['container']),
+        stanza=dict(type='str', default=defaults['stanza']),
+        repo_dir=dict(type='path', default=defaults['repo_dir']),
+        backup_type=dict(type='str', choices=list(pitr.BACKUP_TYPES), default='diff'),
+        retention_full=dict(type='int', default=defaults['retention_full']),
+        retention_diff=dict(type='int', default=defaults['retention_diff']),
+        target=dict(type='str', default=pitr.LATEST),
+        confirm=dict(type='str'),
+        repo=dict(type='int'),
+        bot_container=dict(type='str', default=defaults['bot_container']),
+        bot_stop_timeout=dict(type='int', default=defaults['bot_stop_timeout']),
+        bot_healthy_timeout=dict(type='int', default=defaults['bot_healthy_timeout']),
+        db_stop_timeout=dict(type='int', default=defaults['db_stop_timeout']),
+        recovery_timeout=dict(type='int', default=defaults['recovery_timeout']),
+        space_margin=dict(type='float', default=defaults['space_margin']),
+        data_guard_file=dict(type='path', default=DATA_GUARD_FILE),
+    )
+    return spec
+
+
+def _jsonable_windows(windows):
+    return dict((str(k), None if w is None else dict(start=pitr.show(w['start']), end=pitr.show(w['end']),
+                                                     newest_backup=w['newest_backup']['label']))
+                for k, w in windows.items())
+
+
+def run(module, settings, log):
+    p = module.params
+    operation = p['operation']
+    if operation == 'setup':
+        return pitr.setup(settings, check_mode=module.check_mode, log=log)
+    if operation == 'info':
+        described = pitr.describe(settings)
+        return dict(changed=False, lines=described['lines'], repositories=described['repositories'],
+                    window=_jsonable_windows(described['windows']), msg='\n'.join(described['lines']))
+    if operation == 'restore':
+        result = restore(settings, p['target'], p['confirm'], repo=p['repo'], check_mode=module.check_mode, log=log)
+        result['window'] = dict((str(k), v) for k, v in result['window'].items())
+        return result
+    if module.check_mode:
+        return dict(changed=operation == 'backup', msg='Would run pgbackrest %s' % (
+            '%s backup' % p['backup_type'] if operation == 'backup' else operation))
+    if operation == 'backup':
+        return pitr.backup(settings, p['backup_type'], repo=p['repo'], log=log)
+    if operation == 'verify':
+        return pitr.verify(settings, log=log)
+    pitr.check(settings)
+    return dict(changed=False, msg='pgbackrest check passed: the configuration is valid and WAL reaches every '
+                'repository')
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+    steps = []
+    conn = dict((k, module.params[k]) for k in connection_argument_spec())
+    settings = pitr.make_settings(conn, **dict((k, module.params[k]) for k in SETTINGS))
+    try:
+        result = run(module, settings, steps.append)
+    except pitr.FAILURES as exc:
+        failure = dict(getattr(exc, 'result', None) or {})
+        failure.pop('msg', None)
+        failure['changed'] = bool(failure.get('kept_volume') or failure.get('restored_volume'))
+        module.fail_json(msg=pitr.describe_failure(exc), log=steps, **failure)
+    result['log'] = steps
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

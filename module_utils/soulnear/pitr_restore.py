@@ -1,0 +1,461 @@
+# -*- coding: utf-8 -*-
+# Copyright: SoulNear operations contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore the database to a point in time (or to the latest archived commit) from pgBackRest (issue 13).
+
+restore() - what `make restore TIME='2026-11-29 14:05:00+00' CONFIRM=soul_bot` runs through the pg_pitr module:
+
+1. refuse: without the confirmation naming the database; a TIME without a zone; a target before the oldest
+   backup or after the last archived commit (the available range is in the message); nothing is touched.
+2. the bot stops. When the running server is this cluster (the repositories' system identifier), a commit is
+   written first (a recovery to a time stops at the first commit after it), then the server stops cleanly, which
+   archives every finished WAL segment; one that could not be archived stops the restore (the data it holds is
+   only on this disk), and everything is started again.
+3. pgbackrest restore into a NEW volume (<volume>__pitr_<time>) in a throwaway container of the database's image.
+4. the volumes change places: the current data directory moves to <volume>__pre_pitr_<time> (kept until the
+   operator drops it; the result names the command), the restored one into the database's volume - two renames
+   of the volumes' directories on the host, so nothing is copied and the container keeps its volume name.
+5. PostgreSQL starts on it, replays the archived WAL up to the target and promotes (a new timeline); the module
+   waits for that, reads the time of the last transaction it replayed, removes the recovery settings pgBackRest
+   wrote, and records the restored database with the data-loss guard.
+6. the bot starts again and must become healthy.
+
+A failure before step 4 leaves the live data as it was (the new volume is removed, the server and the bot are
+started again). A recovery that fails in step 5 (PostgreSQL exits, or does not promote in time) puts the previous
+data directory back and starts it and the bot, keeping the failed attempt's volume for inspection.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import os
+import time
+
+from . import containers, guard
+from .checks import DEFAULTS as CHECK_DEFAULTS
+from .files import disk_usage, human
+from .pg import ConnectError, connect, psycopg2
+from .pitr import (
+    FAILURES, LATEST, PitrError, Runner, cluster_identity, describe_failure, describe_window, info, null_log,
+    parse_target, pgbackrest, repositories, show, utc, waiting_segments, window)
+
+# What pgBackRest writes into postgresql.auto.conf for a restore; removed once the server has promoted.
+RECOVERY_SETTINGS = ('restore_command', 'recovery_target_time', 'recovery_target_action', 'recovery_target',
+                     'recovery_target_timeline', 'recovery_target_inclusive')
+
+
+def _stamp():
+    return datetime.datetime.now().strftime('%Y%m%d_%H%M%S')
+
+
+def _volume_data(volume):
+    """The volume's directory on the host (its _data); raises when Docker does not know it."""
+    mount = containers.volume_mountpoint(volume)
+    if not mount:
+        raise PitrError('the Docker volume %s does not exist' % volume)
+    return mount
+
+
+def _create_volume(name, like=None):
+    containers.run(['volume', 'create', '--label', 'soulnear.component=database-data', name])
+    path = _volume_data(name)
+    if like is not None and os.path.isdir(like):
+        st = os.stat(like)
+        os.chown(path, st.st_uid, st.st_gid)
+        os.chmod(path, st.st_mode & 0o7777)
+    return path
+
+
+def _remove_volume(name):
+    path = containers.volume_mountpoint(name)
+    if path and not os.path.isdir(path):
+        os.makedirs(path, mode=0o700)  # Docker removes the directory it made; put it back for it
+    containers.run(['volume', 'rm', '-f', name], check=False)
+
+
+def _choose(windows, when, repo, live_until):
+    """(repository key, its window) for the target, or raise with the available range."""
+    usable = dict((k, w) for k, w in windows.items() if w is not None)
+    if repo is not None:
+        if int(repo) not in windows:
+            raise PitrError('repo%s is not configured; the repositories are %s. Nothing was changed'
+                            % (repo, ', '.join('repo%d' % k for k in sorted(windows))))
+        if usable.get(int(repo)) is None:
+            raise PitrError('repo%s holds no physical backup. Nothing was changed' % repo)
+        usable = {int(repo): usable[int(repo)]}
+    if not usable:
+        raise PitrError('no repository holds a physical backup, so there is nothing to restore from (the first one '
+                        'is taken by the deploy; soulnear-backup pitr-backup --type full takes one now). Nothing was '
+                        'changed')
+    if when is None:
+        # latest: the repository whose archive reaches furthest (repo1 on a tie).
+        key = sorted(usable, key=lambda k: (usable[k]['archive_max'] or '', -k))[-1]
+        return key, usable[key]
+    for key in sorted(usable):
+        win = usable[key]
+        end = max([t for t in (win['end'], live_until) if t is not None] or [win['start']])
+        if win['start'] <= when <= end:
+            return key, win
+    ranges = '; '.join(describe_window(usable[k], k) for k in sorted(usable))
+    if live_until is not None:
+        ranges += ' (the running server archives its newer commits when it stops, so up to %s)' % show(live_until)
+    raise PitrError('%s is outside the recovery window: %s. Choose a time inside it (make backups lists it), or '
+                    'TIME=latest. Nothing was changed' % (show(when), ranges))
+
+
+def _live(settings, runner, repos):
+    """The running server, if it answers: {system_id, ours (the repositories hold this cluster), in_recovery}."""
+    if not runner.running:
+        return None
+    try:
+        system_id, in_recovery = cluster_identity(settings)
+    except ConnectError:
+        return None
+    ids = set(r['system_id'] for r in repos.values() if r['system_id'])
+    return dict(system_id=system_id, ours=system_id in ids, in_recovery=bool(in_recovery))
+
+
+def _write_marker(settings):
+    """One commit now, so a recovery to a time before it has a commit to stop at (PostgreSQL ends a recovery to a
+    time at the first commit after it, and fails when the archive holds none)."""
+    conn = connect(dict(settings['conn'], retries=1), application_name='soulnear pitr')
+    try:
+        with conn.cursor() as cur:
+            cur.execute('SELECT txid_current()')
+    finally:
+        conn.close()
+
+
+def _start_container(name):
+    try:
+        containers.start(name)
+    except containers.DockerError as exc:
+        return str(exc)
+    return None
+
+
+def _wait_bot(name, timeout):
+    """Until the bot runs and is healthy (or has no healthcheck); returns None or why not."""
+    deadline = time.time() + timeout
+    state = {}
+    while time.time() < deadline:
+        state = containers.container_state(name)
+        if state['running'] and state['health'] in (None, 'healthy'):
+            return None
+        if not state['exists'] or state['status'] == 'exited':
+            break
+        time.sleep(1)
+    return 'the bot %s is %s%s' % (name, state.get('status'), ' (%s)' % state['health'] if state.get('health') else '')
+
+
+def _server_log_tail(runner, lines=15):
+    """The last lines of PostgreSQL's log that say why a recovery stopped (FATAL, PANIC, recovery)."""
+    found = []
+    log_dir = runner.bind_source('/var/log/postgresql')
+    path = os.path.join(log_dir, 'postgresql.log') if log_dir else None
+    try:
+        if path and os.path.exists(path):
+            with open(path, 'rb') as handle:
+                handle.seek(max(0, os.path.getsize(path) - 65536))
+                found = handle.read().decode('utf-8', 'replace').splitlines()
+    except OSError:
+        found = []
+    proc = containers.run(['logs', '--tail', '60', runner.container], check=False, timeout=30)
+    found += (proc.stdout + proc.stderr).decode('utf-8', 'replace').splitlines()
+    keep = [line.strip() for line in found if any(w in line for w in ('FATAL', 'PANIC', 'recovery', 'ERROR'))]
+    return keep[-lines:]
+
+
+def _wait_promoted(settings, runner, timeout, log):
+    """Until the restored server has replayed its WAL and promoted; returns (seconds, last replayed commit time,
+    timeline). Raises when the server exits, crash-loops or is still recovering at the deadline."""
+    started = time.time()
+    deadline = started + timeout
+    container = settings['container']
+    restarts = containers.inspect(container).get('RestartCount', 0)
+    last_note = 0
+    params = dict(settings['conn'], retries=0, connect_timeout=5)
+    while True:
+        state = containers.inspect(container) or {}
+        status = (state.get('State') or {}).get('Status')
+        if status in ('exited', 'dead') or (state.get('State') or {}).get('Restarting') \
+                or int(state.get('RestartCount') or 0) > restarts:
+            raise PitrError('PostgreSQL stopped during the recovery (container %s: %s): %s'
+                            % (container, status, ' | '.join(_server_log_tail(runner)) or 'see make logs-db'))
+        try:
+            conn = connect(params, application_name='soulnear pitr')
+        except ConnectError as exc:
+            conn = None
+            waiting = str(exc)
+        if conn is not None:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute('SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp(), '
+                                'timeline_id FROM pg_control_checkpoint()')
+                    in_recovery, replayed, timeline = cur.fetchone()
+            except psycopg2.Error as exc:
+                in_recovery, replayed, timeline, waiting = True, None, None, str(exc)
+            finally:
+                conn.close()
+            if not in_recovery:
+                return round(time.time() - started, 1), replayed, timeline
+            waiting = 'replaying WAL (last replayed commit %s)' % (show(replayed) if replayed else 'none yet')
+        if time.time() >= deadline:
+            raise PitrError('the restored server has not finished its recovery within %d s (%s)%s. Fix: a long '
+                            'recovery needs more time (recovery_timeout); look at make logs-db'
+                            % (timeout, waiting, ': ' + ' | '.join(_server_log_tail(runner, 5))))
+        if time.time() - last_note > 30:
+            log('waiting for the recovery: %s' % ' '.join(waiting.split())[:200])
+            last_note = time.time()
+        time.sleep(0.25)
+
+
+def _finish_recovery(settings):
+    """Remove pgBackRest's recovery settings from postgresql.auto.conf (they do nothing after the promotion, but
+    the next restore should not find them) and reload."""
+    conn = connect(dict(settings['conn'], retries=2), application_name='soulnear pitr')
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT name FROM pg_file_settings WHERE sourcefile LIKE '%%postgresql.auto.conf' "
+                        "AND name = ANY(%s)", (list(RECOVERY_SETTINGS),))
+            names = [row[0] for row in cur.fetchall()]
+            for name in names:
+                cur.execute('ALTER SYSTEM RESET %s' % name)
+            if names:
+                cur.execute('SELECT pg_reload_conf()')
+        return names
+    finally:
+        conn.close()
+
+
+def _record_guard(settings, reason, log):
+    """The data-loss guard records the restored database and lowers its flag (like a completed pg_restore)."""
+    path = settings.get('data_guard_file')
+    if not path:
+        return None
+    try:
+        record = guard.load(path) or {}
+        tables = sorted(record.get('tables') or {}) or list(CHECK_DEFAULTS['required_tables'])
+        conn = connect(dict(settings['conn'], retries=2), application_name='soulnear pitr')
+        try:
+            observed = guard.observe(conn, tables)
+        finally:
+            conn.close()
+        done = guard.accept(path, observed, by='pg_pitr', reason=reason)
+    except (guard.GuardError, ConnectError, OSError) as exc:
+        log('the data-loss guard could not record the restored database: %s; clear its flag by hand: '
+            'soulnear-health guard clear --confirm %s' % (exc, settings['conn'].get('login_db')))
+        return dict(error=str(exc))
+    log(done['msg'])
+    return dict(previous_flag=done['previous_flag'], system_identifier=observed['system_identifier'],
+                tables=observed['tables'])
+
+
+def plan(settings, target=LATEST, repo=None, runner=None):
+    """Everything restore() decides before it touches anything: the target, the repositories and their windows,
+    the chosen repository and backup, the running server. Raises (nothing changed) when the target is outside."""
+    when = parse_target(target)
+    runner = runner or Runner(settings['container'], settings['exec_user'])
+    if not runner.volume:
+        raise PitrError('the database container %s has no data volume at /var/lib/postgresql/data; nothing was '
+                        'changed' % settings['container'])
+    repos = repositories(info(settings, runner))
+    live = _live(settings, runner, repos)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if when is not None and when > now:
+        raise PitrError('%s is in the future (now %s): nothing after the last archived commit can be restored. '
+                        'Nothing was changed' % (show(when), show(now)))
+    windows = dict((k, window(settings, runner, r)) for k, r in repos.items())
+    live_until = now if live and live['ours'] and not live['in_recovery'] else None
+    key, win = _choose(windows, when, repo, live_until)
+    return dict(target=when, target_text=show(when) if when else LATEST, repo=key, window=win, windows=windows,
+                repositories=repos, live=live, runner=runner)
+
+
+def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, log=null_log):
+    """Restore the database to target (an aware time, its text, or latest); see the module docstring."""
+    started = time.time()
+    live_db = settings['conn'].get('login_db')
+    if confirm != live_db:
+        raise PitrError('a point-in-time restore replaces the whole database server of %s (every database in it) '
+                        'with its state at %s; confirm it by passing confirm=%s (you passed %s). Nothing was changed'
+                        % (live_db, target or LATEST, live_db, 'nothing' if confirm in (None, '') else repr(confirm)))
+    decided = plan(settings, target, repo)
+    runner, when, win = decided['runner'], decided['target'], decided['window']
+    volume, stamp = runner.volume, _stamp()
+    new_volume, kept_volume = '%s__pitr_%s' % (volume, stamp), '%s__pre_pitr_%s' % (volume, stamp)
+    backup = win['newest_backup'] if when is None else \
+        ([b for b in decided['repositories'][decided['repo']]['backups'] if utc(b['stop']) <= when] or
+         [win['newest_backup']])[-1]
+    result = dict(changed=not check_mode, database=live_db, target=decided['target_text'], repo=decided['repo'],
+                  backup=backup['label'], backup_type=backup['type'],
+                  window=dict((k, None if w is None else dict(start=show(w['start']), end=show(w['end'])))
+                              for k, w in decided['windows'].items()),
+                  volume=volume, kept_volume=None, restored_volume=None, recovered_to=None, timeline=None,
+                  steps={}, bot=dict(container=settings['bot_container'] or None, was_running=False, stopped=False,
+                                     started=False))
+    log('target %s from repo%d (backup %s, %s); window %s' % (result['target'], decided['repo'], backup['label'],
+                                                               backup['type'], describe_window(win)))
+    if check_mode:
+        result['msg'] = 'Would restore %s to %s from repo%d (backup %s), keeping the current data as volume %s' % (
+            live_db, result['target'], decided['repo'], backup['label'], kept_volume)
+        result['duration'] = round(time.time() - started, 3)
+        return result
+
+    need = int((backup.get('size') or 0) * float(settings['space_margin']))
+    free = disk_usage(os.path.dirname(_volume_data(volume)))['free']
+    if need and free < need:
+        raise PitrError('not enough free space for the restored copy next to the current data: %s free on the disk of '
+                        'the Docker volumes, about %s needed (the backup\'s database size x %s); nothing was changed'
+                        % (human(free), human(need), settings['space_margin']), result)
+
+    def step(name, since):
+        result['steps'][name] = round(time.time() - since, 3)
+
+    bot = settings['bot_container'] or None
+    bot_state = containers.container_state(bot) if bot else None
+    result['bot']['was_running'] = bool(bot_state and bot_state['running'])
+    db_was_running = runner.running
+    swapped = False
+    data_dir = _volume_data(volume)
+    try:
+        if result['bot']['was_running']:
+            log('stopping the bot (%s)' % bot)
+            since = time.time()
+            containers.stop(bot, timeout=settings['bot_stop_timeout'])
+            result['bot']['stopped'] = True
+            result['bot']['stopped_at'] = time.time()
+            step('stop_bot', since)
+        live = decided['live']
+        if db_was_running:
+            since = time.time()
+            if live and live['ours'] and not live['in_recovery'] and when is not None:
+                _write_marker(settings)
+            log('stopping the database server cleanly (it archives its last WAL segments)')
+            containers.stop(settings['container'], timeout=settings['db_stop_timeout'])
+            step('stop_database', since)
+        if live and live['ours']:
+            ready = waiting_segments(volume)
+            if ready:
+                if when is None:
+                    raise PitrError('%d WAL segment(s) of the stopped server could not be archived (WAL archiving '
+                                    'fails: see the health report): their commits are only on this disk, and a '
+                                    'restore to the latest archived commit would lose them. Fix archiving first; '
+                                    'nothing was changed' % ready, result)
+                # Only the segments after the last archived one are missing: the target must lie before them.
+                stopped = Runner(settings['container'], settings['exec_user'])
+                refreshed = window(settings, stopped, repositories(info(settings, stopped))[decided['repo']])
+                if refreshed['end'] is None or when > refreshed['end']:
+                    raise PitrError('%s lies after the last archived commit (%s): %d WAL segment(s) of the stopped '
+                                    'server could not be archived. Fix WAL archiving, or choose an earlier time; '
+                                    'nothing was changed' % (show(when), show(refreshed['end']), ready), result)
+        since = time.time()
+        log('restoring into the new volume %s' % new_volume)
+        _create_volume(new_volume, like=data_dir)
+        result['restored_volume'] = new_volume
+        args = ['--repo=%d' % decided['repo']]
+        args += ['--type=time', '--target=%s' % show(when), '--target-action=promote'] if when else ['--type=default']
+        helper = Runner(settings['container'], settings['exec_user'])
+        pgbackrest(settings, helper, args + ['restore'], volume=new_volume, what='restore')
+        step('restore_files', since)
+
+        since = time.time()
+        previous = os.listdir(data_dir)
+        kept_dir = None
+        if previous:
+            kept_dir = _create_volume(kept_volume)
+            os.rename(data_dir, kept_dir)  # replaces the new volume's empty directory
+            result['kept_volume'] = kept_volume
+        else:
+            os.rmdir(data_dir)
+        os.rename(_volume_data(new_volume), data_dir)
+        swapped = True
+        _remove_volume(new_volume)
+        result['restored_volume'] = None
+        log('the restored data is in %s%s' % (volume, '; the previous data is kept as volume %s' % kept_volume
+                                              if previous else ''))
+        step('swap', since)
+
+        since = time.time()
+        containers.start(settings['container'])
+        try:
+            seconds, replayed, timeline = _wait_promoted(settings, runner, int(settings['recovery_timeout']), log)
+        except FAILURES as exc:
+            _put_back(settings, volume, data_dir, kept_dir, new_volume, result, log)
+            swapped = False
+            raise PitrError('the recovery to %s failed: %s. The previous data is back in %s and started again; the '
+                            'failed attempt is kept as volume %s' % (result['target'], describe_failure(exc), volume,
+                                                                     new_volume), result) from None
+        result.update(recovered_to=show(replayed) if replayed else None, timeline=timeline)
+        step('recovery', since)
+        log('recovered%s and promoted (timeline %s) in %.1f s' % (
+            ' to %s' % result['recovered_to'] if replayed else '', timeline, seconds))
+        result['reset_settings'] = _finish_recovery(settings)
+        result['data_guard'] = _record_guard(settings, 'point-in-time restore of %s to %s (repo%d, backup %s) '
+                                             'completed' % (live_db, result['target'], decided['repo'],
+                                                            backup['label']), log)
+    except BaseException as exc:
+        if not swapped:
+            _cleanup_before_swap(settings, result, db_was_running, log)
+        if isinstance(exc, FAILURES) and not isinstance(exc, PitrError):
+            raise PitrError('%s. %s' % (describe_failure(exc), 'The live data was not changed' if not swapped else
+                                        'The restored data is in place'), result) from None
+        raise
+    finally:
+        _start_bot(settings, result, log)
+    result['duration'] = round(time.time() - started, 3)
+    if result['kept_volume']:
+        result['drop_previous_command'] = 'docker volume rm %s' % result['kept_volume']
+    result['msg'] = ('Restored %s to %s from repo%d (backup %s) in %.1f s: recovered to the commit of %s, timeline '
+                     '%s' % (live_db, result['target'], decided['repo'], backup['label'], result['duration'],
+                             result['recovered_to'] or 'the backup\'s end', result['timeline']))
+    if result['bot']['started']:
+        result['msg'] += '; the bot runs again'
+    if result['kept_volume']:
+        result['msg'] += ('; the previous data is kept as volume %s (drop it once the restored data is confirmed '
+                          'good: %s)' % (result['kept_volume'], result['drop_previous_command']))
+    return result
+
+
+def _cleanup_before_swap(settings, result, db_was_running, log):
+    """A failure before the volumes changed places: remove the new volume, start the server again."""
+    if result.get('restored_volume'):
+        _remove_volume(result['restored_volume'])
+        result['restored_volume'] = None
+    if db_was_running:
+        problem = _start_container(settings['container'])
+        log('started the database again' if problem is None else 'could not start the database again: %s' % problem)
+
+
+def _put_back(settings, volume, data_dir, kept_dir, failed_volume, result, log):
+    """A recovery that failed after the swap: the failed data goes to failed_volume, the previous one comes back."""
+    containers.run(['stop', '-t', str(int(settings['db_stop_timeout'])), settings['container']], check=False,
+                   timeout=int(settings['db_stop_timeout']) + 30)
+    failed_dir = _create_volume(failed_volume)
+    os.rename(data_dir, failed_dir)
+    if kept_dir:
+        os.rename(kept_dir, data_dir)
+        _remove_volume(result['kept_volume'])
+        result['kept_volume'] = None
+    else:
+        os.makedirs(data_dir, mode=0o700)
+    result['restored_volume'] = failed_volume
+    problem = _start_container(settings['container'])
+    log('put the previous data back and started the database%s' % ('' if problem is None else ': %s' % problem))
+
+
+def _start_bot(settings, result, log):
+    bot = result['bot']
+    if not bot['stopped'] or bot['started']:
+        return
+    log('starting the bot (%s)' % bot['container'])
+    problem = _start_container(bot['container'])
+    if problem is None:
+        problem = _wait_bot(bot['container'], int(settings['bot_healthy_timeout']))
+    bot['started'] = problem is None
+    bot['downtime'] = round(time.time() - bot.get('stopped_at', time.time()), 1)
+    if problem:
+        bot['problem'] = problem
+        log('the bot did not come back: %s (make logs-bot)' % problem)

@@ -1,0 +1,207 @@
+"""Point-in-time recovery (issue 13) against real PostgreSQL, pgBackRest and S3 (SeaweedFS) containers: the restore
+code the pg_pitr module runs (module_utils/soulnear/pitr_restore.py) on a database laid out like the postgres role
+lays it out (tests/pitrenv.py), with a writer committing rows the whole time.
+
+- PITR to a time T after a DROP TABLE: every row committed before T is back, none sent after T.
+- Host loss: the container AND its volume removed while the writer runs; restore latest: the rows lost are only
+  those committed in the last archive_timeout (10 s here to keep the suite fast; make test-full also runs it with
+  the deployment's 60 s: SOULNEAR_TEST_FULL=1).
+- The same from the offsite repository only (S3, encrypted), the local repository wiped.
+- WAL archiving broken (the repository unwritable): the health checks fail and the monitor alerts; fixing it
+  recovers without any cleanup.
+"""
+
+import datetime
+import json
+import os
+import time
+
+import pytest
+from ansible.module_utils.soulnear import pitr
+from ansible.module_utils.soulnear.checks import run_checks
+from ansible.module_utils.soulnear.pitr_restore import restore
+from healthenv import alerts, host_config
+from pitrenv import DB, PitrLab, Writer
+
+pytestmark = pytest.mark.slow
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def backed_up(lab):
+    result = pitr.setup(lab.settings())
+    assert result['changed'] and 'first full backup on repo1' in result['actions'], result
+    return result
+
+
+@pytest.fixture
+def lab(tmp_path):
+    lab = PitrLab(tmp_path / 'lab', archive_timeout='10s').start()
+    yield lab
+    lab.remove()
+
+
+def test_setup_is_idempotent_and_describes_the_window(lab):
+    first = backed_up(lab)
+    assert 'stanza soulnear created on repo1' in first['actions'] and 'pgbackrest check passed' in first['actions']
+    again = pitr.setup(lab.settings())
+    assert not again['changed'] and again['actions'] == []
+    described = pitr.describe(lab.settings())
+    assert described['windows'][1]['start'] <= utc_now()
+    assert any('Recovery window' in line for line in described['lines'])
+
+
+def test_pitr_to_a_time_before_drop_table_with_a_writer(lab):
+    backed_up(lab)
+    writer = Writer(lab)
+    writer.start()
+    time.sleep(4)
+    target = utc_now()
+    time.sleep(3)
+    lab.sql('DROP TABLE pitr_writes')
+    writer.stop()
+    sent_after = [i for i, sent, _ in writer.acked if sent > target.timestamp()]
+    acked_before = [i for i, _, acked in writer.acked if acked < target.timestamp()]
+    assert len(acked_before) > 50 and sent_after, (len(acked_before), len(sent_after))
+
+    refused = pytest.raises(pitr.PitrError, restore, lab.settings(), pitr.show(target), confirm='wrong')
+    assert 'confirm=%s' % DB in str(refused.value)
+    too_early = datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)
+    outside = pytest.raises(pitr.PitrError, restore, lab.settings(), pitr.show(too_early), confirm=DB)
+    assert 'outside the recovery window' in str(outside.value) and 'repo1: from ' in str(outside.value)
+    assert lab.sql('SELECT 1') == [(1,)]  # refused before anything was touched
+
+    steps = []
+    result = restore(lab.settings(), pitr.show(target), confirm=DB, log=steps.append)
+    assert result['timeline'] == 2, result
+    recovered = datetime.datetime.strptime(result['recovered_to'][:19], '%Y-%m-%d %H:%M:%S')
+    assert recovered.replace(tzinfo=datetime.timezone.utc) <= target
+    present = Writer(lab).present()  # the table is back
+    assert set(acked_before) <= present, 'rows acknowledged before T are missing'
+    assert not present & set(sent_after), 'rows sent after T came back'
+    assert lab.sql('SELECT count(*) FROM aiogram_states') == [(1,)]
+    # The previous data is kept in a volume of its own; the bot runs again; the guard knows the restored database.
+    assert result['kept_volume'] in lab.volumes() and result['drop_previous_command'].endswith(result['kept_volume'])
+    assert result['bot']['stopped'] and result['bot']['started']
+    guard = json.load(open(lab.guard_file))
+    assert guard['flag'] is None and guard['tables']['aiogram_states'] == 1
+    assert lab.sql("SELECT count(*) FROM pg_file_settings WHERE name LIKE 'recovery_target%'") == [(0,)]
+    # Archiving goes on, on the new timeline.
+    pitr.check(lab.settings())
+
+
+def host_loss(lab, seconds, archive_timeout):
+    """A writer for seconds, then the container and its volume removed; restore latest; returns the rows lost."""
+    backed_up(lab)
+    writer = Writer(lab)
+    writer.start()
+    time.sleep(seconds)
+    lost_at = time.time()
+    lab.lose_the_host()
+    writer.stop()
+    lab.create_container(start=False)  # what playbooks/restore.yml does when the container is gone
+    started = time.time()
+    result = restore(lab.settings(), 'latest', confirm=DB)
+    took = time.time() - started
+    assert result['kept_volume'] is None  # the new volume was empty: nothing to keep
+    present = Writer(lab).present()
+    acked = [(i, acked) for i, _, acked in writer.acked if acked <= lost_at]
+    lost = [(i, lost_at - at) for i, at in acked if i not in present]
+    assert len(acked) > 10 * seconds
+    # Only commits of the segment that was still open can be lost: at most archive_timeout plus the archiver's
+    # own delay.
+    assert all(age <= archive_timeout + 3 for _, age in lost), 'rows older than archive_timeout lost: %s' % lost[:5]
+    print('host loss (archive_timeout %d s): %d rows acknowledged, %d lost (the oldest %.1f s before the loss); '
+          'restore latest took %.1f s' % (archive_timeout, len(acked), len(lost),
+                                          max([age for _, age in lost] or [0]), took))
+    return lost
+
+
+def test_host_loss_restore_latest_loses_only_the_last_archive_timeout(lab):
+    host_loss(lab, 25, 10)
+
+
+@pytest.mark.skipif(not os.environ.get('SOULNEAR_TEST_FULL'), reason='make test-full (SOULNEAR_TEST_FULL=1): 3 min')
+def test_host_loss_with_the_deployments_60_s_archive_timeout(tmp_path):
+    lab = PitrLab(tmp_path / 'lab', archive_timeout='60s').start()
+    try:
+        host_loss(lab, 150, 60)
+    finally:
+        lab.remove()
+
+
+def test_offsite_repository_alone_restores_after_host_loss(tmp_path):
+    lab = PitrLab(tmp_path / 'lab', archive_timeout='10s', s3=True).start()
+    try:
+        result = pitr.setup(lab.settings())
+        assert 'first full backup on repo2' in result['actions'], result
+        repos = pitr.repositories(pitr.info(lab.settings(), pitr.Runner(lab.name)))
+        assert repos[2]['cipher'] == 'aes-256-cbc' and repos[2]['backups']
+        writer = Writer(lab)
+        writer.start()
+        time.sleep(6)
+        lab.sql('SELECT pg_switch_wal()')
+        time.sleep(3)
+        writer.stop()
+        acked = set(i for i, _, _ in writer.acked)
+        lab.sql('SELECT txid_current(); SELECT pg_switch_wal()')
+        deadline = time.time() + 60
+        while lab.sql('SELECT last_archived_wal >= pg_walfile_name(pg_current_wal_lsn()) OR '
+                      'last_archived_wal IS NULL FROM pg_stat_archiver')[0][0] is False and time.time() < deadline:
+            time.sleep(0.5)
+        lab.lose_the_host()
+        for name in os.listdir(lab.repo_dir):  # and the local repository with it
+            os.system('rm -rf %s' % os.path.join(lab.repo_dir, name))
+        lab.create_container(start=False)
+        result = restore(lab.settings(), 'latest', confirm=DB)
+        assert result['repo'] == 2, result
+        present = Writer(lab).present()
+        assert acked <= present, 'rows lost with the archive complete: %s' % sorted(acked - present)[:5]
+    finally:
+        lab.remove()
+
+
+def test_broken_archiving_fails_health_alerts_and_recovers_by_itself(lab, tmp_path):
+    backed_up(lab)
+    args = host_config(tmp_path, lab.params(), db_container=lab.name, migrations_dir=None)
+    config_path = tmp_path / 'soulnear.json'
+    config = json.loads(config_path.read_text())
+    config['db']['volume'] = lab.volume
+    config['pitr'] = dict(enabled=True, stanza='soulnear', repo_dir=lab.repo_dir)
+    config_path.write_text(json.dumps(config))
+    from ansible.module_utils.soulnear.health_command import main as health
+
+    def options():
+        return dict(lab.params(), db_container=lab.name, db_volume=lab.volume, pitr_stanza='soulnear',
+                    pitr_repo_dir=lab.repo_dir)
+
+    healthy = run_checks(options())
+    assert healthy['checks']['wal_archiving']['ok'] and healthy['checks']['physical_backup']['ok'], healthy['msg']
+
+    os.chmod(lab.repo_dir, 0o000)  # the repository unwritable
+    try:
+        lab.sql('CREATE TABLE IF NOT EXISTS filler (x int); INSERT INTO filler SELECT generate_series(1, 1000); '
+                'SELECT pg_switch_wal()')
+        deadline = time.time() + 30
+        report = run_checks(options())
+        while report['checks']['wal_archiving']['ok'] and time.time() < deadline:
+            time.sleep(1)
+            report = run_checks(options())
+        assert not report['ok'] and 'WAL archiving is FAILING' in report['checks']['wal_archiving']['message']
+        assert not report['checks']['physical_backup']['ok']
+        for _ in range(2):  # two failed runs, then the alert
+            assert health(args + ['monitor']) == 0
+        assert 'health check wal_archiving failing' in alerts(tmp_path)
+    finally:
+        os.chmod(lab.repo_dir, 0o700)
+    lab.sql('SELECT txid_current(); SELECT pg_switch_wal()')
+    deadline = time.time() + 90  # the archiver retries by itself (after a failure it waits up to a minute)
+    report = run_checks(options())
+    while not report['checks']['wal_archiving']['ok'] and time.time() < deadline:
+        time.sleep(2)
+        report = run_checks(options())
+    assert report['checks']['wal_archiving']['ok'], report['checks']['wal_archiving']
+    assert health(args + ['monitor']) == 0
+    assert 'health checks pass again' in alerts(tmp_path)
