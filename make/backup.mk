@@ -5,16 +5,26 @@ INVENTORY ?= inventory/sandbox/hosts.yml
 BACKUP ?= latest
 # The name of the database the restore replaces (soul_bot); required by `make restore`.
 CONFIRM ?=
+# A point in time to restore the database server to, with its zone ('2026-11-29 14:05:00+00'), or latest
+# (pgBackRest, docs/pitr.md); empty restores the logical backup BACKUP.
+TIME ?=
+# With TIME: only this pgBackRest repository (1 the local one, 2 the offsite one); empty picks one whose window holds TIME.
+REPO ?=
 
-.PHONY: backup restore
+.PHONY: backup restore backups
 
 ## Take a verified backup of the database now
 backup:
 	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/backup.yml
 
-## Restore a backup: make restore BACKUP=latest|FILE CONFIRM=soul_bot
+## Restore a backup: make restore BACKUP=latest|FILE CONFIRM=soul_bot, or a point in time: TIME='...'|latest
 restore:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/restore.yml -e 'backup=$(BACKUP)' -e 'confirm=$(CONFIRM)'
+	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/restore.yml -e 'confirm=$(CONFIRM)' \
+	  $(if $(TIME),-e "time='$(TIME)'" $(if $(REPO),-e 'pitr_repo=$(REPO)'),-e 'backup=$(BACKUP)')
+
+## The logical dumps, the physical backups and the recovery window of point-in-time recovery
+backups:
+	$(ON_HOST) soulnear backups
 
 .PHONY: guard-status guard-clear
 

@@ -18,14 +18,15 @@ def config(host):
 
 
 def cron_jobs(host):
-    """{'backup': (schedule fields, user, job), 'restore-test': ...} parsed from the cron file."""
+    """{'backup': (schedule fields, user, job), 'restore-test': ..., 'pitr-backup --type full': ...} parsed from
+    the cron file."""
     jobs = {}
     for line in host.file(CRON_FILE).content_string.splitlines():
         if not line.strip() or line.startswith('#') or re.match(r'^[A-Z_]+=', line):
             continue
         fields = line.split(None, 6)
         command = fields[6]
-        kind = re.search(r'soulnear-backup (backup|restore-test) ', command).group(1)
+        kind = re.search(r'soulnear-backup (.+?) >>', command).group(1)
         jobs[kind] = (fields[:5], fields[5], command)
     return jobs
 
