@@ -1,12 +1,13 @@
 # make chaos: the fault scenarios and security checks of issue 10 on a disposable sandbox of its own
 # (scripts/chaos.py; SANDBOX=name picks the sandbox container, CHAOS_ARGS passes options, e.g.
-# CHAOS_ARGS="--only 1,5 --keep"). Prints the table: fault, recovered, time to recover, rows acknowledged, rows lost.
+# CHAOS_ARGS="--only 1,5 --keep", "-e soulnear_pitr_enabled=false"). Prints the table: fault, recovered, time to
+# recover, rows acknowledged, rows lost (docs/chaos.md).
 PYTHON ?= .venv/bin/python
 SANDBOX ?= soulnear-chaos
 CHAOS_ARGS ?=
 
 .PHONY: chaos
 
-## Inject the faults into a sandbox of its own and print what recovered and what was lost (~1 h)
+## Inject the faults into a sandbox of its own and print what recovered and what was lost (~45 min)
 chaos:
 	$(PYTHON) scripts/chaos.py --name $(SANDBOX) --table .cache/chaos-table.md $(CHAOS_ARGS)
