@@ -65,6 +65,12 @@ options:
     type: str
     choices: [full, diff, incr]
     default: diff
+  archiving_resumed:
+    description: O(operation=setup) - WAL archiving was just turned on again (archive_mode was off, the postgres role
+      knows): a new full backup on every repository that already holds backups, since the archive misses the WAL
+      written meanwhile and a restore from the older backups would stop at that gap.
+    type: bool
+    default: false
   retention_full:
     description: Full backups kept per repository after a backup.
     type: int
@@ -271,6 +277,7 @@ def argument_spec():
         stanza=dict(type='str', default=defaults['stanza']),
         repo_dir=dict(type='path', default=defaults['repo_dir']),
         backup_type=dict(type='str', choices=list(pitr.BACKUP_TYPES), default='diff'),
+        archiving_resumed=dict(type='bool', default=False),
         retention_full=dict(type='int', default=defaults['retention_full']),
         retention_diff=dict(type='int', default=defaults['retention_diff']),
         target=dict(type='str', default=pitr.LATEST),
@@ -297,7 +304,7 @@ def run(module, settings, log):
     p = module.params
     operation = p['operation']
     if operation == 'setup':
-        return pitr.setup(settings, check_mode=module.check_mode, log=log)
+        return pitr.setup(settings, check_mode=module.check_mode, log=log, archiving_resumed=p['archiving_resumed'])
     if operation == 'info':
         described = pitr.describe(settings)
         return dict(changed=False, lines=described['lines'], repositories=described['repositories'],

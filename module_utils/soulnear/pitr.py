@@ -393,9 +393,13 @@ def _backup_args(settings, key, backup_type):
             '--repo%d-retention-diff=%d' % (key, max(1, int(settings['retention_diff']))), 'backup']
 
 
-def setup(settings, check_mode=False, log=null_log):
+def setup(settings, check_mode=False, log=null_log, archiving_resumed=False):
     """Make every repository ready: stanza-create where one has no stanza, a check that WAL reaches them, a first
-    full backup where one holds none. Refuses a repository that holds another cluster's backups."""
+    full backup where one holds none. Refuses a repository that holds another cluster's backups.
+
+    archiving_resumed: WAL archiving was just turned on again (archive_mode was off): the archive misses the WAL
+    written meanwhile, so a restore from the older backups would stop at that gap. A new full backup on every
+    repository that holds backups makes TIME=latest whole again."""
     started = time.time()
     runner = Runner(settings['container'], settings['exec_user'])
     if not runner.running:
@@ -435,6 +439,13 @@ def setup(settings, check_mode=False, log=null_log):
         if not check_mode:
             log('taking the first full backup on repo%d' % key)
             pgbackrest(settings, runner, _backup_args(settings, key, 'full'), what='backup')
+    if archiving_resumed:
+        for key in sorted(k for k in repos if k not in empty):
+            actions.append('new full backup on repo%d (WAL archiving was off: the archive has a gap since its '
+                           'older backups; restore to a time after this backup)' % key)
+            if not check_mode:
+                log('taking a new full backup on repo%d: WAL archiving was off' % key)
+                pgbackrest(settings, runner, _backup_args(settings, key, 'full'), what='backup')
     summary = None if check_mode or not actions else repositories(info(settings, runner))
     return dict(changed=bool(actions), actions=actions, duration=round(time.time() - started, 3),
                 repositories=sorted(summary or repos), system_identifier=system_id,

@@ -48,6 +48,12 @@ def test_setup_is_idempotent_and_describes_the_window(lab):
     assert 'stanza soulnear created on repo1' in first['actions'] and 'pgbackrest check passed' in first['actions']
     again = pitr.setup(lab.settings())
     assert not again['changed'] and again['actions'] == []
+    # WAL archiving turned on again after a while off: a new full backup, past the gap in the archive.
+    resumed = pitr.setup(lab.settings(), archiving_resumed=True)
+    assert resumed['changed'] and resumed['actions'][0].startswith('new full backup on repo1'), resumed
+    fulls = [b for b in pitr.repositories(pitr.info(lab.settings(), pitr.Runner(lab.name)))[1]['backups']
+             if b['type'] == 'full']
+    assert len(fulls) == 2
     described = pitr.describe(lab.settings())
     assert described['windows'][1]['start'] <= utc_now()
     assert any('Recovery window' in line for line in described['lines'])
