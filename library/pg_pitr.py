@@ -67,8 +67,8 @@ options:
     default: diff
   archiving_resumed:
     description: O(operation=setup) - WAL archiving was just turned on again (archive_mode was off, the postgres role
-      knows): a new full backup on every repository that already holds backups, since the archive misses the WAL
-      written meanwhile and a restore from the older backups would stop at that gap.
+      knows); take a new full backup on every repository that already holds backups, since the archive misses the
+      WAL written meanwhile and a restore from the older backups would stop at that gap.
     type: bool
     default: false
   retention_full:
