@@ -165,6 +165,11 @@ def test_offsite_repository_alone_restores_after_host_loss(tmp_path):
         assert result['repo'] == 2, result
         present = Writer(lab).present()
         assert acked <= present, 'rows lost with the archive complete: %s' % sorted(acked - present)[:5]
+        # What the restore playbook does next: the lost local repository is set up again, and WAL reaches both.
+        again = pitr.setup(lab.settings())
+        assert again['actions'][:3] == ['stanza soulnear created on repo1', 'pgbackrest check passed',
+                                        'first full backup on repo1'], again
+        pitr.check(lab.settings())
     finally:
         lab.remove()
 
