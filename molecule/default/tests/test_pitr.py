@@ -44,7 +44,9 @@ def test_check_and_health_report_the_physical_side(host):
 
 def test_restore_to_a_time_is_refused_without_confirmation_and_outside_the_window(host):
     refused = run_make('restore', "TIME=2026-01-01 00:00:00+00")
-    assert refused.returncode != 0 and 'CONFIRM=soul_bot' in refused.stdout, refused.stdout[-2000:]
+    text = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and 'CONFIRM=soul_bot' in text, text[-2000:]
     outside = run_make('restore', "TIME=2001-01-01 00:00:00+00", 'CONFIRM=soul_bot')
-    assert outside.returncode != 0 and 'outside the recovery window' in outside.stdout, outside.stdout[-2000:]
+    text = outside.stdout + outside.stderr
+    assert outside.returncode != 0 and 'outside the recovery window' in text, text[-2000:]
     assert psql(host, 'SELECT 1') == '1'
