@@ -72,7 +72,7 @@ def test_report_command(host, healthy):
     report = json.loads(result.stdout)
     assert report['ok'] is True and report['failed'] == []
     assert list(report['checks']) == ['database', 'tables', 'migrations', 'connections', 'db_container',
-                                      'bot_container', 'backup_age', 'disk']
+                                      'bot_container', 'backup_age', 'wal_archiving', 'physical_backup', 'disk']
     assert report['checks']['database']['value']['user'] == 'soulnear'
 
 
