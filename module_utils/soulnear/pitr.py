@@ -359,7 +359,7 @@ def window(settings, runner, repo, exact=True):
         return None
     oldest, newest = repo['backups'][0], repo['backups'][-1]
     result = dict(repo=repo['key'], start=utc(oldest['stop']), newest_backup=newest, backups=len(repo['backups']),
-                  end=None, end_segment=None, archive_max=repo.get('archive_max'))
+                  end=None, end_segment=None, archive_max=repo.get('archive_max'), exact=exact)
     if exact:
         result['end'], result['end_segment'] = last_commit(settings, runner, repo)
     if result['end'] is not None and result['end'] < result['start']:
@@ -371,7 +371,9 @@ def describe_window(win, key=None):
     if win is None:
         return 'repo%s: no physical backup' % key
     return 'repo%d: from %s to %s' % (win['repo'], show(win['start']), show(win['end']) if win['end'] else
-                                      'the end of its archived WAL (no commit found in its newest segments)')
+                                      'the end of its archived WAL%s' % (
+                                          ' (no commit found in its newest segments)' if win.get('exact', True)
+                                          else ' (segment %s)' % win.get('archive_max')))
 
 
 def cluster_identity(settings):

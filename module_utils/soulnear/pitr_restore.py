@@ -267,7 +267,9 @@ def plan(settings, target=LATEST, repo=None, runner=None):
     if when is not None and when > now:
         raise PitrError('%s is in the future (now %s): nothing after the last archived commit can be restored. '
                         'Nothing was changed' % (show(when), show(now)))
-    windows = dict((k, window(settings, runner, r)) for k, r in repos.items())
+    # The end of a window (the last archived commit, read with pg_waldump) only decides a restore to a time;
+    # latest takes the archive that reaches furthest.
+    windows = dict((k, window(settings, runner, r, exact=when is not None)) for k, r in repos.items())
     live_until = now if live and live['ours'] and not live['in_recovery'] else None
     key, win = _choose(windows, when, repo, live_until)
     return dict(target=when, target_text=show(when) if when else LATEST, repo=key, window=win, windows=windows,
@@ -291,7 +293,9 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
          [win['newest_backup']])[-1]
     result = dict(changed=not check_mode, database=live_db, target=decided['target_text'], repo=decided['repo'],
                   backup=backup['label'], backup_type=backup['type'],
-                  window=dict((k, None if w is None else dict(start=show(w['start']), end=show(w['end'])))
+                  window=dict((k, None if w is None else dict(
+                      start=show(w['start']), end=show(w['end']) if w['end'] else 'archived WAL up to %s' % (
+                          w['archive_max'] or 'none')))
                               for k, w in decided['windows'].items()),
                   volume=volume, kept_volume=None, restored_volume=None, recovered_to=None, timeline=None,
                   steps={}, bot=dict(container=settings['bot_container'] or None, was_running=False, stopped=False,
