@@ -214,7 +214,8 @@ def _wait_promoted(settings, runner, timeout, log):
 
 def _finish_recovery(settings):
     """Remove pgBackRest's recovery settings from postgresql.auto.conf (they do nothing after the promotion, but
-    the next restore should not find them) and reload."""
+    the next restore should not find them) and reload. Returns (the names removed, those of postmaster context:
+    the server keeps their values until it restarts, and reports them as pending a restart meanwhile)."""
     conn = connect(dict(settings['conn'], retries=2), application_name='soulnear pitr')
     try:
         with conn.cursor() as cur:
@@ -225,7 +226,9 @@ def _finish_recovery(settings):
                 cur.execute('ALTER SYSTEM RESET %s' % name)
             if names:
                 cur.execute('SELECT pg_reload_conf()')
-        return names
+            cur.execute("SELECT name FROM pg_settings WHERE name = ANY(%s) AND context = 'postmaster'", (names,))
+            postmaster = sorted(row[0] for row in cur.fetchall())
+        return names, postmaster
     finally:
         conn.close()
 
@@ -396,7 +399,15 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
         step('recovery', since)
         log('recovered%s and promoted (timeline %s) in %.1f s' % (
             ' to %s' % result['recovered_to'] if replayed else '', timeline, seconds))
-        result['reset_settings'] = _finish_recovery(settings)
+        result['reset_settings'], postmaster = _finish_recovery(settings)
+        if postmaster:
+            # recovery_target_time and recovery_target_action hold until a restart: one now, while the bot is
+            # stopped, rather than an unexplained one at the next deploy (pg_server would see them pending).
+            since = time.time()
+            log('restarting PostgreSQL once to drop %s' % ', '.join(postmaster))
+            containers.restart(settings['container'], timeout=settings['db_stop_timeout'])
+            _wait_promoted(settings, runner, 120, log)
+            step('restart', since)
         result['data_guard'] = _record_guard(settings, 'point-in-time restore of %s to %s (repo%d, backup %s) '
                                              'completed' % (live_db, result['target'], decided['repo'],
                                                             backup['label']), log)

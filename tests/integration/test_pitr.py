@@ -94,6 +94,8 @@ def test_pitr_to_a_time_before_drop_table_with_a_writer(lab):
     guard = json.load(open(lab.guard_file))
     assert guard['flag'] is None and guard['tables']['aiogram_states'] == 1
     assert lab.sql("SELECT count(*) FROM pg_file_settings WHERE name LIKE 'recovery_target%'") == [(0,)]
+    # Restarted once more inside the restore: nothing waits for a restart (the next deploy would do one).
+    assert 'restart' in result['steps'] and lab.sql('SELECT count(*) FROM pg_settings WHERE pending_restart') == [(0,)]
     # Archiving goes on, on the new timeline.
     pitr.check(lab.settings())
 
