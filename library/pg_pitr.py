@@ -35,7 +35,8 @@ description:
     cannot be stops the restore); restores into a new Docker volume; moves the current data directory to
     C(<volume>__pre_pitr_<time>) (kept, RV(drop_previous_command) drops it) and the restored one into the database's
     volume; starts PostgreSQL, waits for the recovery to the target and the promotion (a new timeline), removes the
-    recovery settings, records the restored database with the data-loss guard and starts the bot again."
+    recovery settings (restarting once when they were of postmaster context, as a target time's are), records the
+    restored database with the data-loss guard and starts the bot again."
   - A restore that fails before the volumes change places leaves the live data as it was; a recovery that fails
     after puts the previous data back and starts it and the bot.
 version_added: "1.2.0"

@@ -17,7 +17,8 @@ restore() - what `make restore TIME='2026-11-29 14:05:00+00' CONFIRM=soul_bot` r
    of the volumes' directories on the host, so nothing is copied and the container keeps its volume name.
 5. PostgreSQL starts on it, replays the archived WAL up to the target and promotes (a new timeline); the module
    waits for that, reads the time of the last transaction it replayed, removes the recovery settings pgBackRest
-   wrote, and records the restored database with the data-loss guard.
+   wrote (restarting once more when a target time's postmaster settings were among them), and records the
+   restored database with the data-loss guard.
 6. the bot starts again and must become healthy.
 
 A failure before step 4 leaves the live data as it was (the new volume is removed, the server and the bot are
