@@ -326,7 +326,7 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
     bot_state = containers.container_state(bot) if bot else None
     result['bot']['was_running'] = bool(bot_state and bot_state['running'])
     db_was_running = runner.running
-    swapped = False
+    swapped = put_back = False
     data_dir = _volume_data(volume)
     try:
         if result['bot']['was_running']:
@@ -392,7 +392,7 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
             seconds, replayed, timeline = _wait_promoted(settings, runner, int(settings['recovery_timeout']), log)
         except FAILURES as exc:
             _put_back(settings, volume, data_dir, kept_dir, new_volume, result, log)
-            swapped = False
+            swapped, put_back = False, True  # the failed attempt's volume stays for inspection
             raise PitrError('the recovery to %s failed: %s. The previous data is back in %s and started again; the '
                             'failed attempt is kept as volume %s' % (result['target'], describe_failure(exc), volume,
                                                                      new_volume), result) from None
@@ -413,7 +413,7 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
                                              'completed' % (live_db, result['target'], decided['repo'],
                                                             backup['label']), log)
     except BaseException as exc:
-        if not swapped:
+        if not swapped and not put_back:
             _cleanup_before_swap(settings, result, db_was_running, log)
         if isinstance(exc, FAILURES) and not isinstance(exc, PitrError):
             raise PitrError('%s. %s' % (describe_failure(exc), 'The live data was not changed' if not swapped else

@@ -218,3 +218,36 @@ def test_broken_archiving_fails_health_alerts_and_recovers_by_itself(lab, tmp_pa
     assert report['checks']['wal_archiving']['ok'], report['checks']['wal_archiving']
     assert health(args + ['monitor']) == 0
     assert 'health checks pass again' in alerts(tmp_path)
+
+
+def archived(lab):
+    """Every archived WAL file of repo1, by path."""
+    found = set()
+    for top, _dirs, files in os.walk(os.path.join(lab.repo_dir, 'archive')):
+        found.update(os.path.join(top, name) for name in files if name[:1] == '0' and '.history' not in name)
+    return found
+
+
+def test_a_recovery_that_fails_puts_the_previous_data_back(lab):
+    """WAL the recovery needs is missing from the repository: PostgreSQL stops before the target, and the restore
+    puts the previous data directory back, starts it and the bot, and keeps the failed attempt's volume."""
+    backed_up(lab)
+    lab.sql('SELECT txid_current(); SELECT pg_switch_wal()')
+    time.sleep(3)
+    kept = archived(lab)
+    lab.sql('CREATE TABLE precious (id int); INSERT INTO precious SELECT generate_series(1, 500); '
+            'SELECT pg_switch_wal()')
+    time.sleep(2)
+    target = utc_now()
+    lab.sql('INSERT INTO precious VALUES (501); SELECT pg_switch_wal()')
+    deadline = time.time() + 30
+    while not (archived(lab) - kept) and time.time() < deadline:
+        time.sleep(0.5)
+    for path in archived(lab) - kept:  # the WAL after the backup is lost from the repository
+        os.unlink(path)
+    failed = pytest.raises(pitr.PitrError, restore, lab.settings(), pitr.show(target), confirm=DB)
+    text = str(failed.value)
+    assert 'the recovery to' in text and 'failed' in text and 'previous data is back' in text, text
+    assert lab.sql('SELECT count(*) FROM precious') == [(501,)]  # the live data, untouched
+    assert failed.value.result['restored_volume'] in lab.volumes()  # the failed attempt, kept for inspection
+    assert failed.value.result['bot']['started']
