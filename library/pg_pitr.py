@@ -72,6 +72,13 @@ options:
       WAL written meanwhile and a restore from the older backups would stop at that gap.
     type: bool
     default: false
+  new_history:
+    description: O(operation=setup) - the running server is meant to be another cluster than the one the
+      repositories know (a clean redeploy re-initialised the volume, or a logical dump was restored onto a new one).
+      C(pgbackrest stanza-upgrade) records it, the old backups stay in the repositories as the stanza's prior
+      history, and every repository gets a first full backup. Without it such a server is refused.
+    type: bool
+    default: false
   retention_full:
     description: Full backups kept per repository after a backup.
     type: int
@@ -279,6 +286,7 @@ def argument_spec():
         repo_dir=dict(type='path', default=defaults['repo_dir']),
         backup_type=dict(type='str', choices=list(pitr.BACKUP_TYPES), default='diff'),
         archiving_resumed=dict(type='bool', default=False),
+        new_history=dict(type='bool', default=False),
         retention_full=dict(type='int', default=defaults['retention_full']),
         retention_diff=dict(type='int', default=defaults['retention_diff']),
         target=dict(type='str', default=pitr.LATEST),
@@ -305,7 +313,8 @@ def run(module, settings, log):
     p = module.params
     operation = p['operation']
     if operation == 'setup':
-        return pitr.setup(settings, check_mode=module.check_mode, log=log, archiving_resumed=p['archiving_resumed'])
+        return pitr.setup(settings, check_mode=module.check_mode, log=log, archiving_resumed=p['archiving_resumed'],
+                          new_history=p['new_history'])
     if operation == 'info':
         described = pitr.describe(settings)
         return dict(changed=False, lines=described['lines'], repositories=described['repositories'],

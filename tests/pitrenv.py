@@ -136,6 +136,13 @@ class PitrLab:
                 handle.write(self.s3.config()['soulnear_pitr_s3_ca'])
         self.create_container()
         self.wait_ready()
+        self.init_database()
+        docker('run', '-d', '--init', '--name', self.bot, '--network', self.network, 'soulnear/debian:bookworm',
+               'sleep', 'infinity')
+        return self
+
+    def init_database(self):
+        """A new cluster as the deploy leaves it: WAL archiving converged (one restart) and the bot's database."""
         # The settings the postgres role converges (pg_server, ALTER SYSTEM), then the restart it reports.
         result = pgserver.converge(self.params('postgres'), settings=dict(
             archive_mode='on', archive_command='pgbackrest --stanza=%s archive-push %%p' % STANZA,
@@ -148,8 +155,6 @@ class PitrLab:
         self.sql('CREATE TABLE aiogram_states (key text PRIMARY KEY, state text); '
                  'CREATE TABLE schema_migrations (version text PRIMARY KEY); '
                  "INSERT INTO aiogram_states VALUES ('user:1', 'menu'); INSERT INTO schema_migrations VALUES ('001')")
-        docker('run', '-d', '--init', '--name', self.bot, '--network', self.network, 'soulnear/debian:bookworm',
-               'sleep', 'infinity')
         return self
 
     def create_container(self, start=True):

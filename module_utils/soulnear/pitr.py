@@ -258,8 +258,9 @@ def info(settings, runner):
 
 
 def repositories(stanza):
-    """{key: repository} of an info entry: status, cipher, the current database's system id, valid backups
-    (oldest first) and the archive's newest segment."""
+    """{key: repository} of an info entry: status, cipher, the current database's system id, valid backups of the
+    current database (oldest first; those from before a stanza-upgrade are its prior history) and the archive's
+    newest segment."""
     repos = {}
     for repo in stanza.get('repo') or []:
         status = repo.get('status') or {}
@@ -280,9 +281,12 @@ def repositories(stanza):
         if repo['archive_min'] is None or archive['min'] < repo['archive_min']:
             repo['archive_min'] = archive['min']
     for backup in stanza.get('backup') or []:
-        repo = repos.get(int((backup.get('database') or {}).get('repo-key') or 1))
+        database = backup.get('database') or {}
+        repo = repos.get(int(database.get('repo-key') or 1))
         if repo is None or backup.get('error'):
             continue
+        if database.get('id') is not None and repo['db_id'] is not None and database['id'] != repo['db_id']:
+            continue  # a backup of the cluster before a stanza-upgrade (clean redeploy): not in this window
         stamp = backup.get('timestamp') or {}
         sizes = backup.get('info') or {}
         repo['backups'].append(dict(label=backup.get('label'), type=backup.get('type'), start=stamp.get('start'),
@@ -395,13 +399,17 @@ def _backup_args(settings, key, backup_type):
             '--repo%d-retention-diff=%d' % (key, max(1, int(settings['retention_diff']))), 'backup']
 
 
-def setup(settings, check_mode=False, log=null_log, archiving_resumed=False):
+def setup(settings, check_mode=False, log=null_log, archiving_resumed=False, new_history=False):
     """Make every repository ready: stanza-create where one has no stanza, a check that WAL reaches them, a first
     full backup where one holds none. Refuses a repository that holds another cluster's backups.
 
     archiving_resumed: WAL archiving was just turned on again (archive_mode was off): the archive misses the WAL
     written meanwhile, so a restore from the older backups would stop at that gap. A new full backup on every
-    repository that holds backups makes TIME=latest whole again."""
+    repository that holds backups makes TIME=latest whole again.
+
+    new_history: the running server is meant to be another cluster than the one the repositories know (a clean
+    redeploy re-initialised it on purpose): `pgbackrest stanza-upgrade` records the new cluster, the old backups stay
+    in the repository as its prior history, and every repository gets a first full backup of the new one."""
     started = time.time()
     runner = Runner(settings['container'], settings['exec_user'])
     if not runner.running:
@@ -410,12 +418,28 @@ def setup(settings, check_mode=False, log=null_log, archiving_resumed=False):
     repos = repositories(info(settings, runner))
     system_id, _recovery = cluster_identity(settings)
     foreign = [r for r in repos.values() if r['system_id'] and r['system_id'] != system_id]
+    actions = []
+    if foreign and new_history:
+        actions.append('stanza %s moved to the new database cluster (system identifier %s) on %s; the backups of '
+                       'the previous one (%s) stay as its prior history'
+                       % (settings['stanza'], system_id, ', '.join('repo%d' % r['key'] for r in foreign),
+                          foreign[0]['system_id']))
+        if check_mode:
+            return dict(changed=True, actions=actions, duration=round(time.time() - started, 3),
+                        repositories=sorted(repos), system_identifier=system_id,
+                        msg='Would set up point-in-time recovery: %s; a first full backup on every repository'
+                            % actions[0])
+        log('stanza-upgrade: the repositories follow the new database cluster %s' % system_id)
+        pgbackrest(settings, runner, ['stanza-upgrade'], timeout=600)
+        repos = repositories(info(settings, runner))
+        foreign = []
     if foreign:
         raise PitrError('%s holds the backups of another database cluster (system identifier %s) than the one '
                         'running now (%s): this server was re-initialised or is a new one, and WAL archiving to it '
                         'is refused. Fix: to get the data back, restore it - make restore TIME=latest CONFIRM=%s; '
-                        'to start a new history on purpose, set soulnear_pitr_stanza to a new name (the old backups '
-                        'stay under the old one)' % (', '.join('repo%d' % r['key'] for r in foreign),
+                        'to start a new history on purpose (e.g. after restoring a logical dump onto a new volume), '
+                        'deploy once with -e backup_pitr_new_history=true (the old backups stay as the stanza\'s '
+                        'prior history)' % (', '.join('repo%d' % r['key'] for r in foreign),
                                                       foreign[0]['system_id'], system_id,
                                                       settings['conn'].get('login_db') or 'the database'))
     broken = [r for r in repos.values() if r['status'] not in (STATUS_OK, STATUS_MISSING_PATH, STATUS_NO_BACKUP,
@@ -425,7 +449,6 @@ def setup(settings, check_mode=False, log=null_log, archiving_resumed=False):
                         'server\'s uid 999; the offsite bucket reachable with the vault credentials) and deploy again'
                         % ('; '.join('repo%d: %s' % (r['key'], r['message']) for r in broken),
                            settings['repo_dir'] or 'of repo1'))
-    actions = []
     missing = [r['key'] for r in repos.values() if r['status'] in (STATUS_MISSING_PATH, STATUS_MISSING_DATA)]
     if missing:
         actions.append('stanza %s created on %s' % (settings['stanza'], ', '.join('repo%d' % k for k in missing)))

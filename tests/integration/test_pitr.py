@@ -59,6 +59,31 @@ def test_setup_is_idempotent_and_describes_the_window(lab):
     assert any('Recovery window' in line for line in described['lines'])
 
 
+def test_a_reinitialised_cluster_is_refused_until_a_new_history_is_asked_for(lab):
+    """A clean redeploy re-initialises the volume on purpose: the repositories know the old cluster. Without
+    new_history the setup refuses (the data-loss case); with it, stanza-upgrade keeps the old backups as prior
+    history, the window is the new cluster's and WAL reaches the repository again."""
+    backed_up(lab)
+    old_backups = pitr.repositories(pitr.info(lab.settings(), pitr.Runner(lab.name)))[1]['backups']
+    lab.lose_the_host()
+    lab.create_container()
+    lab.wait_ready()
+    lab.init_database()
+    with pytest.raises(pitr.PitrError, match='another database cluster.*backup_pitr_new_history=true'):
+        pitr.setup(lab.settings())
+    moved = pitr.setup(lab.settings(), new_history=True)
+    assert moved['changed'] and moved['actions'][0].startswith('stanza soulnear moved to the new database cluster')
+    assert 'first full backup on repo1' in moved['actions'], moved
+    raw = pitr.info(lab.settings(), pitr.Runner(lab.name))
+    repo = pitr.repositories(raw)[1]
+    assert repo['system_id'] == moved['system_identifier']
+    assert [b['label'] for b in repo['backups']] != [b['label'] for b in old_backups]
+    assert len(repo['backups']) == 1 and repo['backups'][0]['type'] == 'full'
+    assert len(raw.get('backup') or []) == len(old_backups) + 1  # the old cluster's backups are kept
+    pitr.check(lab.settings())
+    assert not pitr.setup(lab.settings())['changed']
+
+
 def test_pitr_to_a_time_before_drop_table_with_a_writer(lab):
     backed_up(lab)
     writer = Writer(lab)
