@@ -58,3 +58,18 @@ def test_example_secrets_are_refused_and_no_value_is_printed(tmp_path):
     assert 'vault_bot_token still has the example value' in output
     assert 'CHANGE-ME-bot-token-value' not in output
     assert SECRETS['vault_postgres_password'] not in output
+
+
+def test_an_offsite_pitr_repository_needs_its_endpoint_keys_and_a_long_passphrase(tmp_path):
+    code, output = run_preflight(tmp_path, soulnear_pitr_s3_bucket='offsite', vault_pitr_cipher_pass='short-pass')
+    assert code != 0, output
+    assert 'soulnear_pitr_s3_bucket is set but soulnear_pitr_s3_endpoint is empty' in output
+    assert 'vault_pitr_s3_key or vault_pitr_s3_key_secret is empty' in output
+    assert 'vault_pitr_cipher_pass is not set or shorter than 20 characters' in output
+    assert 'short-pass' not in output
+    code, output = run_preflight(tmp_path, soulnear_pitr_s3_bucket='offsite', soulnear_pitr_s3_endpoint='s3.example',
+                                 vault_pitr_s3_key='key-id-value', vault_pitr_s3_key_secret='key-secret-value',
+                                 vault_pitr_cipher_pass='p' * 32, postgres_uid=999)
+    assert code != 0 and 'postgres_uid is no longer read' in output, output
+    assert 'soulnear_pitr_s3_bucket is set' not in output and 'vault_pitr_cipher_pass is not set' not in output
+    assert 'key-secret-value' not in output and 'p' * 32 not in output
