@@ -71,6 +71,12 @@ options:
     description: File name pattern of the backups.
     type: str
     default: backup_%Y%m%d_%H%M%S.dump
+  pitr:
+    description:
+      - Point-in-time recovery is on (C(soulnear_pitr_enabled)). The refusal then names the restore to the latest
+        archived commit (C(make restore TIME=latest)) first, the newest dump only as the fallback.
+    type: bool
+    default: false
   login_user:
     description: Role to connect as; the application's role, which owns the required tables.
   login_db:
@@ -188,6 +194,7 @@ def argument_spec():
         actor=dict(type='str', default=''),
         backup_dir=dict(type='path', default=BACKUP_DEFAULTS['backup_dir']),
         backup_name_pattern=dict(type='str', default=DEFAULT_NAME_PATTERN),
+        pitr=dict(type='bool', default=False),
     )
     return spec
 
@@ -233,7 +240,7 @@ def main():
         result = guard.check(path, observed, allow_empty=params['allow_empty_database'], by=actor,
                              check_mode=module.check_mode,
                              advice=lambda: guard.restore_advice(params['login_db'], params['backup_dir'],
-                                                                 params['backup_name_pattern']))
+                                                                 params['backup_name_pattern'], params['pitr']))
     except guard.GuardError as exc:
         module.fail_json(msg=str(exc), ok=False, status='refused', problem=None)
     record = result['record'] or {}

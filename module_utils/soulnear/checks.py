@@ -142,7 +142,7 @@ def check_data_guard(conn, tables_result, options):
 
         def advice():
             return guard.restore_advice(observed['database'], options.get('backup_dir'),
-                                        _opt(options, 'backup_name_pattern'))
+                                        _opt(options, 'backup_name_pattern'), pitr=bool(options.get('pitr_stanza')))
         if options.get('data_guard_update'):
             result = guard.check(path, observed, by=options.get('data_guard_actor'), advice=advice)
         else:

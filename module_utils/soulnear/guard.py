@@ -189,9 +189,17 @@ def evaluate(record, observed, allow_empty=False):
     return dict(ok=problem is None, problem=problem, reason=reason, allowed=False)
 
 
-def restore_advice(database, backup_dir=None, pattern=DEFAULT_NAME_PATTERN):
-    """How to get the data back, naming the newest backup of database that still verifies."""
+def restore_advice(database, backup_dir=None, pattern=DEFAULT_NAME_PATTERN, pitr=False):
+    """How to get the data back, naming the newest backup of database that still verifies. With point-in-time
+    recovery on (pitr), the restore to the latest archived commit comes first: it loses at most the last
+    archive_timeout of commits, the newest dump everything since it was taken."""
     parts = []
+    if pitr:
+        parts.append('Point-in-time recovery is on: get back every commit up to the last archived one with: make '
+                     'restore TIME=latest CONFIRM=%s (playbooks/restore.yml -e time=latest -e confirm=%s); the '
+                     'restore lowers this flag. Only when that fails (the repositories are lost too), restore a '
+                     'dump as below, then deploy once with -e backup_pitr_new_history=true (docs/pitr.md).'
+                     % (database, database))
     if backup_dir:
         try:
             good, corrupt = newest_intact(backup_dir, pattern or DEFAULT_NAME_PATTERN, database)

@@ -177,3 +177,15 @@ def test_module_refuses_clears_and_hides_the_password(app_db, tmp_path):
     assert code == 0 and result['status'] == 'cleared' and 'is lowered' in result['msg'], out
     code, result, out = run_module(tmp_path, 'data_guard', dict(args, allow_empty_database=True))
     assert code == 0 and result['ok'], out
+
+
+def test_with_point_in_time_recovery_the_advice_is_the_restore_to_latest_first(tmp_path):
+    """A lost volume with PITR on: make restore TIME=latest loses at most the last archive_timeout of commits, the
+    newest dump everything since it was taken - the refusal names the first, the dump only as the fallback."""
+    backups = tmp_path / 'backups'
+    newest = verified_backup(backups, 'soul_bot', hours_old=5)
+    plain = guard.restore_advice('soul_bot', str(backups))
+    assert 'TIME=latest' not in plain and 'make restore BACKUP=latest CONFIRM=soul_bot' in plain
+    advice = guard.restore_advice('soul_bot', str(backups), pitr=True)
+    first, dump = advice.index('make restore TIME=latest CONFIRM=soul_bot'), advice.index('BACKUP=latest')
+    assert first < dump and newest in advice and 'backup_pitr_new_history=true' in advice
