@@ -8,6 +8,6 @@ CHAOS_ARGS ?=
 
 .PHONY: chaos
 
-## Inject the faults into a sandbox of its own and print what recovered and what was lost (~45 min)
+## Inject the faults into a sandbox of its own and print what recovered and what was lost (~25 min)
 chaos:
 	$(PYTHON) scripts/chaos.py --name $(SANDBOX) --table .cache/chaos-table.md $(CHAOS_ARGS)

@@ -309,25 +309,38 @@ def fault_stop_database(lab, limit=300):
 
 def fault_volume_lost(lab, limit=900):
     """The database container and its volume removed: the next deploy refuses on the empty database with the
-    restore instructions; make restore brings back the data up to the last backup and clears the guard."""
+    restore instructions; make restore brings back the data up to the last backup (with point-in-time recovery
+    on: up to the last archived commit, make restore TIME=latest) and clears the guard."""
     name = 'database volume lost'
     lab.ensure_serving()
+    pitr = bool((lab.config.get('pitr') or {}).get('enabled'))
     writer = lab.start_writer(name)
     at_backup = lab.acked(writer)  # acknowledged before the dump started: all of them are in the backup
     backup = lab.playbook('playbooks/backup.yml')
     if backup.returncode != 0:
         raise RuntimeError('backup before the fault failed: %s' % backup.stdout[-2000:])
     time.sleep(3)
+    if pitr:
+        # With point-in-time recovery the restore brings back every archived commit: each row acknowledged more
+        # than archive_timeout (+ slack) before the loss must be back, not only those in the dump.
+        timeout = int(lab.sql("SELECT setting FROM pg_settings WHERE name = 'archive_timeout'")[0][0])
+        at_backup = lab.acked(writer)
+        time.sleep(timeout + 15)
     started = time.time()
     lab.run('docker rm -f %s && docker volume rm %s' % (lab.db, lab.volume))
     deploy = lab.playbook('deploy.yml')
-    refused = deploy.returncode != 0 and 'DATA LOSS SUSPECTED' in deploy.stdout and 'make restore' in deploy.stdout
+    said = ' '.join(deploy.stdout.split())  # the message as one line, however the callback wrapped it
+    refused = deploy.returncode != 0 and 'DATA LOSS SUSPECTED' in said and 'make restore' in said
     result = _result(name, False, None)
     result['notes'].append('deploy refused with the restore instructions' if refused else
                            'deploy did NOT refuse (rc %s): %s' % (deploy.returncode, _tail(deploy)))
     status = lab.playbook('playbooks/guard.yml')
     result['notes'].append('guard flag raised' if 'FLAG RAISED' in status.stdout else 'guard flag NOT raised')
-    restore = lab.playbook('playbooks/restore.yml', '-e', 'backup=latest', '-e', 'confirm=%s' % lab.dbname)
+    how = ('-e', 'time=latest') if pitr else ('-e', 'backup=latest')
+    if pitr and 'make restore TIME=latest' not in said:
+        refused = False
+        result['notes'].append('the refusal does NOT name the point-in-time restore (make restore TIME=latest)')
+    restore = lab.playbook('playbooks/restore.yml', *how, '-e', 'confirm=%s' % lab.dbname)
     if restore.returncode != 0:
         result['notes'].append('restore FAILED: %s' % _tail(restore))
         return lab.finish(writer, result)
@@ -338,13 +351,16 @@ def fault_volume_lost(lab, limit=900):
     if again.returncode != 0:
         result['notes'].append('deploy after the restore FAILED: %s' % _tail(again))
     lab.finish(writer, result)
-    result['notes'].append('%d acknowledged before the backup, all of them back; rows after the backup are lost by '
-                           'design (restore = the last backup)' % at_backup)
     acked = [int(x) for x in lab.run('cat %s/%s.log' % (HOST_DIR, writer['key'])).split()]
     present = set(r[0] for r in lab.sql("SELECT id FROM chaos_writes WHERE fault = '%s'" % writer['key']) or [])
     early_missing = [i for i in acked[:at_backup] if i not in present]
+    result['notes'].append('%d acknowledged %s, %s back; rows after it are lost by design (%s)' % (
+        at_backup, 'more than archive_timeout before the loss' if pitr else 'before the backup',
+        'all of them' if not early_missing else 'NOT all of them',
+        'restore to the last archived commit' if pitr else 'restore = the last backup'))
     result['lost_before_backup'] = len(early_missing)
-    result['expected_loss'] = True
+    # What the restore cannot bring back, for the table: the commits after the dump, or (PITR) the last seconds.
+    result['expected_loss'] = 'in the last %d s before the loss' % (timeout + 15) if pitr else 'after the last backup'
     return result
 
 
@@ -675,8 +691,9 @@ def print_table(results, security, out=sys.stdout, title=None):
         seconds = '-' if result.get('seconds') is None else '%.0f s' % result['seconds']
         lost = str(result['lost'])
         if result.get('expected_loss'):
-            lost += ' (after the last backup; 0 before it)' if not result.get('lost_before_backup') else \
-                ' (%d before the backup!)' % result['lost_before_backup']
+            window = result['expected_loss'] if isinstance(result['expected_loss'], str) else 'after the last backup'
+            lost += ' (%s; 0 before)' % window if not result.get('lost_before_backup') else \
+                ' (%d before that!)' % result['lost_before_backup']
         rows.append((str(number), result['fault'], 'yes' if result['recovered'] else 'NO', seconds,
                      str(result['acked']), lost))
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
@@ -784,9 +801,10 @@ def main(argv=None):
             except Exception as exc:  # noqa: BLE001 - the fault table is printed whatever happened here
                 security = [('security checks', False, 'error: %s' % str(exc)[:1500])]
         results.sort(key=lambda item: item[0])  # --only 6,1 runs 6 first; the table is in the faults' order
-        title = 'make chaos, %s, %d fault(s) in %.0f min, %s core(s)%s' % (
-            time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), len(results), (time.time() - started) / 60,
-            os.cpu_count(), ''.join(' -e %s' % v for v in args.extra_vars))
+        title = 'make chaos, %s, %d fault(s)%s, %.0f min in all, %s core(s)%s' % (
+            time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), len(results),
+            ' and the security checks' if security else '', (time.time() - started) / 60, os.cpu_count(),
+            ''.join(' -e %s' % v for v in args.extra_vars))
         print('\n== ' + title + '\n')
         print_table(results, security)
         if args.table:

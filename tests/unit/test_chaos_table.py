@@ -29,9 +29,17 @@ def test_the_table_has_every_column_and_marks_what_did_not_recover():
     assert [c.strip() for c in lines[2].strip('|').split('|')] == [
         '1', 'database container killed (docker kill)', 'yes', '74 s', '748', '0']
     assert [c.strip() for c in lines[3].strip('|').split('|')][2:] == ['NO', '-', '10', '2']
-    assert '120 (after the last backup; 0 before it)' in lines[4]
+    assert '120 (after the last backup; 0 before)' in lines[4]
     assert '  1. restarted by the monitor at its first check' in lines
     assert '| no secret in -vvv output of the playbooks | yes | clean |' in lines
+
+
+def test_a_point_in_time_restore_names_its_own_window():
+    result = chaos.Result(fault='database volume lost', recovered=True, seconds=105.5, acked=4772, lost=925, notes=[],
+                          expected_loss='in the last 75 s before the loss', lost_before_backup=0)
+    out = io.StringIO()
+    chaos.print_table([(6, result)], [], out)
+    assert '925 (in the last 75 s before the loss; 0 before)' in out.getvalue()
 
 
 def test_extra_vars_are_json_when_they_parse():
