@@ -27,27 +27,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
-
-import ansible.module_utils  # noqa: E402
-
-ansible.module_utils.__path__.append(os.path.join(ROOT, 'module_utils'))
-
+from benchpaths import MB, timed
 from ansible.module_utils.soulnear.backup import create_backup  # noqa: E402
 from ansible.module_utils.soulnear.backup_settings import make_settings  # noqa: E402
 from ansible.module_utils.soulnear.restore import restore_database  # noqa: E402
 from pgcontainer import PgContainer  # noqa: E402
-
-MB = 1024.0 * 1024.0
-
-
-def timed(func, *args, **kwargs):
-    started = time.perf_counter()
-    value = func(*args, **kwargs)
-    return time.perf_counter() - started, value
 
 
 def raw_dump(container, db, path):

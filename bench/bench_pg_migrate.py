@@ -27,13 +27,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
-
-import ansible.module_utils  # noqa: E402
-
-ansible.module_utils.__path__.append(os.path.join(ROOT, 'module_utils'))
-
+from benchpaths import ROOT
 from ansible.module_utils.soulnear.migrate import Migrator  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 

@@ -22,26 +22,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
-
-import ansible.module_utils  # noqa: E402
-
-ansible.module_utils.__path__.append(os.path.join(ROOT, 'module_utils'))
-
+from benchpaths import MB, timed
 from ansible.module_utils.soulnear import pitr  # noqa: E402
 from ansible.module_utils.soulnear.pitr_restore import restore  # noqa: E402
 from pitrenv import DB, PASSWORD, PitrLab  # noqa: E402
-
-MB = 1024.0 * 1024.0
-
-
-def timed(func, *args, **kwargs):
-    started = time.perf_counter()
-    value = func(*args, **kwargs)
-    return time.perf_counter() - started, value
 
 
 def raw_dump(lab, path):

@@ -18,21 +18,12 @@ Usage: .venv/bin/python bench/bench_redeploy.py [--runs 3]
 """
 
 import argparse
-import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
-sys.dont_write_bytecode = True
-
-import ansible.module_utils  # noqa: E402
-
-ansible.module_utils.__path__.append(os.path.join(ROOT, 'module_utils'))
-
+import benchpaths  # noqa: F401 - the tests' helpers and module_utils on the import path
 from ansible.module_utils.soulnear.redeploy import Redeployer  # noqa: E402
 from redeployenv import BASE_IMAGE, RedeployEnv  # noqa: E402
 
