@@ -111,8 +111,11 @@ def main():
         os.chmod(password_file, 0o600)
     parts = ['---\n# Written by molecule/default/operator_inventory.py with ansible-vault encrypt_string.\n']
     for name in SECRETS:
-        proc = subprocess.run([VAULT, 'encrypt_string', '--vault-password-file', password_file, secret(name),
-                               '--name', 'vault_' + name], check=True, capture_output=True, text=True)
+        # The value on stdin: as an argument, a random secret starting with '-' is taken for an option (and
+        # it would show in the process list).
+        proc = subprocess.run([VAULT, 'encrypt_string', '--vault-password-file', password_file,
+                               '--stdin-name', 'vault_' + name], input=secret(name), check=True,
+                              capture_output=True, text=True)
         parts.append(proc.stdout)
     with open(os.path.join(INVENTORY, 'group_vars', 'soulnear', 'vault.yml'), 'w') as handle:
         handle.write(''.join(parts))
