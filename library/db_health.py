@@ -50,9 +50,15 @@ options:
       compares it with the tracking table, with the same rules as the C(pg_migrate) module.
     type: path
   migrations_table:
-    description: Migration tracking table.
+    description: Migration tracking table (pg_migrate's O(migrations_table); the deploy's C(soulnear_migrations_table)).
     type: str
     default: schema_migrations
+  migrations_format:
+    description: Layout of the migrations directory, as pg_migrate's C(format) (the deploy's
+      C(app_migration_options.format)); V(auto) detects it.
+    type: str
+    choices: [auto, plain, flyway, golang-migrate, sqlx, dbmate, goose, sql-migrate, prisma, diesel]
+    default: auto
   connections_warn_percent:
     description: Warn when the client connections in use reach this share of the slots a non-superuser can use
       (C(max_connections) minus the reserved ones).
@@ -264,6 +270,7 @@ from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR
 from ansible.module_utils.soulnear.checks import DEFAULTS, report_lines, run_checks
 from ansible.module_utils.soulnear.files import write_private
 from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD_FILE
+from ansible.module_utils.soulnear.migrate import FORMATS
 
 
 def read_state(path):
@@ -285,6 +292,7 @@ def argument_spec():
         required_tables=dict(type='list', elements='str', default=list(DEFAULTS['required_tables'])),
         migrations_path=dict(type='path'),
         migrations_table=dict(type='str', default=DEFAULTS['migrations_table']),
+        migrations_format=dict(type='str', default=DEFAULTS['migrations_format'], choices=list(FORMATS)),
         connections_warn_percent=dict(type='int', default=DEFAULTS['connections_warn_percent']),
         db_container=dict(type='str'),
         bot_container=dict(type='str'),

@@ -33,6 +33,7 @@ DEFAULTS = dict(
     required_tables=['aiogram_states', 'schema_migrations'],
     migrations_path=None,
     migrations_table='schema_migrations',
+    migrations_format='auto',
     connections_warn_percent=80,
     db_container=None,
     bot_container=None,
@@ -159,12 +160,13 @@ def check_data_guard(conn, tables_result, options):
     return check(tables_result['ok'], value, tables_result['message'], tables_result.get('warning'))
 
 
-def check_migrations(params, path, table):
+def check_migrations(params, path, table, layout='auto'):
     try:
-        state = migration_status(params, path, table)
+        state = migration_status(params, path, table, layout)
     except MigrationError as exc:
-        return check(False, dict(path=path), '%s. Fix: point migrations_path at the bot\'s database/migrations '
-                     'directory on this host' % exc)
+        # pg_migrate's message names the cause and its fix (a missing directory, another tool's table, ...).
+        return check(False, dict(path=path, table=table), 'pg_migrate cannot read the migrations in %s against the '
+                     'table %s: %s' % (path, table, exc))
     except ConnectError as exc:
         return check(False, dict(path=path), 'could not read %s: %s' % (table, exc))
     value = dict(state, path=path)
@@ -441,7 +443,8 @@ def run_checks(options, policy=None):
             conn.close()
     if conn is not None and options.get('migrations_path'):
         checks['migrations'] = _guarded('migrations', check_migrations, dict(options, retries=0),
-                                        options['migrations_path'], _opt(options, 'migrations_table'))
+                                        options['migrations_path'], _opt(options, 'migrations_table'),
+                                        _opt(options, 'migrations_format'))
     previous = options.get('restart_counts') or {}
     for key, role in (('db_container', 'database'), ('bot_container', 'bot')):
         name = options.get(key)

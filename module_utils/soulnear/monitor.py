@@ -52,7 +52,8 @@ from .pg import RetryPolicy
 MONITOR_DEFAULTS = dict(
     dict((key, DEFAULTS[key]) for key in ('required_tables', 'connections_warn_percent', 'backup_max_age_hours',
                                           'backup_name_pattern', 'require_backup', 'disk_max_used_percent',
-                                          'disk_paths', 'pitr_backup_max_age_hours', 'pitr_archive_ready_max')),
+                                          'disk_paths', 'pitr_backup_max_age_hours', 'pitr_archive_ready_max',
+                                          'migrations_table', 'migrations_format')),
     migrations_dir=None,
     check_bot=True,
     retries=3,
@@ -127,6 +128,7 @@ class Config:
         mon = self.monitoring
         options = self.connection()
         options.update(required_tables=mon['required_tables'], migrations_path=mon['migrations_dir'],
+                       migrations_table=mon['migrations_table'], migrations_format=mon['migrations_format'],
                        connections_warn_percent=mon['connections_warn_percent'], db_container=self.db_container,
                        bot_container=self.bot_container, restart_counts=restart_counts,
                        backup_dir=self.base.get('backup_dir'), backup_max_age_hours=mon['backup_max_age_hours'],

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from ansible.module_utils.soulnear.checks import run_checks
 from ansible.module_utils.soulnear.migrate import MigrationError, Migrator, status
 from migration_tools import (apply_like, fixture, migrations_of, other_db, record_history,  # noqa: F401
                              schema, table_dump)
@@ -173,6 +174,22 @@ def test_golang_migrate_schema_migrations_is_not_adopted(pg_server, pg_db):
     assert table_dump(pg_server, pg_db, 'schema_migrations') == before
     with pytest.raises(MigrationError, match='belongs to golang-migrate'):
         status(pg_db, fixture('golang-migrate'))  # the health check says the same
+
+
+def test_the_health_check_reads_the_deploys_table_after_a_golang_migrate_takeover(pg_server, pg_db):
+    """The deploy took over with table: pg_schema_migrations (soulnear_migrations_table); the health check and the
+    monitor read that table too (db_health migrations_table / migrations_format) and pass. Reading golang-migrate's
+    schema_migrations instead fails with pg_migrate's own advice, not a guess about the directory."""
+    apply_like('golang-migrate', fixture('golang-migrate'), pg_server, pg_db, count=1)
+    record_history('golang-migrate', pg_server, pg_db, ['1_init.up.sql'], fixture('golang-migrate'))
+    migrate(pg_db, fixture('golang-migrate'), table='pg_schema_migrations', takeover='golang-migrate')
+    options = dict(pg_db, required_tables=['schema_migrations'], migrations_path=fixture('golang-migrate'))
+    report = run_checks(dict(options, migrations_table='pg_schema_migrations', migrations_format='golang-migrate'))
+    assert report['checks']['migrations']['ok'], report['checks']['migrations']
+    report = run_checks(options)
+    message = report['checks']['migrations']['message']
+    assert not report['checks']['migrations']['ok'] and 'belongs to golang-migrate' in message, message
+    assert 'table: pg_schema_migrations' in message and 'migrations_path' not in message
 
 
 def test_dbmate_schema_migrations_is_not_adopted(pg_server, pg_db):
