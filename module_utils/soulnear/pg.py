@@ -7,11 +7,21 @@ This file has no Ansible imports on purpose: the monitoring and backup roles
 install it on the host next to the small commands they run from cron/systemd,
 so the host commands and the Ansible modules use one implementation.
 
-Retry policy (DESIGN.md): retry only what can succeed on retry -
+Retry policy: retry only what can succeed on retry -
 connection failures (SQLSTATE class 08 except 08007, psycopg2
 OperationalError/InterfaceError without a code), 57P01 admin_shutdown,
-57P03 cannot_connect_now, 53300 too_many_connections. Never retry data,
-integrity, syntax, permission or authentication errors.
+57P03 cannot_connect_now, 53300 too_many_connections, and 25006
+read_only_sql_transaction. Never retry data, integrity, syntax, permission or
+authentication errors.
+
+25006 means "reconnect to the endpoint": behind a highly available endpoint
+(a Patroni cluster, a managed service's failover) the server this connection
+reached was the primary and has been demoted to a read-only replica. The
+statement did not run (a read-only transaction writes nothing), so a retry on a
+NEW connection - which the endpoint, libpq's target_session_attrs=read-write or
+the provider's DNS sends to the new primary - is safe. Retries here always
+reconnect: connect() retries opening the connection, and pg_migrate runs a
+failed migration again from a new connection, never on the old one.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -33,7 +43,8 @@ except ImportError as exc:  # pragma: no cover - reported by the caller
     PSYCOPG2_IMPORT_ERROR = exc
 
 DEFAULT_RETRY_DELAYS = (0.5, 1.0, 2.0)
-RETRYABLE_SQLSTATES = frozenset(('57P01', '57P03', '53300'))
+# 25006 read_only_sql_transaction: the primary was demoted (switchover/failover); reconnect (module docstring).
+RETRYABLE_SQLSTATES = frozenset(('57P01', '57P03', '53300', '25006'))
 
 # libpq reports connection-time failures without a SQLSTATE (psycopg2 leaves
 # pgcode empty), so the server's message is the only way to tell a wrong
@@ -60,6 +71,9 @@ _HINTS = {
     '53300': 'all connection slots are in use; raise max_connections or find the client holding them '
              '(SELECT application_name, count(*) FROM pg_stat_activity GROUP BY 1)',
     '57P01': 'the server or an administrator terminated the connection',
+    '25006': 'the server is read-only: a primary demoted by a switchover or failover, or an endpoint that '
+             'points at a replica; point the endpoint at the primary (libpq target_session_attrs=read-write, '
+             'the cluster\'s leader address) and retry',
 }
 
 

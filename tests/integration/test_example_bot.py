@@ -144,9 +144,11 @@ def botlib(monkeypatch):
 
 def bot_config(botlib, monkeypatch, params, **env):
     config, _ = botlib
-    for key, value in dict(POSTGRES_HOST=params['login_host'], POSTGRES_PORT=params['login_port'],
-                           POSTGRES_USER=params['login_user'], POSTGRES_PASSWORD=params['login_password'],
-                           POSTGRES_DB=params['login_db'], **env).items():
+    settings = dict(POSTGRES_HOST=params['login_host'], POSTGRES_PORT=params['login_port'],
+                    POSTGRES_USER=params['login_user'], POSTGRES_PASSWORD=params['login_password'],
+                    POSTGRES_DB=params['login_db'])
+    settings.update(env)
+    for key, value in settings.items():
         monkeypatch.setenv(key, str(value))
     return config.Config.from_env()
 
@@ -322,6 +324,29 @@ def test_wrong_password_fails_fast_without_retry_or_leak(pg_db, start_bot):
     assert wrong not in bot.output and SUPERUSER_PASSWORD not in bot.output
 
 
+def test_endpoint_settings_tls_and_multi_host(pg_db, botlib, monkeypatch):
+    config, db = botlib
+    cfg = bot_config(botlib, monkeypatch, pg_db, POSTGRES_SSLMODE='disable', POSTGRES_TARGET_SESSION_ATTRS='read-write')
+    database = db.Database(cfg)
+    try:  # a real connection with the endpoint settings: the server it reached takes writes
+        assert database.run(lambda cur: cur.execute('SHOW transaction_read_only') or cur.fetchone()[0]) == 'off'
+    finally:
+        database.close()
+    cfg = bot_config(botlib, monkeypatch, pg_db, POSTGRES_HOST='127.0.0.1,127.0.0.1',
+                     POSTGRES_PORT='%d, %d' % (free_port(), pg_db['login_port']))
+    assert cfg.port.endswith(',%d' % pg_db['login_port'])
+    database = db.Database(cfg)
+    try:  # the first host refuses; libpq moves on to the second
+        assert database.run(lambda cur: cur.execute('SELECT 1') or cur.fetchone()[0]) == 1
+    finally:
+        database.close()
+    for key, value, text in (('POSTGRES_SSLMODE', 'verify', 'must be one of disable'),
+                             ('POSTGRES_TARGET_SESSION_ATTRS', 'primary-only', 'must be one of any'),
+                             ('POSTGRES_PORT', '5432,x', 'comma-separated list of ports')):
+        with monkeypatch.context() as env, pytest.raises(config.ConfigError, match=text):
+            bot_config(botlib, env, pg_db, **{key: value})
+
+
 def test_bad_configuration_exits_2(pg_db, start_bot):
     bot = start_bot(pg_db, DB_POOL_SIZE='lots')
     assert bot.wait_exit() == 2
@@ -346,6 +371,16 @@ def test_retry_policy_on_real_errors(pg_server, pg_db, botlib):
     with pytest.raises(psycopg2.OperationalError) as err:  # connection refused
         connect(dict(pg_db, login_port=free_port()))
     assert db.is_retryable(err.value)
+
+    readonly = connect(pg_db)  # a primary demoted by a switchover refuses writes: reconnect through the endpoint
+    try:
+        with readonly.cursor() as cur:
+            cur.execute('SET default_transaction_read_only = on')
+            with pytest.raises(psycopg2.Error) as err:
+                cur.execute('CREATE TABLE demoted_probe (x int)')
+        assert err.value.pgcode == '25006' and db.is_retryable(err.value)
+    finally:
+        readonly.close()
 
     victim = connect(pg_db)
     pid = victim.info.backend_pid

@@ -5,7 +5,7 @@ import pytest
 
 from ansible.module_utils.soulnear.pg import RetryPolicy, describe_error, is_retryable, sqlstate_of
 
-RETRY = ['08000', '08003', '08006', '08001', '08004', '08P01', '57P01', '57P03', '53300']
+RETRY = ['08000', '08003', '08006', '08001', '08004', '08P01', '57P01', '57P03', '53300', '25006']
 NO_RETRY = ['08007', '22012', '23505', '23503', '42601', '42501', '42P01', '28P01', '28000', '40001', '57014',
             '53100', 'XX000']
 
@@ -34,6 +34,22 @@ def test_data_integrity_syntax_permission_auth_errors_are_not_retried(pg_server,
     exc = raise_sqlstate(pg_server, code)
     assert exc.pgcode == code
     assert not is_retryable(exc)
+
+
+def test_a_write_on_a_read_only_server_means_reconnect(pg_server):
+    # What a client sees on a primary that a switchover demoted: the write is refused, nothing was written, and a
+    # new connection through the endpoint reaches the new primary.
+    conn = pg_server.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute('SET default_transaction_read_only = on')
+            with pytest.raises(psycopg2.Error) as caught:
+                cur.execute('CREATE TEMP TABLE t (x int); CREATE TABLE soulnear_ro_probe (x int)')
+    finally:
+        conn.close()
+    assert caught.value.pgcode == '25006'
+    assert is_retryable(caught.value)
+    assert 'target_session_attrs=read-write' in describe_error(caught.value)
 
 
 def test_real_syntax_and_constraint_errors_are_not_retried(pg_server):

@@ -21,10 +21,32 @@ def _number(name, default, kind, minimum):
     return value
 
 
+def _ports(name, default):
+    """POSTGRES_PORT: one port, or one per host of a multi-host POSTGRES_HOST (a Patroni cluster)."""
+    raw = os.environ.get(name, '').strip()
+    if not raw:
+        return str(default)
+    parts = [p.strip() for p in raw.split(',')]
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in parts):
+        raise ConfigError(f'{name}={raw!r} must be a port, or a comma-separated list of ports (one per host)')
+    return ','.join(parts)
+
+
+_SSLMODES = ('disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full')
+_SESSION_ATTRS = ('any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby')
+
+
+def _choice(name, default, choices):
+    raw = os.environ.get(name, '').strip() or default
+    if raw not in choices:
+        raise ConfigError(f'{name}={raw!r} must be one of {", ".join(choices)}')
+    return raw
+
+
 @dataclass(frozen=True)
 class Config:
     host: str
-    port: int
+    port: str
     user: str
     password: str = field(repr=False)  # never in repr, hence never in a log line by accident
     dbname: str
@@ -39,13 +61,18 @@ class Config:
     work_interval: float
     migrations_dir: str
     db_wait_timeout: float
+    # TLS to the database (an external or managed server: verify-full with the provider's CA file) and, for a
+    # multi-host POSTGRES_HOST, which server to use (read-write: the primary, so a switchover is followed).
+    sslmode: str = 'prefer'
+    sslrootcert: str = ''
+    target_session_attrs: str = 'any'
 
     @classmethod
     def from_env(cls):
         env = os.environ.get
         return cls(
             host=env('POSTGRES_HOST') or 'localhost',
-            port=_number('POSTGRES_PORT', 5432, int, 1),
+            port=_ports('POSTGRES_PORT', 5432),
             user=env('POSTGRES_USER') or 'postgres',
             password=env('POSTGRES_PASSWORD', ''),
             dbname=env('POSTGRES_DB') or 'soul_bot',
@@ -60,6 +87,9 @@ class Config:
             work_interval=_number('BOT_WORK_INTERVAL', 10.0, float, 0.05),
             migrations_dir=env('BOT_MIGRATIONS_DIR') or '/app/database/migrations',
             db_wait_timeout=_number('BOT_DB_WAIT_TIMEOUT', 30.0, float, 0),
+            sslmode=_choice('POSTGRES_SSLMODE', 'prefer', _SSLMODES),
+            sslrootcert=env('POSTGRES_SSLROOTCERT') or '',
+            target_session_attrs=_choice('POSTGRES_TARGET_SESSION_ATTRS', 'any', _SESSION_ATTRS),
         )
 
     @property

@@ -3,8 +3,10 @@
 Retry policy (same rules as the project's module_utils/soulnear/pg.py; the bot
 ships on its own, so it carries its own copy): retry only what can succeed on
 retry - connection failures (SQLSTATE class 08 except 08007, OperationalError /
-InterfaceError without a code), 57P01, 57P03, 53300 - with 0.5 s / 1 s / 2 s
-backoff. Data, integrity, syntax, permission and authentication errors are
+InterfaceError without a code), 57P01, 57P03, 53300 and 25006 - with 0.5 s / 1 s / 2 s
+backoff. 25006 (read_only_sql_transaction) means the primary was demoted by a
+switchover or failover: the connection is discarded and the retry reconnects
+through the endpoint to the new primary. Data, integrity, syntax, permission and authentication errors are
 never retried: repeating them only hides the real problem for a few seconds.
 """
 
@@ -21,7 +23,7 @@ import psycopg2.pool
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.5, 1.0, 2.0)
-RETRYABLE_SQLSTATES = frozenset(('57P01', '57P03', '53300'))
+RETRYABLE_SQLSTATES = frozenset(('57P01', '57P03', '53300', '25006'))
 
 # libpq reports connection-time failures without a SQLSTATE, so a wrong password
 # looks like a refused connection except for its text. These must fail at once.
@@ -79,7 +81,10 @@ class Database:
             'options': f'-c statement_timeout={int(cfg.command_timeout * 1000)}',
             # Keepalives so a dead server or a dropped NAT entry is noticed, not waited on forever.
             'keepalives': 1, 'keepalives_idle': 30, 'keepalives_interval': 10, 'keepalives_count': 3,
+            'sslmode': cfg.sslmode, 'target_session_attrs': cfg.target_session_attrs,
         }
+        if cfg.sslrootcert:
+            self._connect_kwargs['sslrootcert'] = cfg.sslrootcert
         # Opened lazily (minconn=0 here), but up to pool_size idle connections are kept
         # afterwards: opening 20 connections at start would only burn server slots.
         self._pool = psycopg2.pool.ThreadedConnectionPool(
