@@ -25,7 +25,8 @@ description:
     C(pg_isready) does not); C(tables): O(required_tables) exist; C(migrations): against O(migrations_path),
     none pending, none failed, no drift; C(connections): slots in use against C(max_connections), a warning above
     O(connections_warn_percent); C(db_container) / C(bot_container): running, Docker health status, restart
-    count (a warning when it grew); C(backup_age): newest verified backup younger than
+    count (a warning when it grew; skipped for a database of O(db_external)); C(patroni) with O(patroni_url):
+    the cluster's leader, members and lag from Patroni's REST API; C(backup_age): newest verified backup younger than
     O(backup_max_age_hours); C(wal_archiving) and C(physical_backup) with O(pitr_stanza) (point-in-time
     recovery): archive_mode on, the archiver's last attempt succeeded (C(pg_stat_archiver)) and few segments wait,
     and the newest physical backup of every pgBackRest repository younger than O(pitr_backup_max_age_hours), every
@@ -68,6 +69,25 @@ options:
     description: Name of the database container to check (running, health status, restart count). Needs the
       docker CLI on the managed host.
     type: str
+  db_external:
+    description:
+      - The address of a database this deployment does not own (an external or managed server, a Patroni cluster,
+        the database host of a two-host deployment), for the report, e.g. V(db.example.com:5432).
+      - When set, no database container is checked (RV(skipped) says why, even with O(db_container)), and an
+        unreachable server's fix points at the network path and the provider instead of a container.
+    type: str
+  patroni_url:
+    description:
+      - Patroni's REST API of any member of the cluster (e.g. V(http://10.0.0.5:8008)). When set, the C(patroni)
+        check reads C(/cluster) and reports the leader, the members, their state and replication lag; it fails with
+        no leader, a member that is not running or streaming, or the REST API not answering, and warns in
+        maintenance mode (paused).
+      - An C(https) URL is verified with O(ca_cert).
+    type: str
+  patroni_max_lag_bytes:
+    description: Replication lag of a replica, in bytes, above which the C(patroni) check reports it.
+    type: int
+    default: 16777216
   bot_container:
     description: Name of the bot container to check, like O(db_container).
     type: str
@@ -295,6 +315,9 @@ def argument_spec():
         migrations_format=dict(type='str', default=DEFAULTS['migrations_format'], choices=list(FORMATS)),
         connections_warn_percent=dict(type='int', default=DEFAULTS['connections_warn_percent']),
         db_container=dict(type='str'),
+        db_external=dict(type='str'),
+        patroni_url=dict(type='str'),
+        patroni_max_lag_bytes=dict(type='int', default=DEFAULTS['patroni_max_lag_bytes']),
         bot_container=dict(type='str'),
         state_file=dict(type='path'),
         backup_dir=dict(type='path'),

@@ -50,6 +50,16 @@ options:
     description: Operating-system user inside the container that runs C(pg_dump) (C(docker exec -u)).
     type: str
     default: postgres
+  client_image:
+    description:
+      - For a database this deployment does not own (an external or managed server, a Patroni cluster, the database
+        host of a two-host deployment) - an image with C(pg_dump) and C(pg_restore) of the server's major version or
+        newer. The tools then run in a throwaway container of it on the host's network (C(docker run --rm --network
+        host)), reach the server at O(login_host):O(login_port) with O(ssl_mode) and O(ca_cert), and O(container) is
+        not used.
+      - Empty (the default) runs them in O(container).
+    type: str
+    default: ''
   name_pattern:
     description:
       - File name of a backup, with C(%Y %m %d) (required) and C(%H %M %S) (optional) replaced by the local time.
@@ -307,9 +317,9 @@ from ansible.module_utils.soulnear.files import human
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 
 # The backup settings this module takes; types, defaults and choices come from backup_settings.
-SETTINGS = ('backup_dir', 'container', 'exec_user', 'name_pattern', 'compression', 'compression_level', 'verify',
-            'space_margin', 'prune', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_last', 'keep_safety_backups',
-            'offsite')
+SETTINGS = ('backup_dir', 'container', 'exec_user', 'client_image', 'name_pattern', 'compression', 'compression_level',
+            'verify', 'space_margin', 'prune', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_last',
+            'keep_safety_backups', 'offsite')
 
 
 def argument_spec():

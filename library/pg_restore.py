@@ -75,6 +75,16 @@ options:
     description: Operating-system user inside the container that runs C(pg_restore) and C(pg_dump).
     type: str
     default: postgres
+  client_image:
+    description:
+      - For a database this deployment does not own (an external or managed server, a Patroni cluster, the database
+        host of a two-host deployment) - an image with C(pg_dump) and C(pg_restore) of the server's major version or
+        newer. The tools then run in a throwaway container of it on the host's network (C(docker run --rm --network
+        host)), reach the server at O(login_host):O(login_port) with O(ssl_mode) and O(ca_cert), and O(container) is
+        not used.
+      - Empty (the default) runs them in O(container).
+    type: str
+    default: ''
   bot_container:
     description: Container of the application, stopped for the swap and started after it (only if it was running).
       Empty means no container is stopped.
@@ -310,7 +320,7 @@ from ansible.module_utils.soulnear.restore import LATEST, restore_database, rest
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 
 # The backup settings this module takes; types, defaults and choices come from backup_settings.
-SETTINGS = ('backup_dir', 'name_pattern', 'container', 'exec_user', 'bot_container', 'bot_stop_timeout',
+SETTINGS = ('backup_dir', 'name_pattern', 'container', 'exec_user', 'client_image', 'bot_container', 'bot_stop_timeout',
             'safety_backup', 'owner', 'no_owner', 'require_checksum', 'space_margin', 'compression', 'largest_tables',
             'analyze', 'maintenance_work_mem', 'maintenance_db', 'keep_safety_backups', 'data_guard_file')
 

@@ -4,7 +4,9 @@
 """Taking a backup: create_backup, shared by the pg_backup module and the `soulnear-backup` host command.
 
 - pg_dump runs inside the database container (`docker exec`), so the client
-  is the server's own version; its custom-format output is streamed to the
+  is the server's own version - or, for a database the deployment does not own
+  (postgres_mode external), in a throwaway client container over TCP/TLS
+  (pgtools.tool_command); its custom-format output is streamed to the
   host and hashed while it is written, so the sha256 costs no second read.
 - A dump is written to a hidden temporary name, fsynced, checked with
   `pg_restore --list`, then its sha256 sidecar (`sha256sum -c` format) is
@@ -38,10 +40,10 @@ from .backup_files import FAILURES as FAILURES_DB
 from .backup_files import (
     SIDECAR_SUFFIX, BackupError, DirLock, ensure_dir, list_backups, null_log, parse_name, pattern_regex,
     read_sidecar, remove_stale_partials, write_sidecar)
-from .containers import exec_argv, exec_env
+from .containers import exec_env
 from .files import CHUNK, free_bytes, fsync_dir, human, private_file, remove, sha256_file, write_private
-from .pgtools import archive_toc, connect_to, drop_database, query, require_container, stderr_tail, tool_argv, \
-    tool_env, toc_tables, verify_full
+from .pgtools import archive_toc, connect_to, drop_database, query, require_tools, stderr_tail, tool_argv, \
+    tool_command, tool_env, toc_tables, tools_where, verify_full
 from .retention import apply_retention, prune_safety_backups, retention_plan
 
 
@@ -82,7 +84,7 @@ def stream_dump(settings, db, out, compress_args):
     """pg_dump in the container -> the unbuffered file out, hashed while written, fsynced; returns (size, sha256)."""
     argv = tool_argv('pg_dump', settings, db, '--format=custom', *compress_args)
     env = tool_env(settings)
-    cmd = exec_argv(settings['container'], argv, user=settings['exec_user'], env=env)
+    cmd = tool_command(settings, argv, env)
     digest = hashlib.sha256()
     size = 0
     view = memoryview(bytearray(CHUNK))
@@ -112,8 +114,8 @@ def stream_dump(settings, db, out, compress_args):
             proc.stdout.close()
         code = proc.wait()
         if code != 0:
-            raise BackupError('pg_dump of %s in container %s failed (exit %d): %s'
-                              % (db, settings['container'], code, stderr_tail(err)))
+            raise BackupError('pg_dump of %s in %s failed (exit %d): %s'
+                              % (db, tools_where(settings), code, stderr_tail(err)))
     return size, digest.hexdigest()
 
 
@@ -127,7 +129,7 @@ def _file_size(fd):
 def preflight(settings, directory, db=None):
     """Facts a backup needs before writing anything: server version, database size, free space, the estimate."""
     db = db or settings['conn']['login_db']
-    require_container(settings['container'])
+    require_tools(settings)
     conn = connect_to(settings, db)
     try:
         db_size = query(conn, 'SELECT pg_database_size(current_database())')[0][0]
@@ -182,7 +184,7 @@ def create_backup(settings, check_mode=False, log=null_log, directory=None, patt
         name = _free_name(directory, pattern, datetime.datetime.now())
         path = result['path'] = os.path.join(directory, name)
         log('dumping %s (%s) with pg_dump in %s, compression %s' % (db, human(facts['database_size']),
-                                                                     settings['container'], label))
+                                                                     tools_where(settings), label))
         try:
             # The dump gets its final name only when the block ends: after the check and its sidecar.
             with private_file(path, buffering=0) as dump:

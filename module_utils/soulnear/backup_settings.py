@@ -21,6 +21,7 @@ VERIFY_MODES = ('list', 'full')
 DEFAULTS = dict(
     container='soulnear_postgres',
     exec_user='postgres',
+    client_image='',
     backup_dir='/var/backups/soulnear',
     name_pattern=DEFAULT_NAME_PATTERN,
     compression='auto',
@@ -53,6 +54,7 @@ DEFAULTS = dict(
 _MODULE_OPTIONS = dict(
     container=dict(type='str'),
     exec_user=dict(type='str'),
+    client_image=dict(type='str'),
     backup_dir=dict(type='path', required=True),
     name_pattern=dict(type='str'),
     compression=dict(type='str', choices=list(COMPRESSIONS)),
@@ -116,9 +118,12 @@ def settings_from_config(config, backup_config):
     db = config.get('db') or {}
     conn = dict(login_host=db.get('host', '127.0.0.1'), login_port=int(db.get('port', 5432)),
                 login_user=db.get('superuser', 'postgres'), login_password=db.get('superuser_password', ''),
-                login_db=db.get('name', 'soul_bot'), connect_timeout=10, retries=3)
+                login_db=db.get('name', 'soul_bot'), connect_timeout=10, retries=3,
+                ssl_mode=db.get('sslmode') or 'prefer', ca_cert=db.get('ca_file') or None)
     options = dict((k, v) for k, v in backup_config.items() if k in DEFAULTS)
     options.setdefault('container', db.get('container', DEFAULTS['container']))
+    if db.get('mode') == 'external':  # a database this deployment does not own: the tools run in a client container
+        options.setdefault('client_image', db.get('client_image') or '')
     options.setdefault('backup_dir', config.get('backup_dir', DEFAULTS['backup_dir']))
     options.setdefault('bot_container', (config.get('bot') or {}).get('container', ''))
     if options.get('compression_level') in ('', None):

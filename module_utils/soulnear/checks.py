@@ -24,7 +24,7 @@ from .files import disk_usage
 from .migrate import MigrationError, status as migration_status
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of
 
-CHECK_ORDER = ('database', 'tables', 'migrations', 'connections', 'db_container', 'bot_container',
+CHECK_ORDER = ('database', 'tables', 'migrations', 'connections', 'db_container', 'patroni', 'bot_container',
                'backup_age', 'wal_archiving', 'physical_backup', 'disk')
 DB_CHECKS = ('tables', 'migrations', 'connections', 'wal_archiving')  # need a database connection
 
@@ -36,6 +36,13 @@ DEFAULTS = dict(
     migrations_format='auto',
     connections_warn_percent=80,
     db_container=None,
+    # A database this deployment does not own (postgres_mode external): its address, for the report. Its container
+    # is not checked and never restarted; its provider or cluster manager does that.
+    db_external=None,
+    # Patroni's REST API (any member, e.g. http://10.0.0.5:8008): the patroni check reports the leader, the members
+    # and their lag (patroni.py).
+    patroni_url=None,
+    patroni_max_lag_bytes=16 * 1024 * 1024,
     bot_container=None,
     restart_counts=None,
     backup_dir=None,
@@ -90,7 +97,11 @@ def check_database(params, policy=None):
         conn = connect(params, policy=policy, application_name='soulnear health')
     except ConnectError as exc:
         code, unreachable = _connect_failure(exc)
-        if unreachable:
+        if unreachable and params.get('db_external'):
+            fix = ('the external database at %s does not answer from this host: check its address, the firewall or '
+                   'security group between this host and it, and its provider\'s status (or the cluster\'s leader)'
+                   % params['db_external'])
+        elif unreachable:
             fix = ('start the database container (make restart, or docker start %s) and check its log '
                    '(make logs-db)' % (params.get('db_container') or 'the database container'))
         else:
@@ -446,10 +457,17 @@ def run_checks(options, policy=None):
                                         options['migrations_path'], _opt(options, 'migrations_table'),
                                         _opt(options, 'migrations_format'))
     previous = options.get('restart_counts') or {}
+    if options.get('db_external'):
+        skipped['db_container'] = ('not checked: the database at %s is external; this deployment runs no container '
+                                   'for it and never restarts it' % options['db_external'])
     for key, role in (('db_container', 'database'), ('bot_container', 'bot')):
         name = options.get(key)
-        if name:
+        if name and not (key == 'db_container' and options.get('db_external')):
             checks[key] = check_container(name, previous.get(name), role)
+    if options.get('patroni_url'):
+        from . import patroni  # noqa: PLC0415 - only a Patroni deployment needs it
+        checks['patroni'] = patroni.check_cluster(options['patroni_url'], max_lag_bytes=int(
+            _opt(options, 'patroni_max_lag_bytes')), ca_cert=options.get('ca_cert'))
     if options.get('backup_dir'):
         checks['backup_age'] = check_backup_age(options['backup_dir'], float(_opt(options, 'backup_max_age_hours')),
                                                 bool(options.get('require_backup')),

@@ -83,6 +83,24 @@ def exec_argv(container, argv, user=None, env=None, interactive=False):
     return cmd + [container] + list(argv)
 
 
+def run_argv(image, argv, env=None, mounts=(), interactive=False):
+    """The full `docker run --rm` command line for argv in a throwaway container of image, on the host's network
+    (so 127.0.0.1 and the host's routes and DNS are the host's). mounts are host paths, mounted read-only at the same
+    path. Like exec_argv, only variable names go on the command line."""
+    cmd = [docker_binary(), 'run', '--rm', '--network', 'host', '--log-driver', 'none']
+    if interactive:
+        cmd.append('-i')
+    for key in sorted(env or {}):
+        cmd += ['-e', key]
+    for path in mounts:
+        cmd += ['-v', '%s:%s:ro' % (path, path)]
+    return cmd + [image] + list(argv)
+
+
+def image_exists(image):
+    return run(['image', 'inspect', '--format', '{{.Id}}', image], check=False).returncode == 0
+
+
 def exec_env(env):
     """Environment for a Popen of exec_argv(..., env=env): ours plus the passed-through variables."""
     merged = dict(os.environ)

@@ -94,8 +94,12 @@ class Config:
         self.monitoring['resources_log'] = self.monitoring['resources_log'] or os.path.join(log_dir,
                                                                                            'resources.log')
         db = self.base.get('db', {})
-        self.db_container = db.get('container')
-        self.db_volume = db.get('volume')
+        # A database this deployment does not own (db.mode external: a managed server, a Patroni cluster, the database
+        # host of a two-host deployment) has no container here: it is checked over the network, never restarted.
+        self.db_external = '%s:%s' % (db.get('host'), db.get('port', 5432)) if db.get('mode') == 'external' else None
+        self.db_container = None if self.db_external else db.get('container')
+        self.db_volume = None if self.db_external else db.get('volume')
+        self.patroni_url = db.get('patroni_url') or None
         self.bot_container = (self.base.get('bot') or {}).get('container') if self.monitoring['check_bot'] else None
         # The host's state directory holds the deploy lock and the data-loss guard's record next to the monitor's
         # state; soulnear.json names them (soulnear role), else they sit next to the state file.
@@ -120,7 +124,9 @@ class Config:
         return dict(login_host=db.get('host', '127.0.0.1'), login_port=int(db.get('port', 5432)),
                     login_user=db.get('app_user'), login_password=db.get('app_password'), login_db=db.get('name'),
                     connect_timeout=int(self.monitoring['connect_timeout']),
-                    retries=int(self.monitoring['retries']), db_container=self.db_container)
+                    retries=int(self.monitoring['retries']), db_container=self.db_container,
+                    ssl_mode=db.get('sslmode') or 'prefer', ca_cert=db.get('ca_file') or None,
+                    db_external=self.db_external)
 
     def health_options(self, restart_counts=None, update_guard=False):
         """The checks' options. update_guard: the data-loss guard records and raises its flag (the monitor outside
@@ -136,7 +142,8 @@ class Config:
                        require_backup=mon['require_backup'], disk_paths=mon['disk_paths'],
                        db_volume=self.db_volume, disk_max_used_percent=mon['disk_max_used_percent'],
                        data_guard_file=self.data_guard_file, data_guard_update=update_guard,
-                       data_guard_actor='soulnear-health monitor', read_only=not update_guard)
+                       data_guard_actor='soulnear-health monitor', read_only=not update_guard,
+                       patroni_url=self.patroni_url)
         pitr = self.base.get('pitr') or {}
         if pitr.get('enabled'):
             options.update(pitr_stanza=pitr.get('stanza'), pitr_repo_dir=pitr.get('repo_dir'),
@@ -406,6 +413,14 @@ class Monitor:
         return report, line
 
     def _database_is_down(self, checks, text, threshold):
+        if self.config.db_external:
+            self.events.append('the external database at %s is down; this deployment does not own it, so nothing is '
+                               'restarted' % self.config.db_external)
+            self._alert_once('database-down', 'the external database at %s is down' % self.config.db_external,
+                             'The database failed its health check. This deployment does not own it (postgres_mode '
+                             'external), so the monitor does not restart anything: check the network path to it and '
+                             'its provider or cluster (a Patroni cluster elects a new leader by itself).\n%s' % text)
+            return
         name = self.config.db_container
         count = max(self.state['failures']['database'], self.state['failures']['db_container'])
         exited = self._exited_unexpectedly(checks)

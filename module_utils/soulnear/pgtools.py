@@ -1,11 +1,17 @@
 # -*- coding: utf-8 -*-
 # Copyright: SoulNear operations contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""PostgreSQL's tools in the database container, and the connections backup and restore open.
+"""PostgreSQL's tools for backup and restore, and the connections backup and restore open.
 
-pg_dump and pg_restore run inside the database container (`docker exec`), so the client is the server's own
-version; archives stream between the host and the container through a pipe. The password travels to them
-by environment variable name only (containers.exec_argv), so it never shows in a process list.
+Where the tools run:
+- the database container of the deployment (`docker exec`): the client is the server's own version;
+- a database the deployment does not own (postgres_mode external: a managed service, a Patroni cluster, the
+  database host of a two-host deployment), with settings['client_image'] set: a throwaway client container of that
+  image on the host's network (`docker run --rm --network host`), reaching the server over TCP with the
+  connection's TLS settings (PGSSLMODE, PGSSLROOTCERT, the CA file mounted read-only). The image's pg_dump must be of
+  the server's major version or newer; pg_dump refuses an older one, and the message says which image to use.
+Archives stream between the host and the tool through a pipe either way. The password travels by environment
+variable name only (containers.exec_argv / run_argv), so it never shows in a process list.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -17,7 +23,7 @@ import subprocess
 import tempfile
 
 from .backup_files import BackupError
-from .containers import DockerError, container_state, exec_argv, exec_env
+from .containers import DockerError, container_state, exec_argv, exec_env, image_exists, run_argv
 from .pg import ConnectError, connect, psycopg2
 
 if psycopg2 is not None:
@@ -52,9 +58,37 @@ def drop_database(conn, name):
 
 
 def tool_env(settings):
-    """Environment for the tools in the container: the password travels by variable name only (exec_argv)."""
-    password = settings['conn'].get('login_password')
-    return {'PGPASSWORD': password} if password else {}
+    """Environment for the tools: the password travels by variable name only (exec_argv/run_argv). A client
+    container also gets the server's address and the TLS settings; the database container reaches its own server."""
+    conn = settings['conn']
+    password = conn.get('login_password')
+    env = {'PGPASSWORD': password} if password else {}
+    if settings.get('client_image'):
+        env.update(PGHOST=conn.get('login_host') or '127.0.0.1', PGPORT=str(conn.get('login_port') or 5432),
+                   PGSSLMODE=conn.get('ssl_mode') or 'prefer', PGCONNECT_TIMEOUT=str(conn.get('connect_timeout') or 10))
+        if conn.get('ca_cert'):
+            env['PGSSLROOTCERT'] = conn['ca_cert']
+    return env
+
+
+def tool_command(settings, argv, env, interactive=False):
+    """The command line that runs a PostgreSQL tool (argv) where this deployment runs them (module docstring)."""
+    if settings.get('client_image'):
+        mounts = [settings['conn']['ca_cert']] if settings['conn'].get('ca_cert') else []
+        return run_argv(settings['client_image'], argv, env=env, mounts=mounts, interactive=interactive)
+    return exec_argv(settings['container'], argv, user=settings['exec_user'], env=env, interactive=interactive)
+
+
+def tools_where(settings):
+    """Where the tools run, for messages."""
+    if settings.get('client_image'):
+        return 'a client container of %s' % settings['client_image']
+    return 'container %s' % settings['container']
+
+
+def owns_server(settings):
+    """True when the database server runs in this deployment's container (not an external endpoint)."""
+    return not settings.get('client_image')
 
 
 def tool_argv(tool, settings, db, *extra):
@@ -67,6 +101,21 @@ def stderr_tail(handle, limit=2000):
     handle.seek(0)
     text = handle.read().decode('utf-8', 'replace').strip()
     return text[-limit:]
+
+
+def require_tools(settings):
+    """The tools can run: the database container is running, or the client image is on this host."""
+    if settings.get('client_image'):
+        try:
+            present = image_exists(settings['client_image'])
+        except DockerError as exc:
+            raise BackupError(str(exc)) from None
+        if not present:
+            raise BackupError('the client image %s (pg_dump and pg_restore for the external database) is not on this '
+                              'host; run ansible-playbook deploy.yml --tags backup, or set postgres_client_image to an '
+                              'image with the server\'s PostgreSQL major version' % settings['client_image'])
+        return None
+    return require_container(settings['container'])
 
 
 def require_container(name):
@@ -82,11 +131,11 @@ def require_container(name):
 
 
 def feed_archive(settings, argv, path, env=None, capture=False):
-    """Run argv in the database container with the archive at path (on the host) on its stdin.
+    """Run a tool (argv, see tool_command) with the archive at path (on the host) on its stdin.
 
     Returns (exit code, stdout bytes when capture else None, the end of stderr when it failed)."""
     with open(path, 'rb') as stdin, tempfile.TemporaryFile() as err:
-        cmd = exec_argv(settings['container'], argv, user=settings['exec_user'], env=env, interactive=True)
+        cmd = tool_command(settings, argv, env, interactive=True)
         proc = subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
                               stderr=err, env=exec_env(env))
         failure = (stderr_tail(err) or 'exit %d' % proc.returncode) if proc.returncode else ''

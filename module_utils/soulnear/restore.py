@@ -33,8 +33,8 @@ from .containers import start as start_container
 from .containers import stop as stop_container
 from .files import free_bytes, human, sha256_file
 from .pg import describe_error, psycopg2, sqlstate_of
-from .pgtools import connect_to, drop_database, feed_archive, query, read_toc, require_container, tool_argv, \
-    tool_env, toc_tables
+from .pgtools import connect_to, drop_database, feed_archive, owns_server, query, read_toc, require_tools, tool_argv, \
+    tool_env, toc_tables, tools_where
 from .checks import DEFAULTS as CHECK_DEFAULTS
 from .retention import prune_safety_backups
 
@@ -191,7 +191,10 @@ def row_counts(conn, tables):
 
 
 def _container_free(settings, conn):
-    """Free bytes where the server keeps its data: statvfs of the volume's host path, else df in the container."""
+    """Free bytes where the server keeps its data: statvfs of the volume's host path, else df in the container;
+    None for a server this deployment does not own (its disk is the provider's to watch)."""
+    if not owns_server(settings):
+        return None
     data_dir = query(conn, 'SHOW data_directory')[0][0]
     mounts = [m for m in (inspect(settings['container']) or {}).get('Mounts') or []
               if data_dir == m.get('Destination') or data_dir.startswith(m.get('Destination', '') + '/')]
@@ -218,7 +221,7 @@ def restore_into(settings, path, db, log=null_log):
     env['PGOPTIONS'] = '-c synchronous_commit=off'
     if settings.get('maintenance_work_mem'):
         env['PGOPTIONS'] += ' -c maintenance_work_mem=%s' % settings['maintenance_work_mem']
-    log('restoring %s into database %s (pg_restore in %s)' % (os.path.basename(path), db, settings['container']))
+    log('restoring %s into database %s (pg_restore in %s)' % (os.path.basename(path), db, tools_where(settings)))
     code, _out, err = feed_archive(settings, argv, path, env=env)
     if code != 0:
         raise BackupError('pg_restore of %s into %s failed (exit %d): %s' % (os.path.basename(path), db, code, err))
@@ -288,7 +291,7 @@ def restore_database(settings, backup=LATEST, confirm=None, check_mode=False, lo
         raise BackupError('restoring replaces the database %s; confirm it by passing confirm=%s (you passed %s). '
                           'Nothing was changed' % (live, live, 'nothing' if confirm in (None, '') else repr(confirm)))
     path = resolve_backup(settings, backup, log, check_mode)
-    require_container(settings['container'])
+    require_tools(settings)
     digest, toc = check_backup(settings, path, log)
     stamp = datetime.datetime.now().strftime('%Y%m%d_%H%M%S')
     new, old = _db_name(live, '__restore_' + stamp), _db_name(live, '__pre_restore_' + stamp)
@@ -310,7 +313,10 @@ def restore_database(settings, backup=LATEST, confirm=None, check_mode=False, lo
         if info:
             estimate = int(info['size'] * float(settings['space_margin']))
             free = _container_free(settings, admin)
-            if free < estimate:
+            if free is None:
+                log('free space on the external server is not checked (about %s needed for a second copy of %s); '
+                    'its provider watches its disk' % (human(estimate), live))
+            elif free < estimate:
                 raise BackupError('not enough free space for the database server to hold a second copy of %s while '
                                   'restoring: %s free in %s, about %s needed (database size x space_margin); nothing '
                                   'was changed. Free space on the disk of the Docker volume'
@@ -334,8 +340,12 @@ def restore_database(settings, backup=LATEST, confirm=None, check_mode=False, lo
         admin.close()
     if info:
         result['previous_database'] = old
-        result['drop_previous_command'] = 'docker exec -u %s %s dropdb --username %s "%s"' % (
-            settings['exec_user'], settings['container'], settings['conn'].get('login_user') or 'postgres', old)
+        if owns_server(settings):
+            result['drop_previous_command'] = 'docker exec -u %s %s dropdb --username %s "%s"' % (
+                settings['exec_user'], settings['container'], settings['conn'].get('login_user') or 'postgres', old)
+        else:
+            result['drop_previous_command'] = 'DROP DATABASE "%s"; (as %s on %s, e.g. with psql)' % (
+                old, settings['conn'].get('login_user') or 'postgres', settings['conn'].get('login_host'))
     result['data_guard'] = record_restored(settings, live, path, log)
     result['duration'] = round(time.time() - started, 3)
     result['msg'] = 'Restored %s from %s (%s) in %.1f s' % (live, os.path.basename(path), human(result['size']),
@@ -503,7 +513,7 @@ def restore_test(settings, backup=LATEST, log=null_log):
     """Restore a backup into a throwaway database, check it, drop it; returns a report (raises on failure)."""
     started = time.time()
     path = resolve_backup(settings, backup, log)
-    require_container(settings['container'])
+    require_tools(settings)
     with DirLock(settings['backup_dir'], 'restore-test'):
         drop_stale_restore_databases(settings, settings['conn']['login_db'], log)
         digest, toc = check_backup(settings, path, log)
