@@ -39,6 +39,8 @@ import psycopg2
 
 IMAGE = os.environ.get('SOULNEAR_TEST_PATRONI_IMAGE', 'soulnear/patroni:15')
 NODES = int(os.environ.get('SOULNEAR_TEST_PATRONI_NODES', '3'))
+# SOULNEAR_TEST_PATRONI_SYNC=0: asynchronous replication, to compare the figures (docs/patroni.md).
+SYNCHRONOUS_MODE = os.environ.get('SOULNEAR_TEST_PATRONI_SYNC', '1') != '0'
 SUPERUSER_PASSWORD = 'test-patroni-superuser'
 REPLICATION_PASSWORD = 'test-patroni-replication'
 SCOPE = 'soulnear'
@@ -69,8 +71,9 @@ def http_json(url, method='GET', body=None, timeout=5):
 
 
 class PatroniCluster:
-    def __init__(self, nodes=NODES, image=IMAGE, prefix=None):
+    def __init__(self, nodes=NODES, image=IMAGE, prefix=None, synchronous_mode=SYNCHRONOUS_MODE):
         self.image = image
+        self.synchronous_mode = synchronous_mode
         self.prefix = prefix or 'soulnear-test-patroni-' + uuid.uuid4().hex[:6]
         self.network = self.prefix
         self.etcd = self.prefix + '-etcd'
@@ -91,7 +94,7 @@ class PatroniCluster:
                 'dcs': {
                     'ttl': 20, 'loop_wait': 2, 'retry_timeout': 5,
                     'maximum_lag_on_failover': 1048576,
-                    'synchronous_mode': True,
+                    'synchronous_mode': self.synchronous_mode,
                     'postgresql': {
                         'use_pg_rewind': True, 'use_slots': True,
                         'parameters': {'wal_level': 'replica', 'hot_standby': 'on', 'wal_log_hints': 'on',
@@ -238,14 +241,18 @@ class PatroniCluster:
             conn.close()
 
     def healthy(self):
-        """The leader's name when it runs, every other node streams from it and a sync standby exists."""
+        """The leader's name when it runs, every other node streams from it, every member says it runs
+        in /cluster, and (synchronous_mode) a sync standby exists."""
         leader = self.leader()
         if not leader:
+            return None
+        members = self.members()
+        if len(members) != len(self.nodes) or any(m.get('state') not in ('running', 'streaming') for m in members):
             return None
         others = sorted(n['name'] for n in self.nodes if n['name'] != leader)
         if self.streaming_replicas(leader) != others:
             return None
-        if len(self.nodes) > 1 and not self.sync_standby():
+        if self.synchronous_mode and len(self.nodes) > 1 and not self.sync_standby():
             return None
         return leader
 
@@ -257,13 +264,14 @@ class PatroniCluster:
         """Planned switchover through the REST API (POST /switchover); returns (new leader, seconds).
 
         Without a candidate, the synchronous standby is chosen (in synchronous_mode Patroni only
-        accepts a sync standby). Waits, bounded, until the candidate leads."""
+        accepts a sync standby), else the first replica. Waits, bounded, until the candidate leads."""
         leader = self.leader()
         if not leader:
             raise RuntimeError('no leader to switch over from')
-        candidate = candidate or self.sync_standby()
+        candidate = candidate or self.sync_standby() or next(
+            (m['name'] for m in self.members() if m['name'] != leader), None)
         if not candidate:
-            raise RuntimeError('no synchronous standby to switch over to')
+            raise RuntimeError('no replica to switch over to')
         started = time.monotonic()
         status, body = http_json(self.rest_url(leader) + '/switchover', 'POST',
                                  {'leader': leader, 'candidate': candidate}, timeout=timeout)
