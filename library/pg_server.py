@@ -58,6 +58,14 @@ options:
     description: Path, inside O(container), of the file holding the superuser password.
     type: str
     default: /run/secrets/soulnear/superuser_password
+  report_only:
+    description:
+      - For a server this deployment does not own (an external or managed PostgreSQL, a Patroni cluster), compare
+        O(settings) with the running server's (C(pg_settings), readable by any login; values compared in the
+        setting's unit) and change nothing - no setting, password or role.
+      - RV(differences) lists what differs; the task never reports a change.
+    type: bool
+    default: false
   unreachable_ok:
     description:
       - When no server answers (connection refused, no such host, timeout - not a refused login), return
@@ -136,6 +144,13 @@ role_changes:
   type: list
   elements: str
   sample: [role soulnear created, pg_monitor granted to soulnear_metrics]
+differences:
+  description: With O(report_only), the settings whose running value differs from the wanted one (current is
+    null for a setting the server does not know).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: max_connections, current: '100', wanted: '200', context: postmaster}]
 reachable:
   description: False when O(unreachable_ok) is set and no server answered (then nothing was done).
   returned: always
@@ -151,7 +166,7 @@ msg:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.pg import (
     HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, ConnectError, connection_argument_spec, is_retryable, psycopg2)
-from ansible.module_utils.soulnear.pgserver import ServerConfigError, converge
+from ansible.module_utils.soulnear.pgserver import ServerConfigError, converge, report
 
 
 def argument_spec():
@@ -165,6 +180,7 @@ def argument_spec():
         container=dict(type='str'),
         superuser_password_file=dict(type='str', default='/run/secrets/soulnear/superuser_password', no_log=False),
         unreachable_ok=dict(type='bool', default=False),
+        report_only=dict(type='bool', default=False),
     )
     return spec
 
@@ -193,6 +209,17 @@ def main():
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
     p = module.params
+    if p['report_only']:
+        try:
+            differences = report(p, p['settings'])
+        except ConnectError as exc:
+            module.fail_json(msg=str(exc))
+        text = '; '.join('%s is %s (wanted %s)' % (d['name'], d['current'] if d['current'] is not None
+                                                   else 'unknown to this server', d['wanted']) for d in differences)
+        module.exit_json(changed=False, reachable=True, differences=differences, changed_settings=[],
+                         restart_required=[], reloaded=False, password_changes=[], role_changes=[],
+                         msg=('Settings controlled by the server\'s provider, not changed: ' + text) if differences
+                         else 'The server runs every wanted setting.')
     try:
         result = converge(p, p['settings'], p['app_role'], p['app_password'], p['container'],
                           p['superuser_password_file'], check_mode=module.check_mode,
@@ -206,7 +233,7 @@ def main():
     except ServerConfigError as exc:
         module.fail_json(msg=str(exc))
     changed = bool(result['changed_settings'] or result['password_changes'] or result['role_changes'])
-    module.exit_json(changed=changed, msg=summary(result), reachable=True, **result)
+    module.exit_json(changed=changed, msg=summary(result), reachable=True, differences=[], **result)
 
 
 if __name__ == '__main__':

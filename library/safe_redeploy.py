@@ -146,6 +146,17 @@ options:
   db_container:
     description: The database container; the pre-deploy backup runs C(pg_dump) inside it.
     type: str
+  backup_client_image:
+    description: For a database this host does not own (external, or on the database host of a two-host
+      deployment) - the image the pre-deploy backup runs C(pg_dump) in, over the connection's TLS settings (see
+      pg_backup's O(pg_backup#module:client_image)). O(db_container) is then not used.
+    type: str
+  mounts:
+    description: Host files or directories mounted read-only, at the same path, into the bot's container (the
+      database's CA certificate for C(sslmode=verify-full)).
+    type: list
+    elements: path
+    default: []
   backup:
     description: When to take a verified backup before the swap (O(action=migrate) treats V(always) as
       V(when_migrations)).
@@ -369,6 +380,7 @@ _TYPES = dict(
     healthy_timeout=dict(type='int'), settle_seconds=dict(type='float'),
     markers=dict(type='list', elements='str'), error_patterns=dict(type='list', elements='str'),
     conflicting_containers=dict(type='list', elements='str'), db_container=dict(type='str'),
+    backup_client_image=dict(type='str'), mounts=dict(type='list', elements='path'),
     backup=dict(type='str', choices=list(BACKUP_MODES)), backup_dir=dict(type='path'), backup_keep=dict(type='int'),
     backup_login_user=dict(type='str'), backup_login_password=dict(type='str', no_log=True),
     keep_images=dict(type='int'), lock_path=dict(type='path'), lock_run_id=dict(type='str'),

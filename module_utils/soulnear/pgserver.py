@@ -15,6 +15,9 @@
 - Settings are compared with what ALTER SYSTEM wrote (postgresql.auto.conf, via pg_file_settings) and set
   with ALTER SYSTEM when they differ; the server is then reloaded and asked which changed settings wait for a
   restart (pg_settings.pending_restart), so the caller restarts only when a postmaster-context setting changed.
+- report(): for a server this deployment does not own (a managed service, a Patroni cluster), compare the wanted
+  settings with what the server runs (pg_settings, readable by any role) and change nothing: its provider or cluster
+  manager controls them. Values are compared in the setting's own unit (5min = 300000 ms, 256MB = 32768 x 8kB).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -43,6 +46,57 @@ def setting_text(value):
     if isinstance(value, bool):
         return 'on' if value else 'off'
     return str(value)
+
+
+_UNITS = {'us': ('time', 0.001), 'ms': ('time', 1.0), 's': ('time', 1000.0), 'min': ('time', 60000.0),
+          'h': ('time', 3600000.0), 'd': ('time', 86400000.0),
+          'B': ('memory', 1.0), 'kB': ('memory', 1024.0), 'MB': ('memory', 1024.0 ** 2), 'GB': ('memory', 1024.0 ** 3),
+          'TB': ('memory', 1024.0 ** 4)}
+
+
+def _in_unit(text, unit):
+    """text ('5min', '256MB', '60', 'on') as a number of the setting's base unit ('ms', '8kB', ...); None when it is not
+    a number (enums, strings: compared as text)."""
+    text = str(text).strip()
+    number = ''
+    while text and (text[0].isdigit() or text[0] in '.-'):
+        number, text = number + text[0], text[1:]
+    if not number:
+        return None
+    value, suffix = float(number), text.strip()
+    if not suffix or not unit:
+        return value
+    base_count = ''.join(c for c in unit if c.isdigit() or c == '.') or '1'
+    base = _UNITS.get(unit.lstrip('0123456789.'))
+    given = _UNITS.get(suffix)
+    if base is None or given is None or base[0] != given[0]:
+        return None
+    return value * given[1] / (base[1] * float(base_count))
+
+
+def report(params, settings):
+    """The wanted settings against the running server's, without changing anything: a list of
+    {name, current, wanted, context} for every setting that differs, plus unknown names."""
+    conn = connect(params, application_name='soulnear settings report')
+    try:
+        with conn.cursor() as cur:
+            wanted = dict((name, setting_text(value)) for name, value in sorted((settings or {}).items()))
+            cur.execute('SELECT name, setting, unit, context FROM pg_settings WHERE name = ANY(%s)', (list(wanted),))
+            running = dict((row[0], row[1:]) for row in cur.fetchall())
+    finally:
+        conn.close()
+    differences = []
+    for name, text in wanted.items():
+        if name not in running:
+            differences.append(dict(name=name, current=None, wanted=text, context=None))
+            continue
+        setting, unit, context = running[name]
+        want, have = _in_unit(text, unit), _in_unit(setting, unit)
+        same = (want == have) if want is not None and have is not None else text.lower() == str(setting).lower()
+        if not same:
+            differences.append(dict(name=name, current=setting + (unit or '') if unit and have is not None else setting,
+                                    wanted=text, context=context))
+    return differences
 
 
 def password_matches(stored, password, role):

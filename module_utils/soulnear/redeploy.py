@@ -97,6 +97,7 @@ DEFAULTS = dict(
     migration_options={},
     applied_by=None,
     env_file=None,
+    mounts=[],
     network=None,
     restart_policy='unless-stopped',
     stop_timeout=30,
@@ -112,6 +113,7 @@ DEFAULTS = dict(
     backup_keep=5,
     backup_login_user=None,
     backup_login_password=None,
+    backup_client_image=None,
     keep_images=3,
     lock_path=None,
     lock_run_id=None,
@@ -297,6 +299,8 @@ class Redeployer:
                                   'does)' % (p['env_file'], exc.strerror or exc)) from None
         options = dict(network=p['network'], restart_policy=p['restart_policy'], stop_timeout=int(p['stop_timeout']),
                        labels=dict(sorted((p['labels'] or {}).items())))
+        if p['mounts']:  # only when set, so the hash of a container without mounts stays what it was
+            options['mounts'] = sorted(p['mounts'])
         digest.update(json.dumps(options, sort_keys=True).encode('utf-8'))
         return digest.hexdigest()[:16]
 
@@ -308,6 +312,8 @@ class Redeployer:
             args += ['--network', p['network']]
         if p['env_file']:
             args += ['--env-file', p['env_file']]
+        for path in sorted(p['mounts'] or []):
+            args += ['-v', '%s:%s:ro' % (path, path)]
         labels = dict(p['labels'] or {})
         labels.update({VERSION_LABEL: version, CONFIG_LABEL: config})
         for key in sorted(labels):
@@ -446,7 +452,8 @@ class Redeployer:
         pattern = 'pre_%s_%s_%%Y%%m%%d_%%H%%M%%S.dump' % (kind, safe_name(version))
         try:
             settings = make_settings(conn, container=p['db_container'] or 'soulnear_postgres',
-                                     backup_dir=p['backup_dir'], name_pattern=pattern)
+                                     client_image=p['backup_client_image'] or '', backup_dir=p['backup_dir'],
+                                     name_pattern=pattern)
             taken = create_backup(settings, check_mode=self.check_mode, retention=False, offsite=False)
         except BACKUP_FAILURES as exc:
             raise _StepFailed('backup', 'the pre-%s backup failed: %s' % (kind, describe_failure(exc))) from None

@@ -181,3 +181,18 @@ def test_host_command_settings_and_monitor_for_external_mode(external, tmp_path)
     finally:
         docker('start', external.name)
         external.published(60)
+
+
+def test_provider_settings_are_reported_not_changed(external):
+    from ansible.module_utils.soulnear.pgserver import report
+
+    external.query("ALTER SYSTEM SET idle_in_transaction_session_timeout = '300s'")
+    external.query('SELECT pg_reload_conf()')
+    wanted = dict(max_connections=200, idle_in_transaction_session_timeout='5min', shared_buffers='128MB',
+                  log_statement='none', statement_timeout='0', no_such_setting='1')
+    differences = report(app_params(external), wanted)  # as the app role: no superuser needed
+    by_name = dict((d['name'], d) for d in differences)
+    assert sorted(by_name) == ['max_connections', 'no_such_setting']  # 5min = 300000ms, 128MB = 16384 x 8kB
+    assert by_name['max_connections']['current'] == '100' and by_name['max_connections']['context'] == 'postmaster'
+    assert by_name['no_such_setting']['current'] is None
+    assert rows(external, "SELECT setting FROM pg_settings WHERE name = 'max_connections'") == [('100',)]
