@@ -82,8 +82,12 @@ options:
         check reads C(/cluster) and reports the leader, the members, their state and replication lag; it fails with
         no leader, a member that is not running or streaming, or the REST API not answering, and warns in
         maintenance mode (paused).
-      - An C(https) URL is verified with O(ca_cert).
+      - An C(https) URL is verified with O(patroni_ca_cert).
     type: str
+  patroni_ca_cert:
+    description: CA certificate (a file on the managed host) that signed the certificate of Patroni's REST API, for
+      an C(https) O(patroni_url); the system's CAs when not set.
+    type: path
   patroni_max_lag_bytes:
     description: Replication lag of a replica, in bytes, above which the C(patroni) check reports it.
     type: int
@@ -317,6 +321,7 @@ def argument_spec():
         db_container=dict(type='str'),
         db_external=dict(type='str'),
         patroni_url=dict(type='str'),
+        patroni_ca_cert=dict(type='path'),
         patroni_max_lag_bytes=dict(type='int', default=DEFAULTS['patroni_max_lag_bytes']),
         bot_container=dict(type='str'),
         state_file=dict(type='path'),

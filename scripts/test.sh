@@ -22,7 +22,8 @@ for scenario in ${MOLECULE_SCENARIOS:-default}; do
   step "molecule test -s $scenario"
   # The nested engine's volume outlives `molecule destroy`; start every run from an empty one.
   molecule destroy -s "$scenario" >/dev/null 2>&1 || true
-  docker volume rm -f "${SOULNEAR_MOLECULE_INSTANCE:-soulnear-molecule}-docker" >/dev/null
+  docker volume rm -f "${SOULNEAR_MOLECULE_INSTANCE:-soulnear-molecule}-docker" \
+      "${SOULNEAR_MOLECULE_INSTANCE:-soulnear-molecule}-bot-docker" >/dev/null
   molecule test -s "$scenario"
 done
 step "all tests passed"

@@ -3,7 +3,8 @@
 that gets in used TLS. A second, unrelated CA is made for the wrong-CA cases.
 
 The server is a plain container of the test image (not the postgres role's container: no init script, no project
-settings), published on a random port of 127.0.0.1.
+settings), published on a random port of 127.0.0.1 - or, given a Docker network and an address on it, reachable at
+that address (the Molecule VPSes reach it there, as a managed service on the private network).
 """
 
 import os
@@ -46,14 +47,15 @@ def make_server_cert(directory, ca_name, hosts=('127.0.0.1', 'localhost')):
 class ExternalPg(PgContainer):
     """A TLS-only PostgreSQL container; ca_file verifies it, wrong_ca_file does not."""
 
-    def __init__(self, directory, image=IMAGE):
+    def __init__(self, directory, image=IMAGE, network=None, address=None):
         super().__init__(image=image, name='soulnear-test-external-' + uuid.uuid4().hex[:8])
+        self.network, self.address = network, address
         self.directory = str(directory)
         self.certs = os.path.join(self.directory, 'certs')
         os.makedirs(self.certs, mode=0o755, exist_ok=True)
         self.ca_file, _ = make_ca(self.certs, 'ca')
         self.wrong_ca_file, _ = make_ca(self.certs, 'wrong-ca')
-        make_server_cert(self.certs, 'ca')
+        make_server_cert(self.certs, 'ca', hosts=((address,) if address else ()) + ('127.0.0.1', 'localhost'))
         with open(os.path.join(self.certs, 'pg_hba.conf'), 'w') as handle:
             handle.write(HBA)
         os.chmod(os.path.join(self.certs, 'server.key'), 0o600)
@@ -61,14 +63,19 @@ class ExternalPg(PgContainer):
             os.chown(os.path.join(self.certs, name), 999, 999)  # the server's uid in the image
 
     def start(self, timeout=90):
+        where = ['--network', self.network, '--ip', self.address] if self.network else ['-p', '127.0.0.1::5432']
         docker('run', '-d', '--name', self.name, '-e', 'POSTGRES_PASSWORD=' + self.password,
-               '-p', '127.0.0.1::5432', '-v', '%s:/certs:ro' % self.certs, self.image,
+               *where, '-v', '%s:/certs:ro' % self.certs, self.image,
                'postgres', '-c', 'ssl=on', '-c', 'ssl_cert_file=/certs/server.crt',
                '-c', 'ssl_key_file=/certs/server.key', '-c', 'hba_file=/certs/pg_hba.conf')
         return self.published(timeout)
 
     def published(self, timeout=90):
         """Read the published port (Docker picks a new one when a stopped container starts) and wait for the server."""
+        if self.network:
+            self.host, self.port = self.address, 5432
+            self.wait_ready(timeout)
+            return self
         self.port = int(docker('port', self.name, '5432/tcp').stdout.strip().splitlines()[0].rsplit(':', 1)[1])
         self.wait_ready(timeout)
         return self

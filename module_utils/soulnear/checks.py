@@ -22,7 +22,7 @@ from . import containers, guard, pitr
 from .backup_files import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, check_intact, list_backups
 from .files import disk_usage
 from .migrate import MigrationError, status as migration_status
-from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of
+from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of, tls_failure
 
 CHECK_ORDER = ('database', 'tables', 'migrations', 'connections', 'db_container', 'patroni', 'bot_container',
                'backup_age', 'wal_archiving', 'physical_backup', 'disk')
@@ -42,6 +42,7 @@ DEFAULTS = dict(
     # Patroni's REST API (any member, e.g. http://10.0.0.5:8008): the patroni check reports the leader, the members
     # and their lag (patroni.py).
     patroni_url=None,
+    patroni_ca_cert=None,
     patroni_max_lag_bytes=16 * 1024 * 1024,
     bot_container=None,
     restart_counts=None,
@@ -97,7 +98,11 @@ def check_database(params, policy=None):
         conn = connect(params, policy=policy, application_name='soulnear health')
     except ConnectError as exc:
         code, unreachable = _connect_failure(exc)
-        if unreachable and params.get('db_external'):
+        if exc.__context__ is not None and tls_failure(exc.__context__):
+            fix = ('TLS verification failed: the CA file (soulnear_db_ca_file; %s here) must have signed the '
+                   'server\'s certificate, and the certificate must name the address connected to'
+                   % (params.get('ca_cert') or 'none given'))
+        elif unreachable and params.get('db_external'):
             fix = ('the external database at %s does not answer from this host: check its address, the firewall or '
                    'security group between this host and it, and its provider\'s status (or the cluster\'s leader)'
                    % params['db_external'])
@@ -467,7 +472,7 @@ def run_checks(options, policy=None):
     if options.get('patroni_url'):
         from . import patroni  # noqa: PLC0415 - only a Patroni deployment needs it
         checks['patroni'] = patroni.check_cluster(options['patroni_url'], max_lag_bytes=int(
-            _opt(options, 'patroni_max_lag_bytes')), ca_cert=options.get('ca_cert'))
+            _opt(options, 'patroni_max_lag_bytes')), ca_cert=options.get('patroni_ca_cert'))
     if options.get('backup_dir'):
         checks['backup_age'] = check_backup_age(options['backup_dir'], float(_opt(options, 'backup_max_age_hours')),
                                                 bool(options.get('require_backup')),

@@ -100,6 +100,7 @@ class Config:
         self.db_container = None if self.db_external else db.get('container')
         self.db_volume = None if self.db_external else db.get('volume')
         self.patroni_url = db.get('patroni_url') or None
+        self.patroni_ca_cert = db.get('patroni_ca_file') or None
         self.bot_container = (self.base.get('bot') or {}).get('container') if self.monitoring['check_bot'] else None
         # The host's state directory holds the deploy lock and the data-loss guard's record next to the monitor's
         # state; soulnear.json names them (soulnear role), else they sit next to the state file.
@@ -143,7 +144,7 @@ class Config:
                        db_volume=self.db_volume, disk_max_used_percent=mon['disk_max_used_percent'],
                        data_guard_file=self.data_guard_file, data_guard_update=update_guard,
                        data_guard_actor='soulnear-health monitor', read_only=not update_guard,
-                       patroni_url=self.patroni_url)
+                       patroni_url=self.patroni_url, patroni_ca_cert=self.patroni_ca_cert)
         pitr = self.base.get('pitr') or {}
         if pitr.get('enabled'):
             options.update(pitr_stanza=pitr.get('stanza'), pitr_repo_dir=pitr.get('repo_dir'),

@@ -94,6 +94,17 @@ def connection_argument_spec():
     )
 
 
+# TLS failures are final: a certificate that does not verify, a CA file that is missing, a name that does not
+# match. libpq reports them without a SQLSTATE, like a refused connection; retrying only delays the message.
+_TLS_FAILURE = re.compile(r'certificate verify failed|root certificate file .* does not exist|server certificate for '
+                          r'"[^"]*" does not match|SSL error|server does not support SSL', re.I)
+
+
+def tls_failure(exc):
+    """True when a connection failed on TLS (certificate, CA file, name): retrying cannot help."""
+    return bool(_TLS_FAILURE.search(str(exc)))
+
+
 def sqlstate_of(exc):
     """Return the SQLSTATE of a psycopg2 error, inferring it for code-less connection errors."""
     code = getattr(exc, 'pgcode', None)
@@ -109,6 +120,8 @@ def sqlstate_of(exc):
 def is_retryable(exc):
     """True when retrying `exc` can succeed: a connection-class failure, nothing else."""
     if not HAS_PSYCOPG2 or not isinstance(exc, psycopg2.Error):
+        return False
+    if not getattr(exc, 'pgcode', None) and tls_failure(exc):
         return False
     code = sqlstate_of(exc)
     if code:
@@ -127,7 +140,10 @@ def describe_error(exc):
     if code:
         parts.append('(SQLSTATE %s)' % code)
     hint = _HINTS.get(code)
-    if hint:
+    if code is None and tls_failure(exc):
+        parts.append('- TLS: check the CA file (sslrootcert / soulnear_db_ca_file) and that the server\'s certificate '
+                     'names the address connected to (sslmode verify-full)')
+    elif hint:
         parts.append('- ' + hint)
     elif code is None and is_retryable(exc):
         parts.append('- is the server running and reachable from here?')
@@ -181,6 +197,10 @@ def connect_kwargs(params, application_name='soulnear'):
     host = params.get('login_unix_socket') or params.get('login_host')
     if host:
         kwargs['host'] = host
+        if ',' in host:
+            # A multi-host endpoint (the members of a Patroni cluster): libpq tries them in turn and keeps the one
+            # that takes writes, so a switchover is followed by reconnecting (see 25006 above).
+            kwargs['target_session_attrs'] = 'read-write'
     if params.get('ca_cert'):
         kwargs['sslrootcert'] = params['ca_cert']
     # TCP keepalives so a dead peer is noticed during a long migration or dump.

@@ -68,6 +68,8 @@ def tool_env(settings):
                    PGSSLMODE=conn.get('ssl_mode') or 'prefer', PGCONNECT_TIMEOUT=str(conn.get('connect_timeout') or 10))
         if conn.get('ca_cert'):
             env['PGSSLROOTCERT'] = conn['ca_cert']
+        if ',' in env['PGHOST']:  # the members of a cluster: the tools follow the primary, as connect() does
+            env['PGTARGETSESSIONATTRS'] = 'read-write'
     return env
 
 
@@ -112,8 +114,8 @@ def require_tools(settings):
             raise BackupError(str(exc)) from None
         if not present:
             raise BackupError('the client image %s (pg_dump and pg_restore for the external database) is not on this '
-                              'host; run ansible-playbook deploy.yml --tags backup, or set postgres_client_image to an '
-                              'image with the server\'s PostgreSQL major version' % settings['client_image'])
+                              'host; run ansible-playbook deploy.yml --tags postgres, or set soulnear_db_client_image '
+                              'to an image with the server\'s PostgreSQL major version' % settings['client_image'])
         return None
     return require_container(settings['container'])
 

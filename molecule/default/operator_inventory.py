@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
-"""Write the inventory an operator would write for the Molecule VPS, by following the README literally:
-copy inventory/production/, put the server in hosts.yml (address, a non-root sudo user, its SSH key, the host
+"""Write the inventory an operator would write for the Molecule VPSes, by following the README literally:
+copy inventory/production/, put the servers in hosts.yml (address, a non-root sudo user, its SSH key, the host
 key known beforehand), ship the images as archives (no registry here), and put every secret in vault.yml as
 an inline-vaulted value with a vault password file.
 
-    operator_inventory.py INSTANCE     -> prints the inventory path; "written" on stderr when it (re)wrote it
+Two servers, as README's "When one server is not enough" describes: INSTANCE is the database host (group
+soulnear_db, serving on its private address soulnear_db_listen_address) and a bot host; INSTANCE-bot, when it
+exists, is a second bot host (group soulnear_bot) that reaches the database over the private network with TLS.
+
+    operator_inventory.py INSTANCE          -> prints the inventory path; "written" on stderr when it (re)wrote it
+    operator_inventory.py INSTANCE --first  -> the same inventory with the first VPS only (hosts-first.yml), for
+                                               the tests about it: its variables and groups are the same, so a
+                                               playbook run through it changes nothing the full one would not
 
 The secrets are the Molecule run's own (MOLECULE_EPHEMERAL_DIRECTORY/secrets/, the files molecule.yml's
 password lookups use), so every playbook run agrees on them. Idempotent: a second call rewrites nothing.
@@ -50,7 +57,7 @@ def known_host(ip, alias, path):
     while True:
         proc = subprocess.run(['ssh-keyscan', '-T', '5', ip], capture_output=True, text=True)
         if proc.stdout.strip():
-            with open(path, 'w') as handle:
+            with open(path, 'a') as handle:
                 for line in proc.stdout.splitlines():
                     if line and not line.startswith('#'):
                         handle.write(alias + ' ' + line.split(None, 1)[1] + '\n')
@@ -60,39 +67,77 @@ def known_host(ip, alias, path):
         time.sleep(2)
 
 
+def instances(instance):
+    """The VPSes of this run: the database host, and the second bot host when Molecule created it."""
+    found = [instance]
+    if subprocess.run(['docker', 'inspect', instance + '-bot'], capture_output=True).returncode == 0:
+        found.append(instance + '-bot')
+    return found
+
+
+def write_first_only(hosts, instance, hosts_file):
+    """hosts-first.yml: the inventory with the first VPS only, same variables and groups."""
+    first = dict(hosts, soulnear=dict(hosts['soulnear'], hosts={instance: hosts['soulnear']['hosts'][instance]}))
+    for group in ('soulnear_db', 'soulnear_bot'):
+        if group in first:
+            first[group] = dict(hosts={instance: None})
+    path = os.path.join(os.path.dirname(hosts_file), 'hosts-first.yml')
+    with open(path, 'w') as handle:
+        yaml.safe_dump(first, handle, sort_keys=False)
+    return path
+
+
 def refresh(instance, hosts_file):
-    """Point the inventory at the VPS's current address (a restart of the VPS may change it)."""
+    """Point the inventory at the VPSes' current addresses (fixed in molecule.yml; checked all the same)."""
     with open(hosts_file) as handle:
         hosts = yaml.safe_load(handle)
-    server = hosts['soulnear']['hosts'][instance]
-    ip = address(instance)
-    if server['ansible_host'] != ip:
-        server['ansible_host'] = ip
+    changed = False
+    for name in instances(instance):
+        server = hosts['soulnear']['hosts'][name]
+        ip = address(name)
+        if server['ansible_host'] != ip:
+            server['ansible_host'] = ip
+            if 'soulnear_db_listen_address' in server:
+                server['soulnear_db_listen_address'] = ip
+            changed = True
+    if changed:
         with open(hosts_file, 'w') as handle:
             yaml.safe_dump(hosts, handle, sort_keys=False)
+        write_first_only(hosts, instance, hosts_file)
 
 
 def main():
     instance = sys.argv[1]
     hosts_file = os.path.join(INVENTORY, 'hosts.yml')
+    first_only = os.path.join(INVENTORY, 'hosts-first.yml')
     if os.path.exists(hosts_file):
         refresh(instance, hosts_file)
-        print(hosts_file)
+        print(first_only if '--first' in sys.argv else hosts_file)
         return
-    ip = address(instance)
     key = os.path.join(EPHEMERAL, 'id_ed25519')
     known_hosts = os.path.join(EPHEMERAL, 'known_hosts')
-    known_host(ip, instance, known_hosts)
+    if os.path.exists(known_hosts):
+        os.remove(known_hosts)
     shutil.copytree(os.path.join(PROJECT, 'inventory', 'production'), INVENTORY)
 
     with open(hosts_file) as handle:
         hosts = yaml.safe_load(handle)
-    server = hosts['soulnear']['hosts'].pop('bot-server')
-    server.update(ansible_host=ip, ansible_user='deploy', ansible_ssh_private_key_file=key,
-                  ansible_ssh_common_args='-o UserKnownHostsFile=%s -o HostKeyAlias=%s' % (known_hosts, instance))
-    hosts['soulnear']['hosts'][instance] = server
+    example = hosts['soulnear']['hosts'].pop('bot-server')
+    names = instances(instance)
+    for name in names:
+        ip = address(name)
+        known_host(ip, name, known_hosts)
+        server = dict(example, ansible_host=ip, ansible_user='deploy', ansible_ssh_private_key_file=key,
+                      ansible_ssh_common_args='-o UserKnownHostsFile=%s -o HostKeyAlias=%s' % (known_hosts, name))
+        if name == instance and len(names) > 1:
+            server['soulnear_db_listen_address'] = ip  # serves the other bot host on the private network
+        hosts['soulnear']['hosts'][name] = server
+    if len(names) > 1:
+        hosts['soulnear_db'] = dict(hosts={instance: None})
+        hosts['soulnear_bot'] = dict(hosts=dict((name, None) for name in names))
     with open(hosts_file, 'w') as handle:
         yaml.safe_dump(hosts, handle, sort_keys=False)
+    write_first_only(hosts, instance, hosts_file)
 
     main_vars = os.path.join(INVENTORY, 'group_vars', 'soulnear', 'main.yml')
     with open(main_vars, 'a') as handle:
@@ -120,7 +165,7 @@ def main():
     with open(os.path.join(INVENTORY, 'group_vars', 'soulnear', 'vault.yml'), 'w') as handle:
         handle.write(''.join(parts))
     print('written', file=sys.stderr)
-    print(hosts_file)
+    print(first_only if '--first' in sys.argv else hosts_file)
 
 
 if __name__ == '__main__':

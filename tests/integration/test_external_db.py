@@ -93,9 +93,13 @@ def test_health_report_of_an_external_database(external):
     assert 'db_container' not in report['checks']
     assert 'external' in report['skipped']['db_container'] and where in report['skipped']['db_container']
 
-    report = run_checks(dict(options, ca_cert=external.wrong_ca_file, retries=0))
+    report = run_checks(dict(options, ca_cert=external.wrong_ca_file))
     assert not report['ok'] and report['failed'] == ['database']
-    assert 'certificate verify failed' in report['checks']['database']['message']
+    message = report['checks']['database']['message']
+    assert 'certificate verify failed' in message and 'TLS verification failed' in message
+    assert '(1 attempt(s))' in message  # a TLS failure is final: not retried
+    report = run_checks(dict(options, ca_cert='/nonexistent/ca.crt'))
+    assert 'root certificate file' in report['checks']['database']['message']
 
 
 def test_backup_and_restore_through_a_client_container(external, tmp_path):

@@ -7,9 +7,8 @@ with a writer committing all along - no mocks (issue 15, docs/patroni.md).
   whose COMMIT returned. After the switchover, every acknowledged row must be on the new leader.
 - The example bot (examples/bot), connected to all the nodes, is healthy after a switchover.
 
-Slow (image, cluster, switchovers): runs only with SOULNEAR_TEST_PATRONI=1 or SOULNEAR_TEST_FULL=1
-(make test-full). Run the figures by hand with:
-    SOULNEAR_TEST_PATRONI=1 .venv/bin/pytest -s tests/integration/test_patroni.py
+Part of make test (about 45 s with the image built; 10 s more to build it). The figures, by hand:
+    .venv/bin/pytest -s tests/integration/test_patroni.py
 """
 
 import glob
@@ -30,10 +29,6 @@ from ansible.module_utils.soulnear import pg
 from patronienv import PatroniCluster
 from pgcluster import free_port
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get('SOULNEAR_TEST_PATRONI') != '1' and os.environ.get('SOULNEAR_TEST_FULL') != '1',
-    reason='Patroni switchover test (image build, a 3-node cluster, switchovers): set SOULNEAR_TEST_PATRONI=1, '
-           'or run make test-full')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BOT_DIR = os.path.join(ROOT, 'examples', 'bot')
@@ -276,6 +271,27 @@ def test_check_cluster_names_the_new_leader_and_the_old_one_streaming(cluster):
     assert cluster.node(old)['name'] in cluster.streaming_replicas(new)
     log('check_cluster after the switchover (%.1f s to settle): %s' % (time.monotonic() - started,
                                                                         result['message']))
+
+
+def test_health_check_and_migrations_through_the_multi_host_endpoint(cluster, tmp_path):
+    """db_health and pg_migrate against the cluster the way a deployment points at it: every member in login_host,
+    the primary found by connect() (target_session_attrs=read-write), Patroni's REST API in patroni_url."""
+    from ansible.module_utils.soulnear.checks import run_checks  # noqa: PLC0415
+    from ansible.module_utils.soulnear.migrate import Migrator  # noqa: PLC0415
+
+    params = multi_host_params(cluster, DB)
+    report = run_checks(dict(params, patroni_url=cluster.rest_url(cluster.nodes[-1]), db_external='the cluster',
+                             required_tables=['writes']))
+    assert report['ok'], report['msg']
+    assert report['checks']['patroni']['value']['leader'] == cluster.leader()
+    assert 'external' in report['skipped']['db_container']
+    (tmp_path / '001_probe.sql').write_text('CREATE TABLE module_probe (id int PRIMARY KEY);')
+    result = Migrator(dict(params, path=str(tmp_path), table='module_migrations')).run()
+    assert [m['name'] if isinstance(m, dict) else m for m in result['applied']] and not result.get('failed')
+    leader = cluster.leader()
+    assert cluster.query("SELECT count(*) FROM pg_tables WHERE tablename = 'module_probe'", db=DB, node=leader) \
+        == [(1,)]
+    log('db_health through the endpoint: ' + report['checks']['patroni']['message'])
 
 
 # -- the example bot -------------------------------------------------------------------------------

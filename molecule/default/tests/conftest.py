@@ -45,13 +45,14 @@ def instance_name():
     return os.environ.get('SOULNEAR_MOLECULE_INSTANCE', 'soulnear-molecule')
 
 
-def operator_inventory():
-    """(hosts.yml, vault password file) of the operator's inventory converge wrote (SSH, inline vault), pointed
-    at the VPS's current address (a test that restarts the VPS may change it)."""
+def operator_inventory(both=False):
+    """(hosts file, vault password file) of the operator's inventory converge wrote (SSH, inline vault), pointed
+    at the VPSes' current addresses: the first VPS only (the tests are about it; same variables and groups as the
+    full inventory), or both VPSes."""
     ephemeral = os.environ['MOLECULE_EPHEMERAL_DIRECTORY']
     writer = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'operator_inventory.py')
-    hosts = subprocess.run([os.path.join(PROJECT, '.venv', 'bin', 'python'), writer, instance_name()], check=True,
-                           capture_output=True, text=True).stdout.strip()
+    hosts = subprocess.run([os.path.join(PROJECT, '.venv', 'bin', 'python'), writer, instance_name()]
+                           + ([] if both else ['--first']), check=True, capture_output=True, text=True).stdout.strip()
     return hosts, os.path.join(ephemeral, 'vault-password')
 
 
@@ -93,3 +94,19 @@ def run_playbook_background(playbook, *args):
 def healthy(host):
     """The deployment is healthy before (and is expected to be after) the test."""
     return wait_healthy(host)
+
+
+def bot_instance_name():
+    """The second VPS: a bot host only (molecule.yml), serving the topology tests."""
+    return instance_name() + '-bot'
+
+
+def pytest_collection_modifyitems(config, items):
+    """testinfra runs every `host` test on every VPS. The tests are about the first VPS (the database host and a bot
+    host, the single-host deployment in full); the bot host has its own module, test_deploy_topologies.py, which
+    reaches it by name. Runs of the first VPS's tests on the second are deselected, not skipped."""
+    marker = '//%s]' % bot_instance_name()
+    dropped = [item for item in items if item.nodeid.endswith(marker)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.nodeid.endswith(marker)]
