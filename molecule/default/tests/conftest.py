@@ -10,6 +10,9 @@ PROJECT = os.environ.get('MOLECULE_PROJECT_DIRECTORY', os.path.abspath(os.path.j
                                                                                    '..', '..', '..')))
 DB = 'soulnear_postgres'
 BOT = 'soulnear_bot'
+# The VPSes' private network (molecule.yml): the first VPS, the database host, serves the second on .10.
+SUBNET = os.environ.get('SOULNEAR_MOLECULE_SUBNET', '10.213.77')
+DB_HOST_IP = SUBNET + '.10'
 
 
 def psql(host, sql, db='soul_bot'):

@@ -5,7 +5,7 @@ import re
 import subprocess
 import time
 
-from conftest import (BOT, DB, container_health, instance_name, psql, run_playbook, run_playbook_background,
+from conftest import (BOT, DB, DB_HOST_IP, container_health, instance_name, psql, run_playbook, run_playbook_background,
                       wait_healthy)
 
 MARKERS = ('Database connection successful!', 'Database tables created/verified',
@@ -58,11 +58,12 @@ def test_no_root_role_errors_after_a_minute_of_healthchecks(host):
         assert unexpected == []
 
 
-def test_port_published_on_loopback_only(host):
+def test_port_published_on_loopback_and_the_private_address_only(host):
+    # This VPS is also the database host of the second VPS: it serves it on its private address (TLS).
     ports = host.check_output('docker port %s 5432/tcp', DB).split()
-    assert ports == ['127.0.0.1:5432']
+    assert sorted(ports) == sorted(['127.0.0.1:5432', DB_HOST_IP + ':5432'])
     listening = host.check_output('ss -Hltn')
-    assert '127.0.0.1:5432' in listening
+    assert '127.0.0.1:5432' in listening and DB_HOST_IP + ':5432' in listening
     assert '0.0.0.0:5432' not in listening and '*:5432' not in listening and '[::]:5432' not in listening
 
 

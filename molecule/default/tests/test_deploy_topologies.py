@@ -21,10 +21,9 @@ import pytest
 import testinfra
 import yaml
 
-from conftest import PROJECT, bot_instance_name, instance_name, operator_inventory, psql, wait_healthy
+from conftest import (DB_HOST_IP, PROJECT, SUBNET, bot_instance_name, instance_name, operator_inventory, psql,
+                      wait_healthy)
 
-SUBNET = os.environ.get('SOULNEAR_MOLECULE_SUBNET', '10.213.77')
-DB_HOST_IP = SUBNET + '.10'
 BOT_HOST_IP = SUBNET + '.11'
 MANAGED_IP = SUBNET + '.20'
 CA = '/etc/soulnear/db-ca.crt'
