@@ -1465,13 +1465,13 @@ class Migrator:
             except psycopg2.Error as exc:
                 # The connection died between files or mid-file: the server rolled the open
                 # transaction back, so reconnecting and planning again is safe.
-                if not is_retryable(exc) or attempt >= self.policy.retries:
+                retryable = is_retryable(exc, conn)
+                if not retryable or attempt >= self.policy.retries:
                     where = ''
                     if self.current is not None:
                         where = (' while applying %s (the server rolled its transaction back; nothing of it was '
                                  'applied)' % self.current.label)
-                    fix = 'run again once the server is reachable' if is_retryable(exc) \
-                        else 'fix the cause and run again'
+                    fix = 'run again once the server is reachable' if retryable else 'fix the cause and run again'
                     raise MigrationError('migration run failed%s: %s. Nothing is half-applied; %s%s'
                                          % (where, describe_error(exc), fix, self._applied_note()),
                                          self._result(None, started)) from None
@@ -1886,7 +1886,7 @@ class Migrator:
                             if prelude is not None:
                                 prelude(cur)
                         except psycopg2.Error as exc:
-                            if is_retryable(exc):
+                            if is_retryable(exc, conn):
                                 raise
                             stop, error = True, (item if modes else (0, ''), exc)
                         if begin is not None or stop:
@@ -1900,7 +1900,7 @@ class Migrator:
                         cur.execute(item[1])
                         done += 1
                     except psycopg2.Error as exc:
-                        if is_retryable(exc):
+                        if is_retryable(exc, conn):
                             raise
                         stop, error = True, (item, exc)
                 reader.join()
@@ -1944,7 +1944,7 @@ class Migrator:
                     self.table.insert(cur, mfile, 'versioned', mfile.checksum, (time.time() - started) * 1000, True,
                                       self.applied_by)
                 except psycopg2.Error as exc:
-                    if is_retryable(exc):
+                    if is_retryable(exc, conn):
                         raise
                     conn.rollback()
                     raise self._failure(mfile, mfile if statement else None, line, statement, exc, None, 0) from None
@@ -2003,7 +2003,7 @@ class Migrator:
                     self._booked()
                 return
             except psycopg2.Error as exc:
-                if is_retryable(exc):
+                if is_retryable(exc, conn):
                     raise
                 conn.rollback()
                 if getattr(exc, 'pgcode', None) == '55P03' and attempt < self.ddl_lock_retries:

@@ -21,7 +21,10 @@ statement did not run (a read-only transaction writes nothing), so a retry on a
 NEW connection - which the endpoint, libpq's target_session_attrs=read-write or
 the provider's DNS sends to the new primary - is safe. Retries here always
 reconnect: connect() retries opening the connection, and pg_migrate runs a
-failed migration again from a new connection, never on the old one.
+failed migration again from a new connection, never on the old one. Given the
+connection the error came from, is_retryable() first asks the server
+(still_writable): a migration's own START TRANSACTION READ ONLY on a primary
+that still takes writes fails as written, without retries.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -117,10 +120,26 @@ def sqlstate_of(exc):
     return None
 
 
-def is_retryable(exc):
-    """True when retrying `exc` can succeed: a connection-class failure, nothing else."""
+def still_writable(conn):
+    """After a 25006 on conn: True when the server still takes writes, i.e. the read-only transaction was the
+    statement's own (START TRANSACTION READ ONLY) and retrying cannot help; False when the server became read-only
+    (a primary demoted by a switchover or failover) or the connection is gone - reconnecting can help."""
+    try:
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'")
+            return bool(cur.fetchone()[0])
+    except Exception:  # noqa: BLE001 - a connection that cannot answer is one to replace
+        return False
+
+
+def is_retryable(exc, conn=None):
+    """True when retrying `exc` can succeed: a connection-class failure, nothing else. With the connection the
+    error came from, a 25006 is retryable only when the server itself became read-only (still_writable)."""
     if not HAS_PSYCOPG2 or not isinstance(exc, psycopg2.Error):
         return False
+    if getattr(exc, 'pgcode', None) == '25006' and conn is not None and not conn.closed:
+        return not still_writable(conn)
     if not getattr(exc, 'pgcode', None) and tls_failure(exc):
         return False
     code = sqlstate_of(exc)

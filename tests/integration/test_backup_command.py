@@ -33,6 +33,7 @@ def render_host_command(tmp_path, pg_container, db, **overrides):
                  ('backup', 'soulnear-backup.j2', str(bin_dir / 'soulnear-backup'), '0755')]
     play = [{'name': 'Render the host command', 'hosts': 'localhost', 'gather_facts': False,
              'vars_files': [os.path.join(ROOT, 'roles', 'soulnear', 'defaults', 'main.yml'),
+                            os.path.join(ROOT, 'roles', 'soulnear', 'vars', 'main.yml'),
                             os.path.join(ROOT, 'roles', 'backup', 'defaults', 'main.yml')],
              'tasks': [{'name': 'Render %s' % src, 'ansible.builtin.template': {
                  'src': os.path.join(ROOT, 'roles', role, 'templates', src), 'dest': dest, 'mode': mode}}

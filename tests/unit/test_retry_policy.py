@@ -42,13 +42,23 @@ def test_a_write_on_a_read_only_server_means_reconnect(pg_server):
     conn = pg_server.connect()
     try:
         with conn.cursor() as cur:
-            cur.execute('SET default_transaction_read_only = on')
+            cur.execute('SET default_transaction_read_only = on')  # what a demoted primary looks like to a session
             with pytest.raises(psycopg2.Error) as caught:
                 cur.execute('CREATE TEMP TABLE t (x int); CREATE TABLE soulnear_ro_probe (x int)')
+        assert is_retryable(caught.value, conn)  # the server itself is read-only: reconnect
+        # A read-only transaction of the statement's own on a server that takes writes: retrying cannot help.
+        conn.autocommit = False
+        with conn.cursor() as cur:
+            cur.execute('SET default_transaction_read_only = off')
+            conn.commit()
+            cur.execute('START TRANSACTION READ ONLY')
+            with pytest.raises(psycopg2.Error) as own:
+                cur.execute('CREATE TABLE soulnear_ro_probe (x int)')
+        assert own.value.pgcode == '25006' and not is_retryable(own.value, conn)
     finally:
         conn.close()
     assert caught.value.pgcode == '25006'
-    assert is_retryable(caught.value)
+    assert is_retryable(caught.value)  # without the connection: reconnect
     assert 'target_session_attrs=read-write' in describe_error(caught.value)
 
 
