@@ -22,6 +22,7 @@ from . import containers, guard, pitr
 from .backup_files import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, check_intact, list_backups
 from .files import disk_usage
 from .migrate import MigrationError, status as migration_status
+from .results import check
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of, tls_failure
 
 CHECK_ORDER = ('database', 'tables', 'migrations', 'connections', 'db_container', 'patroni', 'bot_container',
@@ -63,13 +64,6 @@ DEFAULTS = dict(
 )
 
 LOGS_FIX = 'look at make logs-db / make logs-bot and make diagnose'
-
-
-def check(ok, value, message, warning=None):
-    result = dict(ok=bool(ok), value=value, message=message)
-    if warning:
-        result['warning'] = warning
-    return result
 
 
 # -- database checks ----------------------------------------------------------------------------

@@ -308,6 +308,31 @@ def accept(path, observed, by=None, reason='cleared by the operator', check_mode
                        '; the flag raised %s is lowered' % _when(previous.get('raised_at')) if previous else ''))
 
 
+def accept_restored(path, open_conn, database, default_tables, by, reason, log, errors=()):
+    """After a completed restore (a dump, or a point in time): record the restored database (its cluster and rows)
+    and lower the flag. open_conn() connects to it; a failure (GuardError, OSError or one of errors) is logged with
+    the command that clears the flag by hand, never raised - the restore itself succeeded. Returns None without a
+    guard file, else dict(previous_flag, system_identifier, tables) or dict(error)."""
+    if not path:
+        return None
+    try:
+        record = load(path) or {}
+        tables = sorted(record.get('tables') or {}) or list(default_tables)
+        conn = open_conn()
+        try:
+            observed = observe(conn, tables)
+        finally:
+            conn.close()
+        done = accept(path, observed, by=by, reason=reason)
+    except (GuardError, OSError) + tuple(errors) as exc:
+        log('the data-loss guard could not record the restored database: %s; clear its flag by hand: '
+            'soulnear-health guard clear --confirm %s' % (exc, database))
+        return dict(error=str(exc))
+    log(done['msg'])
+    return dict(previous_flag=done['previous_flag'], system_identifier=observed['system_identifier'],
+                tables=observed['tables'])
+
+
 def status(path):
     """The record as people read it: dict(recorded, flag, message)."""
     record = load(path)

@@ -39,6 +39,8 @@ try:  # Python 3
 except ImportError:  # pragma: no cover - Python 2 is not supported by the project
     HTTPError = URLError = Request = urlopen = None
 
+from .results import check
+
 DEFAULT_MAX_LAG_BYTES = 16 * 1024 * 1024
 LEADER_ROLES = ('leader', 'master', 'primary', 'standby_leader')
 # 'streaming' since Patroni 3.0.4 for a replica receiving WAL from its upstream; older versions say
@@ -149,15 +151,15 @@ def check_cluster(url, timeout=5, max_lag_bytes=DEFAULT_MAX_LAG_BYTES, ca_cert=N
     try:
         return _check(url, value, timeout, max_lag_bytes, ca_cert)
     except Exception as exc:  # noqa: BLE001 - a health check reports, it does not crash
-        return dict(ok=False, value=value,
-                    message='reading the Patroni cluster at %s failed unexpectedly (%s: %s). Fix: check patroni_url; '
-                            'report this as a bug if the URL is right' % (value['url'], exc.__class__.__name__, exc))
+        return check(False, value,
+                     'reading the Patroni cluster at %s failed unexpectedly (%s: %s). Fix: check patroni_url; '
+                     'report this as a bug if the URL is right' % (value['url'], exc.__class__.__name__, exc))
 
 
 def _check(url, value, timeout, max_lag_bytes, ca_cert):
     body, error = get_cluster(url, timeout=timeout, ca_cert=ca_cert)
     if error:
-        return dict(ok=False, value=value, message=error)
+        return check(False, value, error)
     members = parse_members(body)
     value['members'] = members
     value['sync_standby'] = [m['name'] for m in members if m['role'] in ('sync_standby', 'synchronous_standby')]
@@ -171,26 +173,26 @@ def _check(url, value, timeout, max_lag_bytes, ca_cert):
     leaders = [m for m in members if m['role'] in LEADER_ROLES]
     if not leaders:
         listed = ', '.join('%s %s %s' % (m['name'], m['role'], m['state']) for m in members) or 'none'
-        return dict(ok=False, value=value,
-                    message='the Patroni cluster has no leader (members: %s): nothing accepts writes. Fix: read '
-                            '`patronictl list` and the patroni logs on the members; check that the DCS (etcd) '
-                            'answers them' % listed)
+        return check(False, value,
+                     'the Patroni cluster has no leader (members: %s): nothing accepts writes. Fix: read '
+                     '`patronictl list` and the patroni logs on the members; check that the DCS (etcd) '
+                     'answers them' % listed)
     leader = leaders[0]
     value['leader'] = leader['name']
     if leader['state'] not in HEALTHY_STATES:
-        return dict(ok=False, value=value,
-                    message='the leader %s is %s, not running. Fix: read the patroni and PostgreSQL logs on %s; '
-                            'Patroni fails over after ttl if it cannot recover' % (leader['name'], leader['state'],
-                                                                                   leader['host'] or leader['name']))
+        return check(False, value,
+                     'the leader %s is %s, not running. Fix: read the patroni and PostgreSQL logs on %s; '
+                     'Patroni fails over after ttl if it cannot recover'
+                     % (leader['name'], leader['state'], leader['host'] or leader['name']))
 
     replicas = [m for m in members if m is not leader]
     broken = [m for m in replicas if m['state'] not in HEALTHY_STATES]
     if broken:
         parts = ['%s (%s) is %s' % (m['name'], m['host'] or '?', m['state']) for m in broken]
-        return dict(ok=False, value=value,
-                    message='replica %s, not streaming from the leader %s. Fix: start patroni on that host, or '
-                            'rebuild the replica with `patronictl reinit <scope> <member>`; read its patroni log'
-                            % ('; '.join(parts), leader['name']))
+        return check(False, value,
+                     'replica %s, not streaming from the leader %s. Fix: start patroni on that host, or '
+                     'rebuild the replica with `patronictl reinit <scope> <member>`; read its patroni log'
+                     % ('; '.join(parts), leader['name']))
 
     lags = [m['lag'] for m in replicas if m['lag'] is not None]
     unknown = [m['name'] for m in replicas if m['lag'] is None]
@@ -221,10 +223,7 @@ def _check(url, value, timeout, max_lag_bytes, ca_cert):
         message += ', sync standby %s' % ', '.join(value['sync_standby'])
     if value.get('paused'):
         message += ', paused'
-    result = dict(ok=True, value=value, message=message)
-    if warnings:
-        result['warning'] = '; '.join(warnings)
-    return result
+    return check(True, value, message, '; '.join(warnings) or None)
 
 
 def leader_of(url, timeout=5, ca_cert=None):

@@ -39,6 +39,7 @@ import time
 from . import containers
 from .files import disk_usage, human
 from .pg import ConnectError, connect, describe_error, psycopg2
+from .results import check as _result  # the shape of a health check's answer
 
 PGDATA = '/var/lib/postgresql/data'
 REPO_MOUNT = '/var/lib/pgbackrest'
@@ -556,13 +557,6 @@ def describe(settings, exact=True):
 
 
 # -- health ---------------------------------------------------------------------------------------------------
-
-def _result(ok, value, message, warning=None):
-    result = dict(ok=bool(ok), value=value, message=message)
-    if warning:
-        result['warning'] = warning
-    return result
-
 
 def _ago(seconds):
     if seconds is None:

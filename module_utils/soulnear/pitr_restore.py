@@ -236,25 +236,11 @@ def _finish_recovery(settings):
 
 def _record_guard(settings, reason, log):
     """The data-loss guard records the restored database and lowers its flag (like a completed pg_restore)."""
-    path = settings.get('data_guard_file')
-    if not path:
-        return None
-    try:
-        record = guard.load(path) or {}
-        tables = sorted(record.get('tables') or {}) or list(CHECK_DEFAULTS['required_tables'])
-        conn = connect(dict(settings['conn'], retries=2), application_name='soulnear pitr')
-        try:
-            observed = guard.observe(conn, tables)
-        finally:
-            conn.close()
-        done = guard.accept(path, observed, by='pg_pitr', reason=reason)
-    except (guard.GuardError, ConnectError, OSError) as exc:
-        log('the data-loss guard could not record the restored database: %s; clear its flag by hand: '
-            'soulnear-health guard clear --confirm %s' % (exc, settings['conn'].get('login_db')))
-        return dict(error=str(exc))
-    log(done['msg'])
-    return dict(previous_flag=done['previous_flag'], system_identifier=observed['system_identifier'],
-                tables=observed['tables'])
+    return guard.accept_restored(
+        settings.get('data_guard_file'),
+        lambda: connect(dict(settings['conn'], retries=2), application_name='soulnear pitr'),
+        settings['conn'].get('login_db'), CHECK_DEFAULTS['required_tables'], 'pg_pitr', reason, log,
+        errors=(ConnectError,))
 
 
 def plan(settings, target=LATEST, repo=None, runner=None):

@@ -362,26 +362,10 @@ def record_restored(settings, live, path, log=null_log):
     """After a completed restore: the data-loss guard records the restored database (its cluster and rows) and
     lowers its flag. Returns guard.accept()'s result, None without a guard file; a failure here is logged, never
     raised (the restore itself succeeded)."""
-    state_file = settings.get('data_guard_file')
-    if not state_file:
-        return None
-    try:
-        record = guard.load(state_file) or {}
-        tables = sorted(record.get('tables') or {}) or list(CHECK_DEFAULTS['required_tables'])
-        conn = connect_to(settings, live)
-        try:
-            observed = guard.observe(conn, tables)
-        finally:
-            conn.close()
-        done = guard.accept(state_file, observed, by='pg_restore',
-                            reason='restore of %s into %s completed' % (os.path.basename(path), live))
-    except (guard.GuardError, BackupError, OSError) as exc:
-        log('the data-loss guard could not record the restored database: %s; clear its flag by hand: '
-            'soulnear-health guard clear --confirm %s' % (exc, live))
-        return dict(error=str(exc))
-    log(done['msg'])
-    return dict(previous_flag=done['previous_flag'], system_identifier=observed['system_identifier'],
-                tables=observed['tables'])
+    return guard.accept_restored(settings.get('data_guard_file'), lambda: connect_to(settings, live), live,
+                                 CHECK_DEFAULTS['required_tables'], 'pg_restore',
+                                 'restore of %s into %s completed' % (os.path.basename(path), live), log,
+                                 errors=(BackupError,))
 
 
 def _safety_backup(settings, live, log):
