@@ -50,16 +50,6 @@ options:
     description: Operating-system user inside the container that runs C(pg_dump) (C(docker exec -u)).
     type: str
     default: postgres
-  client_image:
-    description:
-      - For a database this deployment does not own (an external or managed server, a Patroni cluster, the database
-        host of a two-host deployment) - an image with C(pg_dump) and C(pg_restore) of the server's major version or
-        newer. The tools then run in a throwaway container of it on the host's network (C(docker run --rm --network
-        host)), reach the server at O(login_host):O(login_port) with O(ssl_mode) and O(ca_cert), and O(container) is
-        not used.
-      - Empty (the default) runs them in O(container).
-    type: str
-    default: ''
   name_pattern:
     description:
       - File name of a backup, with C(%Y %m %d) (required) and C(%H %M %S) (optional) replaced by the local time.
@@ -135,6 +125,7 @@ options:
     description: Database to back up (required).
 extends_documentation_fragment:
   - soulnear_connection
+  - soulnear_connection.client_image
 attributes:
   check_mode:
     support: full

@@ -75,16 +75,6 @@ options:
     description: Operating-system user inside the container that runs C(pg_restore) and C(pg_dump).
     type: str
     default: postgres
-  client_image:
-    description:
-      - For a database this deployment does not own (an external or managed server, a Patroni cluster, the database
-        host of a two-host deployment) - an image with C(pg_dump) and C(pg_restore) of the server's major version or
-        newer. The tools then run in a throwaway container of it on the host's network (C(docker run --rm --network
-        host)), reach the server at O(login_host):O(login_port) with O(ssl_mode) and O(ca_cert), and O(container) is
-        not used.
-      - Empty (the default) runs them in O(container).
-    type: str
-    default: ''
   bot_container:
     description: Container of the application, stopped for the swap and started after it (only if it was running).
       Empty means no container is stopped.
@@ -167,6 +157,7 @@ options:
     description: The database to replace (required), for example C(soul_bot).
 extends_documentation_fragment:
   - soulnear_connection
+  - soulnear_connection.client_image
 attributes:
   check_mode:
     support: full

@@ -8,6 +8,8 @@
 #   soulnear/postgres:15        pull postgres:15, else build images/postgres (Debian postgresql-15)
 #   soulnear/sandbox:bookworm   images/sandbox: systemd "VPS" host (no docker.io preinstalled)
 #   soulnear/python:3-bookworm  images/python: python3 + psycopg2, base for the sample bot
+#   soulnear/patroni:15         images/patroni: soulnear/postgres:15 plus Debian's patroni and etcd, for the
+#                               Patroni switchover test (tests/patronienv.py)
 # Archives for the nested Docker engine inside the sandbox (docker load):
 #   .cache/images/soulnear-postgres-15.tar
 #   .cache/images/soulnear-python-3-bookworm.tar
@@ -59,6 +61,7 @@ BASE_IMAGE="soulnear/debian:bookworm"
 PG_IMAGE="soulnear/postgres:15"
 SANDBOX_IMAGE="soulnear/sandbox:bookworm"
 PY_IMAGE="soulnear/python:3-bookworm"
+PATRONI_IMAGE="soulnear/patroni:15"
 
 log() { printf '[images] %s\n' "$*"; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -224,8 +227,8 @@ ensure_base() {
 
 # --- images built FROM the base ----------------------------------------------
 ensure_built() {
-    local image="$1" dir="$2" pull_from="${3:-}" want base_id
-    base_id="$(image_id "$BASE_IMAGE")"
+    local image="$1" dir="$2" pull_from="${3:-}" base="${4:-$BASE_IMAGE}" want base_id
+    base_id="$(image_id "$base")"
     want="$(context_hash "$ROOT/$dir" "base=$base_id")"
     if ! needs_build "$image" "$want"; then
         log "$image up to date"
@@ -262,6 +265,7 @@ ensure_base
 ensure_built "$PG_IMAGE" images/postgres postgres:15
 ensure_built "$SANDBOX_IMAGE" images/sandbox
 ensure_built "$PY_IMAGE" images/python
+ensure_built "$PATRONI_IMAGE" images/patroni "" "$PG_IMAGE"
 save_archive "$PG_IMAGE" soulnear-postgres-15.tar
 save_archive "$PY_IMAGE" soulnear-python-3-bookworm.tar
 

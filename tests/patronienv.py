@@ -2,7 +2,7 @@
 
 Layout: a user-defined Docker network, one etcd container (the DCS) and N Patroni nodes (default 3;
 SOULNEAR_TEST_PATRONI_NODES=2 on a small machine), all from soulnear/patroni:15 (images/patroni,
-built by scripts/patroni-image.sh: Debian's patroni 3.0.2 and etcd 3.4 on soulnear/postgres:15).
+built by scripts/images.sh: Debian's patroni 3.0.2 and etcd 3.4 on soulnear/postgres:15).
 Each node publishes its PostgreSQL port (5432) and its REST API port (8008) on 127.0.0.1 random
 ports; the containers reach one another by container name on the private network. Every request
 this module makes goes to 127.0.0.1 (the published ports) or through `docker exec`.
@@ -28,7 +28,6 @@ Configuration choices, and why:
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -36,6 +35,7 @@ import urllib.request
 import uuid
 
 import psycopg2
+from pgcontainer import docker
 
 IMAGE = os.environ.get('SOULNEAR_TEST_PATRONI_IMAGE', 'soulnear/patroni:15')
 NODES = int(os.environ.get('SOULNEAR_TEST_PATRONI_NODES', '3'))
@@ -44,13 +44,6 @@ SYNCHRONOUS_MODE = os.environ.get('SOULNEAR_TEST_PATRONI_SYNC', '1') != '0'
 SUPERUSER_PASSWORD = 'test-patroni-superuser'
 REPLICATION_PASSWORD = 'test-patroni-replication'
 SCOPE = 'soulnear'
-
-
-def docker(*args, check=True, timeout=120):
-    proc = subprocess.run(['docker'] + list(args), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise RuntimeError('docker %s failed: %s' % (' '.join(args[:2]), proc.stderr.strip()))
-    return proc
 
 
 def http_json(url, method='GET', body=None, timeout=5):
@@ -128,7 +121,7 @@ class PatroniCluster:
         if docker('info', check=False).returncode != 0:
             raise RuntimeError('no Docker engine answers; run scripts/docker-engine.sh')
         if docker('image', 'inspect', self.image, check=False).returncode != 0:
-            raise RuntimeError('image %s is missing; run scripts/patroni-image.sh' % self.image)
+            raise RuntimeError('image %s is missing; run scripts/images.sh' % self.image)
         deadline = time.monotonic() + timeout
         docker('network', 'create', '--label', 'org.soulnear.test=patroni', self.network)
         docker('run', '-d', '--name', self.etcd, '--network', self.network, '--entrypoint', 'etcd',

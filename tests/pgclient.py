@@ -48,3 +48,15 @@ class ServerClient:
 
     def not_ready(self, exc):
         return exc
+
+
+def wait_until(predicate, timeout=15, what='condition', interval=0.1):
+    """predicate()'s first truthy result, polled every interval; AssertionError after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError('timed out after %ss waiting for %s' % (timeout, what))
+        time.sleep(interval)

@@ -18,7 +18,7 @@ import os
 import time
 from datetime import datetime
 
-from . import containers, guard, pitr
+from . import containers, guard, patroni, pitr
 from .backup_files import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, check_intact, list_backups
 from .files import disk_usage
 from .migrate import MigrationError, status as migration_status
@@ -464,7 +464,6 @@ def run_checks(options, policy=None):
         if name and not (key == 'db_container' and options.get('db_external')):
             checks[key] = check_container(name, previous.get(name), role)
     if options.get('patroni_url'):
-        from . import patroni  # noqa: PLC0415 - only a Patroni deployment needs it
         checks['patroni'] = patroni.check_cluster(options['patroni_url'], max_lag_bytes=int(
             _opt(options, 'patroni_max_lag_bytes')), ca_cert=options.get('patroni_ca_cert'))
     if options.get('backup_dir'):

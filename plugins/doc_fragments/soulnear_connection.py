@@ -53,8 +53,24 @@ options:
   retries:
     description:
       - How many times a connection-class failure is retried (backoff 0.5 s, 1 s, 2 s).
-      - Retried are SQLSTATE class 08 except 08007, 57P01, 57P03, 53300 and connection errors without a code;
-        authentication, permission, syntax and data errors never are.
+      - Retried are SQLSTATE class 08 except 08007, 57P01, 57P03, 53300, 25006 (a primary demoted by a switchover,
+        the retry reconnects) and connection errors without a code; authentication, permission, syntax and data
+        errors and TLS failures never are.
     type: int
     default: 3
+'''
+
+    # pg_backup and pg_restore: where the tools run for a database this deployment does not own.
+    CLIENT_IMAGE = r'''
+options:
+  client_image:
+    description:
+      - For a database this deployment does not own (an external or managed server, a Patroni cluster, the database
+        host of a two-host deployment) - an image with C(pg_dump) and C(pg_restore) of the server's major version or
+        newer. The tools then run in a throwaway container of it on the host's network (C(docker run --rm --network
+        host)), reach the server at O(login_host):O(login_port) with O(ssl_mode) and O(ca_cert), and O(container) is
+        not used.
+      - Empty (the default) runs them in O(container).
+    type: str
+    default: ''
 '''

@@ -20,7 +20,7 @@ import urllib.request
 
 import psycopg2
 import pytest
-from pgclient import connect, query
+from pgclient import connect, query, wait_until
 from pgcluster import SUPERUSER_PASSWORD, Cluster, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,17 +59,6 @@ def health(port):
             return resp.status, json.load(resp)
     except urllib.error.HTTPError as exc:
         return exc.code, json.load(exc)
-
-
-def wait_until(predicate, timeout=15, what='condition'):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout}s waiting for {what}')
-        time.sleep(0.1)
 
 
 class Bot:

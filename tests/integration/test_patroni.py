@@ -27,6 +27,7 @@ import pytest
 from ansible.module_utils.soulnear import patroni
 from ansible.module_utils.soulnear import pg
 from patronienv import PatroniCluster
+from pgclient import wait_until
 from pgcluster import free_port
 
 
@@ -55,7 +56,7 @@ def log(text):
 @pytest.fixture(scope='module')
 def cluster():
     started = time.monotonic()
-    proc = subprocess.run([os.path.join(ROOT, 'scripts', 'patroni-image.sh')], capture_output=True, text=True,
+    proc = subprocess.run([os.path.join(ROOT, 'scripts', 'images.sh')], capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     TIMINGS['image'] = time.monotonic() - started
@@ -75,17 +76,6 @@ def cluster():
     finally:
         env.remove()
         log('timings: ' + ', '.join('%s %.1f s' % kv for kv in TIMINGS.items()))
-
-
-def wait_until(predicate, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out after %ss waiting for %s' % (timeout, what))
-        time.sleep(interval)
 
 
 # -- the writer ------------------------------------------------------------------------------------
