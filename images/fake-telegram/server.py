@@ -118,8 +118,8 @@ def int_param(params, name, default, low=None, high=None):
     if value in (None, ''):
         value = default
     try:
-        value = int(value)
-    except (TypeError, ValueError):
+        value = int(float(value))
+    except (TypeError, ValueError, OverflowError):
         raise ApiError(400, 'Bad Request: %s must be an integer' % name) from None
     if low is not None:
         value = max(low, value)
@@ -390,25 +390,27 @@ class FakeTelegram:
             state.webhook_conflicts += 1
             raise ApiError(409, WEBHOOK_CONFLICT)
         state.confirm(offset)
-        older = state.active
-        if older is not None:
+        while state.active is not None:
+            older = state.active
             # A client that stops polling closes its connection; give that close a moment to arrive, so a bot that
             # restarts (or cancels a poll and sends the next) is not mistaken for a second bot.
             grace = time.monotonic() + CONFLICT_GRACE
             while state.active is older and not older.client_gone() and time.monotonic() < grace:
                 self.cond.wait(0.05)
-            if state.active is older:
-                if older.client_gone():
-                    older.ended = 'gone'
-                else:
-                    # Telegram's rule (telegram-bot-api, Client::abort_long_poll): the NEW request wins and the
-                    # pending older one is answered 409 at once.
-                    older.ended = 'conflict'
-                    state.conflicts += 1
-                    state.conflict_events.append({'time': now, 'terminated': older.peer, 'by': poll.peer})
-                    log('409 conflict for %s: the poll from %s was terminated by a poll from %s'
-                        % (short(state.token), older.peer, poll.peer))
-                self.cond.notify_all()
+            if state.active is not older:
+                continue        # it ended by itself meanwhile (or yet another poll took its place)
+            if older.client_gone():
+                older.ended = 'gone'
+            else:
+                # Telegram's rule (telegram-bot-api, Client::abort_long_poll): the NEW request wins and the pending
+                # older one is answered 409 at once.
+                older.ended = 'conflict'
+                state.conflicts += 1
+                state.conflict_events.append({'time': now, 'terminated': older.peer, 'by': poll.peer})
+                log('409 conflict for %s: the poll from %s was terminated by a poll from %s'
+                    % (short(state.token), older.peer, poll.peer))
+            state.active = None
+            self.cond.notify_all()
         state.active = poll
         deadline = time.monotonic() + timeout
         try:

@@ -248,6 +248,7 @@ def test_a_framework_bot_migrates_starts_and_answers(stack, bot):
     token = '%d:%s' % (random.randint(10 ** 8, 10 ** 9 - 1), uuid.uuid4().hex)
     user_id = random.randint(10 ** 6, 10 ** 7)
     container = stack.start_bot(bot, token)
+    restarted = None
     try:
         # getMe over TLS, then a long poll: the bot trusts the test CA and reached "api.telegram.org"
         wait_until(lambda: stack.state(token)['polls'] >= 1, timeout=120, interval=0.5,
@@ -278,8 +279,21 @@ def test_a_framework_bot_migrates_starts_and_answers(stack, bot):
         assert len(state['pollers']) == 1 and state['delivered'] == {str(start_id): 1, str(text_id): 1}
         logs = docker('logs', container, check=False)
         assert token.split(':')[1] not in logs.stdout + logs.stderr, 'the bot logged its token'
+
+        # stopped, then started again (a redeploy done right): not a second poller, nothing lost or repeated
+        polls = state['polls']
+        restarted = stack.start_bot(bot, token)
+        wait_until(lambda: stack.state(token)['polls'] > polls, timeout=120, interval=0.5,
+                   what='the restarted %s to poll' % bot)
+        later_id = stack.queue(token, 'after the restart', user_id)
+        sent = wait_until(lambda: answers(3), timeout=60, interval=0.5, what='the restarted %s to answer' % bot)
+        assert sent[2]['text'] == 'Noted. That makes 3 message(s) from you.'
+        docker('stop', '-t', '20', restarted, timeout=60)
+        state = stack.state(token)
+        assert state['conflicts'] == 0, state['conflict_events']
+        assert state['delivered'] == {str(start_id): 1, str(text_id): 1, str(later_id): 1}
     finally:
-        docker('rm', '-f', container, check=False)
+        docker('rm', '-f', container, *([restarted] if restarted else []), check=False)
 
 
 def test_two_copies_of_a_bot_are_caught_by_the_fake(stack):
