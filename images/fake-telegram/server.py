@@ -167,6 +167,7 @@ class BotState:
         self.active = None           # the getUpdates in flight
         self.sent = []
         self.calls = {}
+        self.encodings = {}          # how the parameters came: query, json, form, multipart, none
         self.webhook_url = ''
         self.allowed_updates = None
         self.next_message_id = 1
@@ -198,6 +199,7 @@ class BotState:
                  'polls': self.polls, 'polling_now': self.active is not None, 'last_poll': self.last_poll,
                  'last_poll_age': None if self.last_poll is None else round(now - self.last_poll, 3),
                  'pollers': self.pollers, 'sent_count': len(self.sent), 'methods': self.calls,
+                 'encodings': self.encodings,
                  'webhook_url': self.webhook_url, 'allowed_updates': self.allowed_updates}
         if full:
             state.update(sent_messages=self.sent, conflict_events=self.conflict_events)
@@ -324,11 +326,12 @@ class FakeTelegram:
                     'generators': generators, 'next_update_id': self.next_update_id}
 
     # - Bot API ------------------------------------------------------------------------------------------------------
-    def call(self, token, method, params, poll):
+    def call(self, token, method, params, poll, encoding='none'):
         name = method.lower()
         with self.cond:
             state = self.bot(token)
             state.calls[method] = state.calls.get(method, 0) + 1
+            state.encodings[encoding] = state.encodings.get(encoding, 0) + 1
             if name == 'getupdates':
                 return self.get_updates(state, params, poll)
             if name == 'getme':
@@ -510,7 +513,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def params(self, query):
         params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
-        params.update(parse_body(self.read_body(), self.headers.get('Content-Type', '')))
+        body = self.read_body()
+        params.update(parse_body(body, self.headers.get('Content-Type', '')))
+        kind = self.headers.get('Content-Type', '').split(';', 1)[0].strip().lower()
+        self.encoding = ({'application/json': 'json', 'multipart/form-data': 'multipart'}.get(kind, 'form') if body
+                         else 'query' if query else 'none')
         return params
 
     def reply(self, status, payload, shown_path, quiet=False):
@@ -539,7 +546,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             params = self.params(url.query)
             poll = Poll(self.client_address[0], self.headers.get('User-Agent', ''), self.connection)
-            result = fake.call(token, method, params, poll)
+            result = fake.call(token, method, params, poll, self.encoding)
         except ApiError as exc:
             return self.reply(exc.code, {'ok': False, 'error_code': exc.code, 'description': exc.description}, shown)
         if result is None:   # a long poll whose client went away: nothing to answer

@@ -277,6 +277,7 @@ def test_a_framework_bot_migrates_starts_and_answers(stack, bot):
         state = stack.state(token)
         assert state['conflicts'] == 0, state['conflict_events']
         assert len(state['pollers']) == 1 and state['delivered'] == {str(start_id): 1, str(text_id): 1}
+        print('%s: %s; parameters sent as %s' % (bot, state['methods'], state['encodings']))
         logs = docker('logs', container, check=False)
         assert token.split(':')[1] not in logs.stdout + logs.stderr, 'the bot logged its token'
 

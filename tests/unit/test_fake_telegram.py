@@ -328,6 +328,7 @@ def test_parameters_arrive_in_every_encoding(fake, encoding):
     assert [(m['method'], m['chat_id'], m['text']) for m in state['sent_messages']] == [
         ('sendMessage', -100123, 'привет, ✓ & = + %')]
     assert state['allowed_updates'] == ['message']
+    assert state['encodings'] == {encoding: 2}
 
 
 def test_multipart_files_are_recorded_by_name_and_size(fake):
