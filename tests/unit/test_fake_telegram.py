@@ -391,3 +391,29 @@ def test_log_lines_show_only_the_start_of_a_token(fake):
     with open(fake.log_path) as handle:
         text = handle.read()
     assert token not in text and token.split(':')[1] not in text
+
+
+def test_plain_http_mode_and_the_health_check(tmp_path):
+    port = free_port()
+    server = [sys.executable, os.path.join(FAKE_DIR, 'server.py'), '--listen', '127.0.0.1', '--port', str(port),
+              '--no-tls']
+    check = subprocess.run(server + ['--check'], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 1 and 'health check failed' in check.stderr    # nothing listens yet
+    with open(tmp_path / 'plain.log', 'w') as log:
+        proc = subprocess.Popen(server, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def get_me():
+            conn = http.client.HTTPConnection('127.0.0.1', port, timeout=2)
+            try:
+                conn.request('GET', '/bot42:plain/getMe')
+                return json.loads(conn.getresponse().read())
+            except OSError:
+                return None
+            finally:
+                conn.close()
+
+        assert wait_until(get_me, timeout=20, what='the plain-HTTP fake to answer')['result']['id'] == 42
+        assert subprocess.run(server + ['--check'], capture_output=True, timeout=30).returncode == 0
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0       # SIGTERM: a clean stop
