@@ -154,6 +154,13 @@ options:
     description: The C(wal_archiving) check fails when more finished WAL segments than this wait to be archived.
     type: int
     default: 8
+  pitr_archive_slack_seconds:
+    description:
+      - The C(wal_archiving) check fails when the oldest commit not yet archived (read with pg_waldump in the
+        database container) is older than archive_timeout plus this many seconds: the recovery point is stalled,
+        whatever the archiver's statistics say (PostgreSQL not switching segments, archive-push hanging).
+    type: float
+    default: 15
   pitr_check:
     description: Also run C(pgbackrest check) (a WAL switch that must reach every repository) in C(physical_backup).
     type: bool
@@ -336,6 +343,7 @@ def argument_spec():
         pitr_repo_dir=dict(type='path'),
         pitr_backup_max_age_hours=dict(type='float', default=DEFAULTS['pitr_backup_max_age_hours']),
         pitr_archive_ready_max=dict(type='int', default=DEFAULTS['pitr_archive_ready_max']),
+        pitr_archive_slack_seconds=dict(type='float', default=DEFAULTS['pitr_archive_slack_seconds']),
         pitr_check=dict(type='bool', default=DEFAULTS['pitr_check']),
         data_guard_file=dict(type='path', default=DATA_GUARD_FILE),
         fail_on_unhealthy=dict(type='bool', default=True),

@@ -229,6 +229,16 @@ recovered_to:
   description: The time of the last transaction the recovery replayed (the newest data in the restored database).
   returned: operation=restore and not check mode
   type: str
+recovery_point:
+  description:
+    - A restore to latest proves its own recovery point. C(ok) is false, and C(msg) starts with "RESTORED, BUT
+      COMMITS THAT POINT-IN-TIME RECOVERY PROMISES ARE MISSING", when the recovery stopped before the last commit in
+      the repository's archive (C(archive_last_commit)), or when transactions the server had begun more than
+      archive_timeout + 15 s before it was last seen are not back (the data-loss guard's record keeps the monitor's
+      samples of the server's next transaction id; C(last_seen), C(promised_before), C(expected_next_xid),
+      C(next_xid)). C(problems) says which. The restored data stays in place and the bot runs either way.
+  returned: operation=restore with target latest, not check mode
+  type: dict
 timeline:
   description: The restored server's timeline after the promotion.
   returned: operation=restore and not check mode

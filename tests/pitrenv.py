@@ -20,12 +20,14 @@ import uuid
 
 import jinja2
 import psycopg2
+import yaml
 from ansible.module_utils.soulnear import pgserver, pitr
 from pgcluster import free_port
 from pgcontainer import IMAGE, docker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = os.path.join(ROOT, 'roles', 'postgres', 'templates', 'pgbackrest.conf.j2')
+ROLE_VARS = os.path.join(ROOT, 'roles', 'postgres', 'vars', 'main.yml')
 WEED = os.path.join(ROOT, '.cache', 'tools', 'weed')
 PASSWORD = 'pitr-test-superuser-secret'
 DB = 'soul_bot'
@@ -48,6 +50,16 @@ def render_config(**values):
     context.update(values)
     with open(TEMPLATE) as handle:
         return env.from_string(handle.read()).render(**context)
+
+
+def healthcheck(wake=True):
+    """The database container's healthcheck as the postgres role sets it with WAL archiving on: pg_isready, then
+    the checkpointer's wake-up after each start (roles/postgres/vars/main.yml); wake=False: pg_isready alone, as
+    before the fix, so a test can show what PostgreSQL does without it."""
+    with open(ROLE_VARS) as handle:
+        role_vars = yaml.safe_load(handle)
+    probe = 'pg_isready -h 127.0.0.1 -U postgres -d postgres'
+    return probe + ' || exit 1; ' + role_vars['__postgres_healthcheck_wake'] if wake else probe
 
 
 def _own(path, mode=0o700):
@@ -108,12 +120,12 @@ class S3Server:
 class PitrLab:
     """The database container and what surrounds it on the host (see the module docstring)."""
 
-    def __init__(self, tmp, archive_timeout='10s', s3=False, image=IMAGE, shm='256m'):
+    def __init__(self, tmp, archive_timeout='10s', s3=False, image=IMAGE, shm='256m', wake=True):
         self.tmp = str(tmp)
         self.name = 'soulnear-test-pitr-' + uuid.uuid4().hex[:6]
         self.network, self.volume, self.bot = self.name + '-net', self.name + '-data', self.name + '-bot'
         self.port = free_port()
-        self.image, self.shm, self.archive_timeout = image, shm, archive_timeout
+        self.image, self.shm, self.archive_timeout, self.wake = image, shm, archive_timeout, wake
         self.repo_dir, self.config_dir, self.log_dir = (os.path.join(self.tmp, d)
                                                         for d in ('repo', 'pgbackrest', 'log'))
         self.guard_file = os.path.join(self.tmp, 'data-guard.json')
@@ -162,7 +174,7 @@ class PitrLab:
         args = ['--name', self.name, '--network', self.network, '--restart', 'unless-stopped',
                 '--shm-size', self.shm, '-e', 'POSTGRES_PASSWORD=' + PASSWORD,
                 '-p', '127.0.0.1:%d:5432' % self.port,
-                '--health-cmd', 'pg_isready -h 127.0.0.1 -U postgres -d postgres', '--health-interval', '2s',
+                '--health-cmd', healthcheck(self.wake), '--health-interval', '2s',
                 '--stop-timeout', '60',
                 '--mount', 'type=volume,source=%s,target=/var/lib/postgresql/data' % self.volume,
                 '--mount', 'type=bind,source=%s,target=/var/lib/pgbackrest' % self.repo_dir,
@@ -174,6 +186,16 @@ class PitrLab:
         """The database container AND its volume removed (a lost disk); returns when they are gone."""
         docker('rm', '-f', '-v', self.name)
         docker('volume', 'rm', '-f', self.volume)
+
+    def restart(self, timeout=120):
+        """docker restart of the database container (a clean stop and start, as after a host reboot or a monitor
+        restart); returns once it answers and its healthcheck has passed once since the start."""
+        docker('restart', '-t', '60', self.name)
+        self.wait_ready(timeout)
+        deadline = time.time() + timeout
+        while docker('inspect', '--format', '{{.State.Health.Status}}', self.name).stdout.strip() != 'healthy':
+            assert time.time() < deadline, 'the database container did not become healthy after its restart'
+            time.sleep(0.5)
 
     def wait_ready(self, timeout=120):
         deadline = time.time() + timeout

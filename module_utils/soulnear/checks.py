@@ -60,6 +60,7 @@ DEFAULTS = dict(
     pitr_repo_dir=None,
     pitr_backup_max_age_hours=26.0,
     pitr_archive_ready_max=8,
+    pitr_archive_slack_seconds=15.0,
     pitr_check=False,
 )
 
@@ -473,7 +474,7 @@ def run_checks(options, policy=None):
                                                 database=options.get('login_db') or None,
                                                 save=not options.get('read_only'))
     if options.get('pitr_stanza'):
-        physical = pitr.check_physical_backup(options)
+        physical = pitr.check_physical_backup(options, archiving=checks.get('wal_archiving'))
         if physical is None:
             skipped['physical_backup'] = 'not checked: the database container is not running'
         else:

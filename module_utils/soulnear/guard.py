@@ -44,6 +44,7 @@ from .pg import psycopg2
 DEFAULT_STATE_FILE = '/var/lib/soulnear/data-guard.json'
 COUNT_CAP = 10000  # rows counted per table: enough to tell "empty" from "held data", cheap on any table
 EVENTS_KEPT = 20
+PROGRESS_KEPT = 30  # samples of the server's progress (see _recorded): half an hour of minutely monitor runs
 OPERATIONS = ('check', 'clear', 'query')
 
 
@@ -69,13 +70,16 @@ def default_actor():
 
 def observe(conn, required_tables, cap=COUNT_CAP):
     """The database behind conn: database, system_identifier, database_oid, tables {name: rows up to cap, None
-    when missing}, empty (every required table missing or without rows)."""
+    when missing}, empty (every required table missing or without rows), timeline and next_xid (the next 64-bit
+    transaction id: every transaction that wrote something before now has a smaller one)."""
     tables = {}
     try:
         with conn.cursor() as cur:
             cur.execute('SELECT current_database(), (SELECT system_identifier::text FROM pg_control_system()), '
-                        '(SELECT oid::bigint FROM pg_database WHERE datname = current_database())')
-            database, ident, oid = cur.fetchone()
+                        '(SELECT oid::bigint FROM pg_database WHERE datname = current_database()), '
+                        '(SELECT timeline_id FROM pg_control_checkpoint()), '
+                        'pg_snapshot_xmax(pg_current_snapshot())::text::bigint')
+            database, ident, oid, timeline, next_xid = cur.fetchone()
             for name in required_tables or []:
                 cur.execute('SELECT to_regclass(%s)::text', (name,))
                 regclass = cur.fetchone()[0]
@@ -90,7 +94,7 @@ def observe(conn, required_tables, cap=COUNT_CAP):
                          'the required tables' % ' '.join(str(exc).split())) from None
     empty = bool(tables) and not any(tables.values())
     return dict(database=database, system_identifier=ident, database_oid=oid, tables=tables, empty=empty,
-                cap=int(cap))
+                cap=int(cap), timeline=timeline, next_xid=next_xid)
 
 
 def describe_counts(tables, cap=COUNT_CAP):
@@ -149,13 +153,31 @@ def _event(record, what, by):
     record['events'] = events[-EVENTS_KEPT:]
 
 
-def _recorded(record, observed, by):
-    """The record updated to what was observed (the flag untouched)."""
+def _progress(samples, observed, at):
+    """The server's progress samples [at, system_identifier, timeline, next_xid], with one more when the next
+    transaction id moved since the last sample of the same cluster. A restore to the latest archived commit compares
+    them with what it recovered: the transactions a server had begun more than archive_timeout before it was last
+    seen must be back (pitr_restore.recovery_point)."""
+    samples = [list(s) for s in samples or [] if isinstance(s, (list, tuple)) and len(s) == 4]
+    if observed.get('next_xid') is None:
+        return samples
+    sample = [at, observed['system_identifier'], observed.get('timeline'), int(observed['next_xid'])]
+    last = next((s for s in reversed(samples) if s[1] == sample[1]), None)
+    if last is None or last[2:] != sample[2:]:
+        samples.append(sample)
+    return samples[-PROGRESS_KEPT:]
+
+
+def _recorded(record, observed, by, progress=None):
+    """The record updated to what was observed (the flag untouched); progress: the samples to carry on (default:
+    the record's own)."""
     record = dict(record or {})
     had_data = bool(record.get('had_data')) and record.get('system_identifier') == observed['system_identifier']
+    now = _now()
     record.update(database=observed['database'], system_identifier=observed['system_identifier'],
                   database_oid=observed['database_oid'], tables=observed['tables'],
-                  had_data=had_data or not observed['empty'], recorded_at=_now(), recorded_by=by)
+                  had_data=had_data or not observed['empty'], recorded_at=now, recorded_by=by,
+                  progress=_progress(record.get('progress') if progress is None else progress, observed, now))
     record.setdefault('flag', None)
     return record
 
@@ -248,7 +270,7 @@ def check(path, observed, allow_empty=False, by=None, check_mode=False, advice=N
         verdict = evaluate(record, observed, allow_empty)
         result = dict(ok=verdict['ok'], problem=verdict['problem'], observed=observed, changed=False)
         if verdict['ok'] and verdict['allowed']:
-            new = _recorded(None, observed, by)
+            new = _recorded(None, observed, by, progress=(record or {}).get('progress'))
             new['events'] = (record or {}).get('events') or []
             _event(new, 'accepted an empty database (allow_empty_database) over: %s' % verdict['reason'], by)
             result.update(status='accepted empty', changed=True, record=new,
@@ -295,7 +317,7 @@ def accept(path, observed, by=None, reason='cleared by the operator', check_mode
     by = by or default_actor()
     with _Locked(path, write=not check_mode) as record:
         previous = (record or {}).get('flag')
-        new = _recorded(None, observed, by)
+        new = _recorded(None, observed, by, progress=(record or {}).get('progress'))
         new['events'] = (record or {}).get('events') or []
         _event(new, '%s%s' % (reason, '; flag lowered (it said: %s)' % previous.get('reason') if previous else ''),
                by)

@@ -53,6 +53,7 @@ MONITOR_DEFAULTS = dict(
     dict((key, DEFAULTS[key]) for key in ('required_tables', 'connections_warn_percent', 'backup_max_age_hours',
                                           'backup_name_pattern', 'require_backup', 'disk_max_used_percent',
                                           'disk_paths', 'pitr_backup_max_age_hours', 'pitr_archive_ready_max',
+                                          'pitr_archive_slack_seconds',
                                           'migrations_table', 'migrations_format')),
     migrations_dir=None,
     check_bot=True,
@@ -149,7 +150,8 @@ class Config:
         if pitr.get('enabled'):
             options.update(pitr_stanza=pitr.get('stanza'), pitr_repo_dir=pitr.get('repo_dir'),
                            pitr_backup_max_age_hours=mon['pitr_backup_max_age_hours'],
-                           pitr_archive_ready_max=mon['pitr_archive_ready_max'])
+                           pitr_archive_ready_max=mon['pitr_archive_ready_max'],
+                           pitr_archive_slack_seconds=mon['pitr_archive_slack_seconds'])
         return options
 
     def diagnose_config(self, overrides=None):
@@ -276,6 +278,21 @@ class Monitor:
             self.alert('%s is down and recovery failed' % name, '%s (%s)\nFailing checks were:\n%s\nRun make '
                        'diagnose.' % (text, why, checks))
 
+    def _wake_checkpointer(self):
+        """Commits wait longer than archive_timeout to be archived while the archiver reports no failure: wake
+        PostgreSQL's checkpointer (SIGHUP to the postmaster, as pg_reload_conf does). It then sees archive_timeout
+        passed and switches the WAL segment at once, and honours archive_timeout from then on (after a start it
+        sleeps for checkpoint_timeout first: docs/pitr.md)."""
+        name = self.config.db_container
+        try:
+            containers.run(['kill', '--signal', 'HUP', name], timeout=30)
+        except containers.DockerError as exc:
+            self.events.append('WAL archiving stalled; waking the checkpointer (docker kill --signal HUP %s) failed: '
+                               '%s' % (name, exc))
+            return
+        self.events.append('WAL archiving stalled: woke the checkpointer of %s (SIGHUP), which switches the WAL '
+                           'segment so its commits reach the repositories' % name)
+
     # -- maintenance, reboots -------------------------------------------------------------
     def hold(self):
         """Why the monitor must not act now: {reason, until} of an operator's pause, or the deploy lock held by a
@@ -391,10 +408,16 @@ class Monitor:
                 self.events.append('bot failing (%d/%d failures before recovery)' % (count, threshold))
         elif 'database' in failed:
             self._alert_once('database-login', 'the database refuses the health check', checks['database']['message'])
+        stalled = 'wal_archiving' in failed and (checks['wal_archiving'].get('value') or {}).get('stalled')
+        if stalled and not data_loss and self.config.db_container:
+            self._wake_checkpointer()
         for name in report['failed']:
             if data_loss or name in ('database', 'db_container', 'bot_container'):
                 continue  # the data-loss alert (with the whole report) or the recovery speaks for these
-            at_once = name == 'backup_age' and checks[name]['value'].get('corrupt')
+            # A corrupt newest backup, and commits that already wait longer than archive_timeout to reach the
+            # repositories (a lost disk would take them), are said at the first failed check.
+            at_once = (name == 'backup_age' and checks[name]['value'].get('corrupt')) or \
+                (name == 'wal_archiving' and stalled)
             if at_once or self.state['failures'][name] >= threshold:
                 self._alert_once(name, 'health check %s failing' % name, checks[name]['message'])
         self._alert_restarts(report)

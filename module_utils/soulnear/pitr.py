@@ -62,6 +62,7 @@ DEFAULTS = dict(
     retention_diff=7,
     backup_max_age_hours=26.0,
     archive_ready_max=8,
+    archive_slack_seconds=15,
     command_timeout=6 * 3600,
     db_stop_timeout=60,
     bot_container='',
@@ -344,16 +345,54 @@ def last_commit(settings, runner, repo):
                         % (repo['key'], rc, error_text(out, err)))
     lines = out.strip().splitlines()
     line = lines[-1] if lines else 'none'
-    match = _COMMIT.search(line)
+    when = _commit_time(line)
+    return (when, line.split()[0]) if when else (None, None)
+
+
+# Run in the container: the oldest commit PostgreSQL has written but not archived yet. The unarchived WAL is every
+# segment waiting in pg_wal/archive_status (*.ready) and the one being written ($CURRENT); the first commit or abort
+# in them, oldest segment first, is what a lost disk would take with it. Prints "<segment> <pg_waldump line>".
+_UNARCHIVED_SCRIPT = r"""
+set -u
+cd "$PGDATA/pg_wal" || exit 3
+names=$( (ls archive_status 2>/dev/null | sed -n 's/^\([0-9A-F]\{24\}\)\.ready$/\1/p'; echo "$CURRENT") \
+    | sort -u | head -n 16)
+for name in $names; do
+    [ -f "$name" ] || continue
+    line=$(pg_waldump "$name" 2>/dev/null | grep -m 1 -E 'desc: (COMMIT|ABORT)')
+    if [ -n "$line" ]; then echo "$name $line"; exit 0; fi
+done
+echo none
+"""
+
+
+def _commit_time(line):
+    """The time of a pg_waldump COMMIT/ABORT line (UTC: the helpers run with TZ=UTC), or None."""
+    match = _COMMIT.search(line or '')
     if not match:
-        return None, None
+        return None
     stamp, zone = match.groups()
     when = datetime.datetime.strptime(stamp.split('.')[0], '%Y-%m-%d %H:%M:%S')
     if '.' in stamp:
         when = when.replace(microsecond=int((stamp.split('.')[1] + '000000')[:6]))
     if zone.upper() not in ('UTC', 'GMT', '+00', 'Z'):
         raise PitrError('pg_waldump printed times in zone %s; the helper sets TZ=UTC' % zone)
-    return when.replace(tzinfo=datetime.timezone.utc), line.split()[0]
+    return when.replace(tzinfo=datetime.timezone.utc)
+
+
+def oldest_unarchived_commit(runner, current_segment):
+    """(time, segment) of the oldest commit (or abort) in the WAL the server has not archived yet - the segments
+    waiting in pg_wal/archive_status and current_segment, the one being written - read with pg_waldump in the
+    running container; (None, None) when that WAL holds none (nothing a lost disk would take)."""
+    rc, out, err = runner.run(['bash', '-c', _UNARCHIVED_SCRIPT], timeout=120,
+                              env=dict(PGDATA=PGDATA, CURRENT=current_segment or ''))
+    if rc != 0:
+        raise PitrError('reading the unarchived WAL in %s failed (exit %d): %s'
+                        % (runner.container, rc, error_text(out, err)))
+    lines = out.strip().splitlines()
+    line = lines[-1] if lines else 'none'
+    when = _commit_time(line)
+    return (when, line.split()[0]) if when else (None, None)
 
 
 def window(settings, runner, repo, exact=True):
@@ -584,51 +623,126 @@ def waiting_segments(db_volume):
     return len(glob.glob(os.path.join(status, '*.ready')))
 
 
+def _unarchived_exposure(options, current_segment, timeout_seconds):
+    """How old the oldest commit not yet in the repositories is: dict(oldest_unarchived_commit, segment,
+    unarchived_commit_age_seconds, stall_limit_seconds, stalled, error). Stalled: older than archive_timeout + slack,
+    so a disk lost now would take commits the recovery point objective promises (the archiver failing, hanging, or
+    PostgreSQL not switching segments)."""
+    slack = float(options.get('pitr_archive_slack_seconds') or DEFAULTS['archive_slack_seconds'])
+    found = dict(oldest_unarchived_commit=None, unarchived_segment=None, unarchived_commit_age_seconds=None,
+                 stall_limit_seconds=None, stalled=False)
+    container = options.get('db_container')
+    if not container or not current_segment:
+        return found
+    if timeout_seconds > 0:
+        found['stall_limit_seconds'] = timeout_seconds + slack
+    try:
+        runner = Runner(container)
+        if not runner.running:
+            return found
+        when, segment = oldest_unarchived_commit(runner, current_segment)
+    except FAILURES as exc:
+        found['error'] = describe_failure(exc)
+        return found
+    if when is not None:
+        age = max(0.0, time.time() - when.timestamp())
+        found.update(oldest_unarchived_commit=show(when), unarchived_segment=segment,
+                     unarchived_commit_age_seconds=round(age, 1),
+                     stalled=found['stall_limit_seconds'] is not None and age > found['stall_limit_seconds'])
+    return found
+
+
 def check_wal_archiving(conn, options):
-    """WAL archiving works: archive_mode on, the archiver's last attempt succeeded, few segments waiting."""
+    """WAL archiving works: archive_mode on, the archiver's last attempt succeeded, few segments waiting, and no
+    commit waits longer than archive_timeout + slack to reach the repositories. The value also carries what the
+    data-loss guard and a later restore compare against: the server's cluster, timeline and next transaction id."""
     with conn.cursor() as cur:
-        cur.execute("SELECT current_setting('archive_mode'), current_setting('archive_timeout'), a.archived_count, "
+        cur.execute("SELECT current_setting('archive_mode'), current_setting('archive_timeout'), "
+                    "(SELECT setting::int FROM pg_settings WHERE name = 'archive_timeout'), a.archived_count, "
                     "a.last_archived_wal, extract(epoch FROM now() - a.last_archived_time), a.failed_count, "
                     "a.last_failed_wal, extract(epoch FROM now() - a.last_failed_time), "
-                    "a.last_failed_time >= coalesce(a.last_archived_time, '-infinity') FROM pg_stat_archiver a")
-        mode, timeout, archived, last_wal, archived_ago, failed, failed_wal, failed_ago, failing = cur.fetchone()
+                    "a.last_failed_time >= coalesce(a.last_archived_time, '-infinity'), "
+                    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END "
+                    "FROM pg_stat_archiver a")
+        (mode, timeout, timeout_seconds, archived, last_wal, archived_ago, failed, failed_wal, failed_ago, failing,
+         current) = cur.fetchone()
     ready = waiting_segments(options.get('db_volume'))
     limit = int(options.get('pitr_archive_ready_max') or DEFAULTS['archive_ready_max'])
     value = dict(archive_mode=mode, archive_timeout=timeout, archived_count=archived, last_archived_wal=last_wal,
                  last_archived_age_seconds=None if archived_ago is None else round(float(archived_ago), 1),
                  failed_count=failed, last_failed_wal=failed_wal,
                  last_failed_age_seconds=None if failed_ago is None else round(float(failed_ago), 1),
-                 failing=bool(failing), ready=ready)
+                 failing=bool(failing), ready=ready, current_segment=current)
     repo = options.get('pitr_repo_dir') or 'the repository directory'
     if mode not in ('on', 'always'):
         return _result(False, value, 'archive_mode is %s: no WAL reaches the repositories, so there is no '
                        'point-in-time recovery. Fix: deploy (make deploy) - it turns WAL archiving on (one restart '
                        'of PostgreSQL)' % mode)
+    value.update(_unarchived_exposure(options, current, int(timeout_seconds or 0)))
+    exposure = ''
+    if value['unarchived_commit_age_seconds'] is not None:
+        exposure = ('; the oldest commit not yet in the repositories is %s (%s)'
+                    % (_ago(value['unarchived_commit_age_seconds']), value['oldest_unarchived_commit']))
     if failing:
         return _result(False, value, 'WAL archiving is FAILING: the archiver\'s last attempt (segment %s, %s) failed '
-                       '(%d failure(s) since the statistics were reset); the last segment archived was %s (%s)%s. '
+                       '(%d failure(s) since the statistics were reset); the last segment archived was %s (%s)%s%s. '
                        'Commits since then are not in the repositories: the recovery point falls behind. Fix: read '
                        'the pgBackRest error in the PostgreSQL log (make logs-db; soulnear_log_dir/postgres/'
                        'postgresql.log) - %s must be writable by uid 999 and have free space, the offsite bucket '
                        'reachable; archiving resumes by itself once that is fixed'
                        % (failed_wal, _ago(failed_ago), failed, last_wal or 'none', _ago(archived_ago),
-                          '; %d segment(s) wait' % ready if ready else '', repo))
+                          '; %d segment(s) wait' % ready if ready else '', exposure, repo))
     if ready is not None and ready > limit:
         return _result(False, value, '%d WAL segments wait to be archived (more than %d): archiving falls behind '
-                       'the writes; the recovery point is older than it should be. Fix: look at the repository\'s '
-                       'disk and network (the offsite bucket) and the pgBackRest log' % (ready, limit))
+                       'the writes; the recovery point is older than it should be%s. Fix: look at the repository\'s '
+                       'disk and network (the offsite bucket) and the pgBackRest log' % (ready, limit, exposure))
+    if value['stalled']:
+        return _result(False, value, 'WAL archiving is STALLED: the oldest commit not yet in the repositories is %s '
+                       '(%s, segment %s), longer than archive_timeout %s + %.0f s; a disk lost now would take it. '
+                       'The archiver reports no failure, so the segment was not switched (PostgreSQL\'s '
+                       'checkpointer honours archive_timeout only once woken after a start) or archive-push hangs. '
+                       'Fix: the monitor wakes the checkpointer at once (SIGHUP: docker kill --signal HUP %s), which '
+                       'switches the segment; if it stays stalled, look at the pgBackRest log (make logs-db)'
+                       % (_ago(value['unarchived_commit_age_seconds']), value['oldest_unarchived_commit'],
+                          value['unarchived_segment'], timeout,
+                          value['stall_limit_seconds'] - int(timeout_seconds or 0),
+                          options.get('db_container')))
     if not archived:
-        return _result(True, value, 'archive_mode on, nothing archived yet (archive_timeout %s)' % timeout)
-    return _result(True, value, 'WAL archiving works: last segment %s archived %s, archive_timeout %s%s'
-                   % (last_wal, _ago(archived_ago), timeout, ', %d waiting' % ready if ready else ''),
+        return _result(True, value, 'archive_mode on, nothing archived yet (archive_timeout %s)%s'
+                       % (timeout, exposure))
+    return _result(True, value, 'WAL archiving works: last segment %s archived %s, archive_timeout %s%s%s'
+                   % (last_wal, _ago(archived_ago), timeout, ', %d waiting' % ready if ready else '', exposure),
                    'the archiver failed %s on %s, then recovered' % (_ago(failed_ago), failed_wal)
-                   if failed_ago is not None and failed_ago < 3600 else None)
+                   if failed_ago is not None and failed_ago < 3600 else
+                   ('the unarchived WAL could not be read: %s' % value['error'] if value.get('error') else None))
 
 
-def check_physical_backup(options, now=None):
+def _segment_number(name):
+    """The position of a WAL segment name (timeline, then log and segment) without its timeline, or None."""
+    name = (name or '')[:24]
+    return int(name[8:], 16) if re.match(r'^[0-9A-F]{24}$', name) else None
+
+
+def _archive_behind(repo, archiving):
+    """Why a repository's recovery point is behind what the server archived or should have archived, or None."""
+    value = (archiving or {}).get('value') or {}
+    theirs, ours = _segment_number(value.get('last_archived_wal')), _segment_number(repo.get('archive_max'))
+    if theirs is not None and ours is not None and ours < theirs:
+        return ('repo%d: its archive ends at segment %s but the server archived %s since: WAL does not reach it, so '
+                'its recovery point stands still' % (repo['key'], repo['archive_max'], value['last_archived_wal']))
+    if value.get('stalled'):
+        return ('repo%d: its recovery point is stalled - the oldest commit not in it is %s (%s), longer than '
+                'archive_timeout + slack (see wal_archiving)'
+                % (repo['key'], _ago(value['unarchived_commit_age_seconds']), value['oldest_unarchived_commit']))
+    return None
+
+
+def check_physical_backup(options, now=None, archiving=None):
     """The newest physical backup of every repository is young enough, every repository answers, the local one
-    has room for the next full backup; with pitr_check also `pgbackrest check`. None when the database container
-    does not run (its own check reports that)."""
+    has room for the next full backup, and its archive keeps up with the server (archiving: the wal_archiving
+    check's answer: a stalled recovery point fails this check too - a young backup is no comfort when the WAL after
+    it does not arrive); with pitr_check also `pgbackrest check`. None when the database container does not run
+    (its own check reports that)."""
     settings = make_settings(container=options.get('db_container') or DEFAULTS['container'],
                              stanza=options['pitr_stanza'], repo_dir=options.get('pitr_repo_dir') or '')
     max_age = float(options.get('pitr_backup_max_age_hours') or DEFAULTS['backup_max_age_hours'])
@@ -648,6 +762,7 @@ def check_physical_backup(options, now=None):
         newest = repo['backups'][-1] if repo['backups'] else None
         age = (now - newest['stop']) / 3600.0 if newest else None
         values.append(dict(repo=key, status=repo['status'], message=repo['message'], backups=len(repo['backups']),
+                           archive_max=repo['archive_max'],
                            newest=newest['label'] if newest else None, type=newest['type'] if newest else None,
                            age_hours=None if age is None else round(age, 2),
                            window_start=show(repo['backups'][0]['stop']) if newest else None))
@@ -663,9 +778,12 @@ def check_physical_backup(options, now=None):
             problems.append('the newest physical backup on repo%d (%s, %s) is %.1f h old (limit %s h): the daily '
                             'differential backup is not running or fails; see backup.log in the log directory'
                             % (key, newest['label'], newest['type'], age, max_age))
+        elif _archive_behind(repo, archiving):
+            problems.append(_archive_behind(repo, archiving))
         else:
-            parts.append('repo%d %s (%s) %.1f h old, window from %s' % (key, newest['label'], newest['type'], age,
-                                                                      show(repo['backups'][0]['stop'])))
+            parts.append('repo%d %s (%s) %.1f h old, window from %s, archive up to %s'
+                         % (key, newest['label'], newest['type'], age, show(repo['backups'][0]['stop']),
+                            repo['archive_max'] or 'nothing yet'))
     value = dict(stanza=settings['stanza'], repositories=values, repo_dir=settings['repo_dir'] or None,
                  repo_free_bytes=None)
     if settings['repo_dir']:

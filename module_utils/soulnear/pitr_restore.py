@@ -38,9 +38,10 @@ from . import containers, guard
 from .checks import DEFAULTS as CHECK_DEFAULTS
 from .files import disk_usage, human
 from .pg import ConnectError, connect, psycopg2
+from .pitr import DEFAULTS as PITR_DEFAULTS
 from .pitr import (
-    FAILURES, LATEST, PitrError, Runner, cluster_identity, describe_failure, describe_window, info, null_log,
-    parse_target, pgbackrest, repositories, show, utc, waiting_segments, window)
+    FAILURES, LATEST, PitrError, Runner, cluster_identity, describe_failure, describe_window, info, last_commit,
+    null_log, parse_target, pgbackrest, repositories, show, utc, waiting_segments, window)
 
 # What pgBackRest writes into postgresql.auto.conf for a restore; removed once the server has promoted.
 RECOVERY_SETTINGS = ('restore_command', 'recovery_target_time', 'recovery_target_action', 'recovery_target',
@@ -234,6 +235,59 @@ def _finish_recovery(settings):
         conn.close()
 
 
+def _restored_progress(settings):
+    """(next 64-bit transaction id, archive_timeout in seconds) of the restored server, before anything writes."""
+    conn = connect(dict(settings['conn'], retries=2), application_name='soulnear pitr')
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, "
+                        "(SELECT setting::int FROM pg_settings WHERE name = 'archive_timeout')")
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
+def recovery_point(recovered_to, archive_end, next_xid, record, system_id, timeline, archive_timeout,
+                   slack=PITR_DEFAULTS['archive_slack_seconds']):
+    """Did a restore to latest bring back what it should? Two proofs:
+
+    - the archive: the last commit it replayed (recovered_to) is the last commit in the repository's archived WAL
+      (archive_end); an earlier one means the recovery stopped at a gap or a damaged segment;
+    - the data-loss guard's record of the lost server (the monitor samples its next transaction id every run, and
+      when it was last seen): every transaction it had begun more than archive_timeout + slack before it was last
+      seen must be back - the promise of point-in-time recovery. Samples of another cluster or timeline say nothing.
+
+    Returns dict(ok, problems, recovered_to, archive_last_commit, last_seen, ...): times as text."""
+    found = dict(ok=True, problems=[], recovered_to=show(recovered_to) if recovered_to else None,
+                 archive_last_commit=show(archive_end) if archive_end else None, next_xid=next_xid, last_seen=None,
+                 promised_before=None, expected_next_xid=None)
+    if archive_end is not None and (recovered_to is None or recovered_to < archive_end - datetime.timedelta(
+            seconds=1)):
+        found['problems'].append(
+            'the recovery stopped at %s, before the last commit in the archive (%s): WAL in between is missing or '
+            'damaged in the repository (pgbackrest verify; the PostgreSQL log names the segment)'
+            % (found['recovered_to'] or 'the end of the backup', found['archive_last_commit']))
+    record = record or {}
+    samples = [s for s in record.get('progress') or [] if s[1] == system_id and s[2] == timeline]
+    seen = record.get('recorded_at') if record.get('system_identifier') == system_id else None
+    if seen and samples and next_xid is not None and archive_timeout:
+        promised = float(seen) - float(archive_timeout) - float(slack)
+        before = [s for s in samples if s[0] <= promised]
+        found.update(last_seen=show(utc(seen)), promised_before=show(utc(promised)))
+        if before:
+            expected = int(before[-1][3])
+            found['expected_next_xid'] = expected
+            if int(next_xid) < expected:
+                found['problems'].append(
+                    'transactions the database had begun by %s are missing: it was last seen at %s, so every commit '
+                    'older than archive_timeout (%d s) + %.0f s before that must be back, but the restored server '
+                    'continues at transaction %d where it had reached %d then. Their WAL never reached the '
+                    'repository (WAL archiving stalled; see the health report\'s wal_archiving check)'
+                    % (show(utc(before[-1][0])), found['last_seen'], archive_timeout, slack, int(next_xid), expected))
+    found['ok'] = not found['problems']
+    return found
+
+
 def _record_guard(settings, reason, log):
     """The data-loss guard records the restored database and lowers its flag (like a completed pg_restore)."""
     return guard.accept_restored(
@@ -276,6 +330,13 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
                         % (live_db, target or LATEST, live_db, 'nothing' if confirm in (None, '') else repr(confirm)))
     decided = plan(settings, target, repo)
     runner, when, win = decided['runner'], decided['target'], decided['window']
+    try:
+        # The lost server's last known progress (the monitor's samples), read before the restore rewrites it.
+        guard_record = guard.load(settings['data_guard_file']) if settings.get('data_guard_file') else None
+    except guard.GuardError as exc:
+        guard_record = None
+        log('the data-loss guard record cannot be read, so the recovery point is checked against the archive '
+            'only: %s' % exc)
     volume, stamp = runner.volume, _stamp()
     new_volume, kept_volume = '%s__pitr_%s' % (volume, stamp), '%s__pre_pitr_%s' % (volume, stamp)
     backup = win['newest_backup'] if when is None else \
@@ -288,6 +349,7 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
                           w['archive_max'] or 'none')))
                               for k, w in decided['windows'].items()),
                   volume=volume, kept_volume=None, restored_volume=None, recovered_to=None, timeline=None,
+                  recovery_point=None,
                   steps={}, bot=dict(container=settings['bot_container'] or None, was_running=False, stopped=False,
                                      started=False))
     log('target %s from repo%d (backup %s, %s); window %s' % (result['target'], decided['repo'], backup['label'],
@@ -345,6 +407,7 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
                     raise PitrError('%s lies after the last archived commit (%s): %d WAL segment(s) of the stopped '
                                     'server could not be archived. Fix WAL archiving, or choose an earlier time; '
                                     'nothing was changed' % (show(when), show(refreshed['end']), ready), result)
+        archive = _archive_end(settings, decided['repo'], log) if when is None else {}
         since = time.time()
         log('restoring into the new volume %s' % new_volume)
         _create_volume(new_volume, like=data_dir)
@@ -386,6 +449,14 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
         step('recovery', since)
         log('recovered%s and promoted (timeline %s) in %.1f s' % (
             ' to %s' % result['recovered_to'] if replayed else '', timeline, seconds))
+        if when is None:
+            next_xid, archive_timeout = _restored_progress(settings)
+            result['recovery_point'] = recovery_point(
+                replayed, archive.get('end'), next_xid, guard_record, archive.get('system_id'),
+                archive.get('timeline'), archive_timeout)
+            result['recovery_point'].update(archive_last_segment=archive.get('segment'))
+            for problem in result['recovery_point']['problems']:
+                log('RECOVERY POINT BEHIND: %s' % problem)
         result['reset_settings'], postmaster = _finish_recovery(settings)
         if postmaster:
             # recovery_target_time and recovery_target_action hold until a restart: one now, while the bot is
@@ -413,12 +484,39 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
     result['msg'] = ('Restored %s to %s from repo%d (backup %s) in %.1f s: recovered to the commit of %s, timeline '
                      '%s' % (live_db, result['target'], decided['repo'], backup['label'], result['duration'],
                              result['recovered_to'] or 'the backup\'s end', result['timeline']))
+    point = result.get('recovery_point')
+    if point is not None:
+        if point['ok']:
+            result['msg'] += ('; the last commit in the archive (%s) is back%s' % (
+                point['archive_last_commit'] or 'none', ', and every transaction begun by %s (archive_timeout + '
+                'slack before the database was last seen, %s)' % (point['promised_before'], point['last_seen'])
+                if point['expected_next_xid'] is not None else ''))
+        else:
+            result['msg'] = ('RESTORED, BUT COMMITS THAT POINT-IN-TIME RECOVERY PROMISES ARE MISSING: %s. %s'
+                             % ('; '.join(point['problems']), result['msg']))
     if result['bot']['started']:
         result['msg'] += '; the bot runs again'
     if result['kept_volume']:
         result['msg'] += ('; the previous data is kept as volume %s (drop it once the restored data is confirmed '
                           'good: %s)' % (result['kept_volume'], result['drop_previous_command']))
     return result
+
+
+def _archive_end(settings, repo, log):
+    """The repository's archive as a restore to latest should reach it: its last commit (pg_waldump over the newest
+    segments), newest segment, timeline and cluster. Read after the live server stopped (it archives its last
+    segments then) and before the restore; {} when it cannot be read (the restore goes on, its report says so)."""
+    try:
+        runner = Runner(settings['container'], settings['exec_user'])
+        found = repositories(info(settings, runner))[repo]
+        end, _segment = last_commit(settings, runner, found)
+    except FAILURES as exc:
+        log('the end of the archive could not be read (%s): the recovery point is not checked against it'
+            % describe_failure(exc))
+        return {}
+    segment = found.get('archive_max')
+    return dict(end=end, segment=segment, system_id=found.get('system_id'),
+                timeline=int(segment[:8], 16) if segment else None)
 
 
 def _cleanup_before_swap(settings, result, db_was_running, log):

@@ -42,6 +42,17 @@ def test_a_point_in_time_restore_names_its_own_window():
     assert '925 (in the last 75 s before the loss; 0 before)' in out.getvalue()
 
 
+def test_a_data_loss_breach_is_not_recovered():
+    """make chaos fault 6 lost acknowledged rows older than the window (issue 26): the row says NO, whatever the
+    scenario set, and the rows-lost column says how many were promised."""
+    result = chaos.Result(fault='database volume lost', recovered=True, seconds=87.5, acked=4884, lost=3213, notes=[],
+                          expected_loss='in the last 75 s before the loss', lost_before_backup=238)
+    out = io.StringIO()
+    chaos.print_table([(6, result)], [], out)
+    row = [c.strip() for c in out.getvalue().splitlines()[2].strip('|').split('|')]
+    assert row[2] == 'NO' and row[5] == '3213 (238 before that!)'
+
+
 def test_extra_vars_are_json_when_they_parse():
     parser = argparse.ArgumentParser()
     assert chaos.extra_vars(['soulnear_pitr_enabled=false', 'n=3', 'name=soul bot', 'quoted="x"'], parser) == dict(

@@ -115,3 +115,48 @@ def test_the_role_configuration_with_and_without_the_offsite_repository():
         assert line + '\n' in offsite, line
     plain = render_config(soulnear_pitr_s3_bucket='b', soulnear_pitr_s3_cipher_type='none')
     assert 'repo2-cipher-type=none' in plain and 'repo2-cipher-pass' not in plain
+
+
+# -- the recovery point a restore to latest proves (issue 26) ----------------------------------------------------
+
+SYSTEM = '7713573631087333403'
+
+
+def _record(seen, samples):
+    return dict(system_identifier=SYSTEM, recorded_at=seen, progress=[[at, SYSTEM, 1, xid] for at, xid in samples])
+
+
+def test_the_recovery_point_is_proven_against_the_archive_and_the_monitors_samples():
+    from ansible.module_utils.soulnear.pitr_restore import recovery_point
+    end = datetime.datetime(2026, 12, 6, 18, 20, 0, tzinfo=UTC)
+    seen = end.timestamp() + 30
+    samples = [(end.timestamp() - 120, 900), (end.timestamp() - 60, 1000), (end.timestamp() + 20, 1400)]
+    # Everything the archive holds is back, and every transaction begun 75 s before the last sight of the server.
+    good = recovery_point(end, end, 1200, _record(seen, samples), SYSTEM, 1, 60)
+    assert good['ok'] and good['expected_next_xid'] == 1000 and good['problems'] == []
+    # The chaos breach: the recovery reached the archive's end, but that end was minutes old (archiving stalled).
+    stalled = recovery_point(end, end, 950, _record(seen, samples), SYSTEM, 1, 60)
+    assert not stalled['ok'] and 'transactions the database had begun by' in stalled['problems'][0]
+    assert 'at transaction 950 where it had reached 1000' in stalled['problems'][0]
+    # The recovery stopped before the last archived commit: a gap in the archive.
+    gap = recovery_point(end - datetime.timedelta(minutes=3), end, 1200, None, SYSTEM, 1, 60)
+    assert not gap['ok'] and 'before the last commit in the archive' in gap['problems'][0]
+    # Samples of another cluster or another timeline, or none old enough, prove nothing either way.
+    other = recovery_point(end, end, 10, _record(seen, samples), '42', 1, 60)
+    assert other['ok'] and other['expected_next_xid'] is None
+    assert recovery_point(end, end, 10, _record(seen, samples), SYSTEM, 2, 60)['ok']
+    young = recovery_point(end, end, 10, _record(seen, [(seen - 10, 5000)]), SYSTEM, 1, 60)
+    assert young['ok'] and young['expected_next_xid'] is None
+
+
+def test_the_guard_keeps_a_sample_when_the_server_moved():
+    from ansible.module_utils.soulnear.guard import PROGRESS_KEPT, _progress
+    seen = dict(system_identifier=SYSTEM, timeline=1, next_xid=10)
+    samples = _progress([], seen, 100.0)
+    assert samples == [[100.0, SYSTEM, 1, 10]]
+    assert _progress(samples, seen, 160.0) == samples  # idle: the sample before still says it
+    moved = _progress(samples, dict(seen, next_xid=25), 220.0)
+    assert moved[-1] == [220.0, SYSTEM, 1, 25]
+    for i in range(PROGRESS_KEPT + 5):
+        moved = _progress(moved, dict(seen, next_xid=30 + i), 300.0 + i)
+    assert len(moved) == PROGRESS_KEPT and moved[-1][3] == 30 + PROGRESS_KEPT + 4
