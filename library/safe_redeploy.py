@@ -80,8 +80,37 @@ options:
     description: Symbolic link to the release that runs; switched only after a successful swap.
     type: path
     default: /opt/soulnear/app/current
+  migrations:
+    description:
+      - "How the bot's schema is migrated. V(sql) - the release's SQL files (O(migrations_subdir)) with
+        C(pg_migrate)'s logic (today's default). V(command) - the bot's own tool (Alembic, its own script);
+        O(migration_command) runs in a one-off container of the NEW image (the bot's environment file, network,
+        mounts and extra hosts) after the pre-deploy backup and before the new bot starts, with the same failure
+        handling (the previous bot is put back). V(none) - the bot has no migrations; nothing runs."
+      - "With V(command), whether anything is pending is asked first: O(migration_check_command) exits 0 (up to
+        date), 1 (pending) or anything else (unknown: backed up and run). Without it, the command runs whenever
+        the image changes. A rollback never runs an older image's migration command (it cannot know the newer
+        schema): the bot's start command must not migrate (see O(command))."
+    type: str
+    choices: [sql, command, none]
+    default: sql
+  migration_command:
+    description: With O(migrations=command), the migration command, e.g. V(alembic upgrade head) (a string is
+      split like a shell would; no shell runs it) or a list.
+    type: raw
+    default: []
+  migration_check_command:
+    description: With O(migrations=command), the probe that tells whether the migration is pending by its exit
+      code (0 up to date, 1 pending), e.g. for Alembic a small script of the bot comparing C(alembic current)
+      with C(alembic heads).
+    type: raw
+    default: []
+  migration_timeout:
+    description: Seconds O(migration_command) may run; longer, its container is removed and the deploy rolls back.
+    type: int
+    default: 3600
   migrations_subdir:
-    description: The migrations directory inside a release.
+    description: The migrations directory inside a release (O(migrations=sql)).
     type: str
     default: database/migrations
   migrations_table:
@@ -126,13 +155,15 @@ options:
     description: Seconds the new container is watched after it became healthy (still running, no restart, no error
       pattern in its log). V(0) skips it.
     type: float
-    default: 5.0
+    default: 10.0
   markers:
-    description: Regular expressions that must all appear in the new container's log (success markers).
+    description:
+      - Regular expressions that must all appear in the new container's log (success markers). None by default,
+        so the bot is ready when it runs (and is healthy, when its image or O(healthcheck) has a healthcheck) without
+        a restart or an error pattern for O(settle_seconds).
     type: list
     elements: str
-    default: ['Database connection successful!', 'Database tables created/verified',
-              '(Applied [0-9]+ new migration\(s\)|All migrations up to date)', 'Database health monitor started']
+    default: []
   error_patterns:
     description: Regular expressions that fail the deploy when a line of the new container's log matches one.
     type: list
@@ -157,6 +188,34 @@ options:
     type: list
     elements: path
     default: []
+  volumes:
+    description: Volumes of the bot container, C(source:/path/in/container[:ro|rw]), the source a named volume or an
+      absolute host path. Also mounted into the migration command's container.
+    type: list
+    elements: str
+    default: []
+  published_ports:
+    description: Ports of the bot published on the host, C([address:]host_port:container_port); without an address
+      they are published on 127.0.0.1 only.
+    type: list
+    elements: str
+    default: []
+  extra_hosts:
+    description: Extra C(name:address) entries of the container's /etc/hosts (also for the migration command).
+    type: list
+    elements: str
+    default: []
+  command:
+    description: The bot's start command instead of its image's CMD (a string is split like a shell would, or a
+      list). Use it when the image's CMD migrates before starting, so a rollback never runs an older image's
+      migrations.
+    type: raw
+    default: []
+  healthcheck:
+    description: The container's healthcheck instead of its image's, with C(test) (a shell command, or V(NONE) for
+      none), C(interval), C(timeout), C(start_period) (e.g. V(10s)) and C(retries).
+    type: dict
+    default: {}
   backup:
     description: When to take a verified backup before the swap (O(action=migrate) treats V(always) as
       V(when_migrations)).
@@ -368,13 +427,16 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.containers import DockerError
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 from ansible.module_utils.soulnear.redeploy import (
-    ACTIONS, BACKUP_MODES, DEFAULTS, MIGRATION_OPTIONS, RedeployError, Redeployer)
+    ACTIONS, BACKUP_MODES, DEFAULTS, MIGRATION_MODES, MIGRATION_OPTIONS, RedeployError, Redeployer)
 
 _TYPES = dict(
     action=dict(type='str', choices=list(ACTIONS)), name=dict(type='str'), image=dict(type='str'),
     image_name=dict(type='str'), version=dict(type='str'), releases_dir=dict(type='path'),
     current_link=dict(type='path'), migrations_subdir=dict(type='str'), migrations_table=dict(type='str'),
-    migration_options=dict(type='dict'),
+    migration_options=dict(type='dict'), migrations=dict(type='str', choices=list(MIGRATION_MODES)),
+    migration_command=dict(type='raw'), migration_check_command=dict(type='raw'), migration_timeout=dict(type='int'),
+    volumes=dict(type='list', elements='str'), published_ports=dict(type='list', elements='str'),
+    extra_hosts=dict(type='list', elements='str'), command=dict(type='raw'), healthcheck=dict(type='dict'),
     applied_by=dict(type='str'), env_file=dict(type='path'), network=dict(type='str'),
     restart_policy=dict(type='str'), stop_timeout=dict(type='int'), labels=dict(type='dict'),
     healthy_timeout=dict(type='int'), settle_seconds=dict(type='float'),

@@ -1080,12 +1080,25 @@ def foreign_owner(table, catalog, cur):
         if versions <= labels:
             return 'dbmate', ('it has a single version column and its versions are those of the dbmate files in '
                               'path')
+    # pg_migrate adopts a table of its own older releases (or the example bot's first runner): their columns are
+    # among its own and the file name columns it reads. Any other column means the bot's own migration script (or
+    # a tool not listed above) keeps this table: adopting it would add NOT NULL columns under its inserts.
+    known = set(c for c, _ in TrackingTable.COLUMNS) | set(NAME_COLUMNS) | {'id'}
+    unknown = sorted(cols - known)
+    if unknown:
+        return None, 'it has columns pg_migrate never writes (%s)' % ', '.join(unknown)
     return None
 
 
 def _refuse_foreign(table, owner, evidence):
-    default = TAKEOVER_TABLES.get(owner, table.display)
     other = 'pg_schema_migrations' if table.table != 'pg_schema_migrations' else 'pg_migrate_history'
+    if owner is None:
+        return MigrationError(
+            'table %s is not pg_migrate\'s: %s, so it belongs to the bot\'s own migration script or another tool, '
+            'and pg_migrate neither adopts nor writes it. Give pg_migrate a table of its own: table: %s (in a '
+            'deployment: soulnear_migrations_table: %s); nothing was changed' % (table.qualified, evidence, other,
+                                                                              other))
+    default = TAKEOVER_TABLES.get(owner, table.display)
     return MigrationError(
         'table %s belongs to %s (%s), so pg_migrate will not adopt it: adopting adds columns to another tool\'s '
         'table. Keep it as it is and give pg_migrate a table of its own that records what %s applied: table: %s '

@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -69,12 +70,11 @@ POLL_SECONDS = 0.5
 RENEW_SECONDS = 30
 LOG_TAIL = 40
 
-DEFAULT_MARKERS = [
-    'Database connection successful!',
-    'Database tables created/verified',
-    '(Applied [0-9]+ new migration\\(s\\)|All migrations up to date)',
-    'Database health monitor started',
-]
+# No success markers by default: a bot is ready when it runs (and is Docker-healthy when its image has a
+# HEALTHCHECK) without a restart or an error pattern for settle_seconds. A bot that logs a line once it is ready
+# can ask for it (markers; the example bot's inventories do).
+DEFAULT_MARKERS = []
+MIGRATION_MODES = ('sql', 'command', 'none')
 DEFAULT_ERROR_PATTERNS = ['Traceback', 'does not exist', 'FATAL', 'PANIC',
                           'terminated by other getUpdates request']
 
@@ -92,18 +92,27 @@ DEFAULTS = dict(
     version=None,
     releases_dir='/opt/soulnear/app/releases',
     current_link='/opt/soulnear/app/current',
+    migrations='sql',
     migrations_subdir='database/migrations',
     migrations_table='schema_migrations',
     migration_options={},
+    migration_command=[],
+    migration_check_command=[],
+    migration_timeout=3600,
     applied_by=None,
     env_file=None,
     mounts=[],
+    volumes=[],
+    published_ports=[],
+    extra_hosts=[],
+    command=[],
+    healthcheck={},
     network=None,
     restart_policy='unless-stopped',
     stop_timeout=30,
     labels={},
     healthy_timeout=120,
-    settle_seconds=5.0,
+    settle_seconds=10.0,
     markers=DEFAULT_MARKERS,
     error_patterns=DEFAULT_ERROR_PATTERNS,
     conflicting_containers=[],
@@ -137,6 +146,76 @@ class _StepFailed(Exception):
         Exception.__init__(self, reason)
         self.step = step
         self.reason = reason
+
+
+def argv_of(value):
+    """A command as argv: a list as it is, a string split like a shell would (no shell runs it)."""
+    if not value:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return shlex.split(str(value))
+
+
+PORT = re.compile(r'^(?:(?P<address>\[[0-9a-fA-F:]+\]|[0-9.]+):)?(?P<host>\d{1,5}):(?P<container>\d{1,5})'
+                  r'(?:/(?:tcp|udp))?$')
+VOLUME_SOURCE = re.compile(r'^(/.*|[A-Za-z0-9][A-Za-z0-9_.-]*)$')  # a host path, or a named volume
+HEALTH_KEYS = ('test', 'interval', 'timeout', 'retries', 'start_period')
+
+
+def container_options(params):
+    """The bot container's options besides image, env and network, checked: (docker create arguments, the part
+    of them that goes into the config hash - only what is set, so a container without them keeps its hash).
+    Raises ValueError with what to fix."""
+    args, hashed = [], {}
+    volumes = []
+    for entry in params.get('volumes') or []:
+        parts = str(entry).split(':')
+        if len(parts) not in (2, 3) or not VOLUME_SOURCE.match(parts[0]) or not parts[1].startswith('/') or \
+                (len(parts) == 3 and parts[2] not in ('ro', 'rw')):
+            raise ValueError('volume %r is not "source:/path/in/container[:ro|rw]" (source: a named volume or an '
+                             'absolute host path)' % entry)
+        volumes.append(str(entry))
+    ports = []
+    for entry in params.get('published_ports') or []:
+        match = PORT.match(str(entry))
+        if not match or not 0 < int(match.group('host')) < 65536 or not 0 < int(match.group('container')) < 65536:
+            raise ValueError('published port %r is not "[address:]host_port:container_port" (e.g. 8080:8080, '
+                             'published on 127.0.0.1 unless an address is given)' % entry)
+        ports.append(str(entry) if match.group('address') else '127.0.0.1:' + str(entry))
+    hosts = []
+    for entry in params.get('extra_hosts') or []:
+        name, _, address = str(entry).partition(':')
+        if not name or not address:
+            raise ValueError('extra host %r is not "name:address"' % entry)
+        hosts.append('%s:%s' % (name, address))
+    health = dict(params.get('healthcheck') or {})
+    unknown = sorted(set(health) - set(HEALTH_KEYS))
+    if unknown:
+        raise ValueError('healthcheck takes %s, not %s' % (', '.join(HEALTH_KEYS), ', '.join(unknown)))
+    for volume in sorted(volumes):
+        args += ['-v', volume]
+    for port in ports:
+        args += ['-p', port]
+    for host in sorted(hosts):
+        args += ['--add-host', host]
+    test = health.get('test')
+    if (isinstance(test, (list, tuple)) and list(test)[:1] == ['NONE']) or test == 'NONE':
+        args += ['--no-healthcheck']
+    elif test:
+        if isinstance(test, (list, tuple)):
+            test = ' '.join(shlex.quote(str(t)) for t in (test[1:] if test[0] in ('CMD', 'CMD-SHELL') else test))
+        args += ['--health-cmd', str(test)]
+    for key in ('interval', 'timeout', 'start_period'):
+        if health.get(key):
+            args += ['--health-%s' % key.replace('_', '-'), str(health[key])]
+    if health.get('retries'):
+        args += ['--health-retries', str(int(health['retries']))]
+    for key, value in (('volumes', sorted(volumes)), ('published_ports', ports), ('extra_hosts', sorted(hosts)),
+                       ('healthcheck', dict(sorted(health.items()))), ('command', argv_of(params.get('command')))):
+        if value:
+            hashed[key] = value
+    return args, hashed
 
 
 def safe_name(text):
@@ -187,6 +266,15 @@ class Redeployer:
             raise RedeployError('action must be one of %s' % ', '.join(ACTIONS))
         if p['backup'] not in BACKUP_MODES:
             raise RedeployError('backup must be one of %s' % ', '.join(BACKUP_MODES))
+        if p['migrations'] not in MIGRATION_MODES:
+            raise RedeployError('migrations must be one of %s' % ', '.join(MIGRATION_MODES))
+        if p['migrations'] == 'command' and not argv_of(p['migration_command']):
+            raise RedeployError('migrations: command needs migration_command, the bot\'s own migration command '
+                                '(e.g. alembic upgrade head), run in a one-off container of the new image')
+        try:
+            self.run_options, self.hashed_options = container_options(p)
+        except ValueError as exc:
+            raise RedeployError('%s. Nothing was changed' % exc) from None
         self.name = p['name']
         self.prev_name = self.name + '-previous'
         self.next_name = self.name + '-next'
@@ -198,6 +286,7 @@ class Redeployer:
                            log_tail=[], pruned_images=[], pruned_releases=[], kept_versions=[], steps=self.steps)
         self._renewed = clock()
         self._renew_warned = False
+        self.probe_said = None
 
     # -- bookkeeping -------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -301,6 +390,7 @@ class Redeployer:
                        labels=dict(sorted((p['labels'] or {}).items())))
         if p['mounts']:  # only when set, so the hash of a container without mounts stays what it was
             options['mounts'] = sorted(p['mounts'])
+        options.update(self.hashed_options)
         digest.update(json.dumps(options, sort_keys=True).encode('utf-8'))
         return digest.hexdigest()[:16]
 
@@ -314,11 +404,12 @@ class Redeployer:
             args += ['--env-file', p['env_file']]
         for path in sorted(p['mounts'] or []):
             args += ['-v', '%s:%s:ro' % (path, path)]
+        args += self.run_options
         labels = dict(p['labels'] or {})
         labels.update({VERSION_LABEL: version, CONFIG_LABEL: config})
         for key in sorted(labels):
             args += ['--label', '%s=%s' % (key, labels[key])]
-        containers.run(args + [image])
+        containers.run(args + [image] + argv_of(p['command']))
 
     def remove(self, name):
         containers.run(['rm', '-f', '-v', name], check=False)
@@ -408,12 +499,20 @@ class Redeployer:
         if not result['ok']:
             raise _StepFailed('preflight', 'the database is not healthy: %s' % result['message'])
 
-    def pending(self, migrations_dir):
-        """Pending migrations (pg_migrate's logic); when anything is pending, failed or drifted, a check-mode run
-        of pg_migrate reads and checks every pending file, so a bad file fails here, before the bot stops."""
+    def pending(self, migrations_dir, image=None, same_image=False):
+        """What the new version would migrate, by the migrations mode: sql - pending files (pg_migrate's logic;
+        when anything is pending, failed or drifted, a check-mode run of pg_migrate reads and checks every pending
+        file, so a bad file fails here, before the bot stops); command - the probe's answer (see probe); none -
+        nothing."""
+        mode = self.params['migrations']
+        if mode == 'none':
+            return []
+        if mode == 'command':
+            return self.probe(image, same_image)
         if not os.path.isdir(migrations_dir):
-            raise _StepFailed('preflight', 'the migrations directory %s does not exist: the release is incomplete; '
-                              'ship it again (run the app role)' % migrations_dir)
+            raise _StepFailed('preflight', 'the release has no migrations directory %s. Fix: a bot without SQL '
+                              'migrations sets app_migrations: none (or command, for its own tool such as Alembic); '
+                              'SQL files elsewhere in its source: soulnear_migrations_subdir' % migrations_dir)
         try:
             state = migration_status(self.conn, migrations_dir, self.params['migrations_table'],
                                      self.params['migration_options'].get('format') or 'auto')
@@ -424,6 +523,69 @@ class Redeployer:
         except ConnectError as exc:
             raise _StepFailed('preflight', 'cannot read the migration status: %s' % exc) from None
         return state['pending']
+
+    def one_off(self, image, argv, role, timeout):
+        """argv in a throwaway container of image, with the bot's environment, network, mounts and extra hosts
+        (not its ports): (exit code, its output). A run past timeout is removed and fails the step."""
+        p = self.params
+        name = '%s-%s' % (self.name, role)
+        self.remove(name)
+        args = ['run', '--rm', '--name', name, '--label', 'soulnear.component=bot-%s' % role]
+        if p['network']:
+            args += ['--network', p['network']]
+        if p['env_file']:
+            args += ['--env-file', p['env_file']]
+        for path in sorted(p['mounts'] or []):
+            args += ['-v', '%s:%s:ro' % (path, path)]
+        options = self.run_options
+        for i, option in enumerate(options):
+            if option in ('-v', '--add-host'):
+                args += [option, options[i + 1]]
+        try:
+            proc = containers.run(args + ['--entrypoint', argv[0], image] + argv[1:], timeout=timeout, check=False)
+        except containers.DockerError:
+            self.remove(name)
+            raise _StepFailed('migrate' if role == 'migrate' else 'preflight', '%s did not finish within %ss in a '
+                              'container of %s; it was stopped' % (' '.join(argv), timeout, image)) from None
+        text = (proc.stdout + proc.stderr).decode('utf-8', 'replace').strip()
+        return proc.returncode, text
+
+    def probe(self, image, same_image):
+        """command mode: is the new image's migration pending? migration_check_command answers by its exit code
+        (0 nothing pending, 1 pending, anything else: unknown - then back up and run, the safe side). Without a
+        probe, the command runs when the image changes (the running image ran it at its own deploy)."""
+        p = self.params
+        command = ' '.join(argv_of(p['migration_command']))
+        check = argv_of(p['migration_check_command'])
+        if self.action == 'rollback':
+            return []  # an older image's forward migration never runs: it cannot know the newer schema
+        if not check:
+            self.probe_said = 'no migration_check_command: %s' % ('same image, not run again' if same_image else
+                                                                   'a new image runs it')
+            return [] if same_image else ['command: %s' % command]
+        if image is None:
+            self.probe_said = 'the image is not built yet (check mode): %s would be probed' % ' '.join(check)
+            return ['command: %s' % command]
+        rc, text = self.one_off(image, check, 'migrate-check', 300)
+        last = ' | '.join(text.splitlines()[-3:]) or 'no output'
+        self.probe_said = '%s exited %d: %s' % (' '.join(check), rc, last)
+        if rc == 0:
+            return []
+        if rc != 1:
+            self.warn('the migration probe %s exited %d (not 0 = up to date, 1 = pending): treated as pending, so '
+                      'the database is backed up and %s runs: %s' % (' '.join(check), rc, command, last))
+        return ['command: %s' % command]
+
+    def run_command_migration(self, image):
+        p = self.params
+        argv = argv_of(p['migration_command'])
+        rc, text = self.one_off(image, argv, 'migrate', int(p['migration_timeout']))
+        tail = text.splitlines()[-LOG_TAIL:]
+        self.result['migration_output'] = tail
+        if rc != 0:
+            raise _StepFailed('migrate', '%s exited %d in a container of %s; its last lines: %s'
+                              % (' '.join(argv), rc, image, ' | '.join(tail[-8:]) or 'no output'))
+        self.result['applied'] = ['command: %s' % ' '.join(argv)]
 
     def migrate_params(self, migrations_dir):
         params = dict(self.params['migration_options'])
@@ -676,13 +838,14 @@ class Redeployer:
             self.check_db()
             config = self.config_hash()
             migrations_dir = os.path.join(release, p['migrations_subdir'])
-            pending = self.pending(migrations_dir) if not missing else []
+            same_image = current is not None and (current or {}).get('Image') == image_id
+            pending = self.pending(migrations_dir, None if missing else image, same_image) \
+                if not missing or p['migrations'] == 'command' else []
             r['pending'] = pending
             labels = ((current or {}).get('Config') or {}).get('Labels') or {}
             same = (current is not None and from_version == version and (current or {}).get('Image') == image_id
                     and labels.get(CONFIG_LABEL) == config)
-            entry['outcome'] = 'ok: %s -> %s, %d pending migration(s)' % (from_version or 'none', version,
-                                                                        len(pending))
+            entry['outcome'] = 'ok: %s -> %s, %s' % (from_version or 'none', version, self.describe_pending(pending))
         if missing:  # check mode: what a real run would ship and build first
             r['changed'] = True
             r['msg'] = 'Would deploy %s (its %s is built or shipped first)' % (version, ' and '.join(missing))
@@ -715,6 +878,22 @@ class Redeployer:
             containers.run(['tag', image, run_image])
         self.swap(version, run_image, image_id, config, migrations_dir, pending, current, current_state)
 
+    def describe_pending(self, pending):
+        mode = self.params['migrations']
+        if mode == 'none':
+            return 'no migrations (migrations: none)'
+        if mode == 'command':
+            return '%s (%s)' % ('migration command pending' if pending else 'no migration pending',
+                                self.probe_said or 'rollback: the older image\'s migrations never run')
+        return '%d pending migration(s)' % len(pending)
+
+    def migrate_now(self, migrations_dir, image):
+        """Apply what is pending, by the migrations mode."""
+        if self.params['migrations'] == 'command':
+            self.run_command_migration(image)
+        else:
+            self.apply(migrations_dir)
+
     def plan(self, kind, version, pending, current_state, same):
         p = self.params
         would = []
@@ -724,7 +903,11 @@ class Redeployer:
             would.append('start %s (it is %s)' % (self.name, current_state['status']))
         else:
             would += ['stop the running bot'] if current_state['running'] else []
-            would += ['apply %d migration(s): %s' % (len(pending), ', '.join(pending))] if pending else []
+            if pending and p['migrations'] == 'command':
+                would.append('run the migration command in a container of the new image (%s)'
+                             % ' '.join(argv_of(p['migration_command'])))
+            elif pending:
+                would.append('apply %d migration(s): %s' % (len(pending), ', '.join(pending)))
             would += ['start %s and wait until it is healthy' % version]
         for name in ('backup', 'stop', 'migrate', 'start', 'wait_healthy', 'settle', 'switch'):
             self.steps.append(dict(name=name, duration=0.0, outcome='would run'))
@@ -755,10 +938,11 @@ class Redeployer:
                 progress['new_renamed'] = True
             if pending:
                 with self.step('migrate') as entry:
-                    self.apply(migrations_dir)
+                    self.migrate_now(migrations_dir, run_image)
                     entry['outcome'] = 'ok: applied %s' % (', '.join(r['applied']) or 'nothing')
             else:
-                self.skipped('migrate', 'nothing pending')
+                self.skipped('migrate', 'migrations: none' if self.params['migrations'] == 'none' else
+                             'nothing pending')
             with self.step('start'):
                 containers.start(self.name)
             with self.step('wait_healthy') as entry:
@@ -860,9 +1044,14 @@ class Redeployer:
                                           p['migrations_subdir'])
             r['from_version'] = r['to_version'] = version
             self.check_db()
-            pending = self.pending(migrations_dir)
+            image = ((self.inspect(self.name) or {}).get('Config') or {}).get('Image')
+            if p['migrations'] == 'command' and not image:
+                raise _StepFailed('preflight', 'the bot container %s does not exist, so there is no image to run its '
+                                  'migration command in; deploy first' % self.name)
+            pending = self.pending(migrations_dir, image, same_image=False)
             r['pending'] = pending
-            entry['outcome'] = 'ok: %d pending migration(s) in %s' % (len(pending), migrations_dir)
+            entry['outcome'] = 'ok: %s%s' % (self.describe_pending(pending), ' in %s' % migrations_dir
+                                             if p['migrations'] == 'sql' else '')
         if not pending:
             r['msg'] = 'All migrations up to date'
             return
@@ -877,7 +1066,7 @@ class Redeployer:
         else:
             self.skipped('backup', 'backup=never')
         with self.step('migrate') as entry:
-            self.apply(migrations_dir)
+            self.migrate_now(migrations_dir, image)
             entry['outcome'] = 'ok: applied %s' % ', '.join(r['applied'])
         r['msg'] = 'Applied %d new migration(s): %s' % (len(r['applied']), ', '.join(r['applied']))
         self.audit('migrate', 'success')

@@ -218,3 +218,25 @@ def test_the_bots_own_single_column_table_is_still_adopted(pg_server, pg_db, tmp
     assert any('adopted' in note for note in result['notes'])
     assert query(pg_db, "SELECT version, name FROM schema_migrations WHERE version IN ('1', '2') ORDER BY 1") == \
         [('1', '001_init.sql'), ('2', '002-events.sql')]
+
+
+def test_a_bots_own_schema_migrations_with_other_columns_is_refused_never_written(pg_server, pg_db, tmp_path):
+    """A bot whose own migration script keeps schema_migrations(filename, applied) (examples/ptb-sql): adopting it
+    added NOT NULL columns under the bot's inserts (issue 20). Refused before anything runs, in check mode too and in
+    the health check, naming soulnear_migrations_table; with a table of its own pg_migrate works beside it."""
+    query(pg_db, 'CREATE TABLE schema_migrations (filename text PRIMARY KEY, applied timestamptz NOT NULL DEFAULT '
+                 "now()); INSERT INTO schema_migrations (filename) VALUES ('001_users.sql')")
+    before = table_dump(pg_server, pg_db, 'schema_migrations')
+    for check_mode in (True, False):
+        with pytest.raises(MigrationError) as info:
+            Migrator(dict(pg_db, path=fixture('plain')), check_mode=check_mode).run()
+        message = str(info.value)
+        assert 'is not pg_migrate\'s' in message and 'columns pg_migrate never writes (applied)' in message
+        assert 'soulnear_migrations_table: pg_schema_migrations' in message and 'nothing was changed' in message
+        assert info.value.result['changed'] is False
+    with pytest.raises(MigrationError, match='is not pg_migrate'):
+        status(pg_db, fixture('plain'))
+    assert table_dump(pg_server, pg_db, 'schema_migrations') == before
+    result = migrate(pg_db, fixture('plain'), table='pg_schema_migrations')
+    assert result['applied'] and table_dump(pg_server, pg_db, 'schema_migrations') == before
+    query(pg_db, "INSERT INTO schema_migrations (filename) VALUES ('002_messages.sql')")  # the bot's script still works
