@@ -151,6 +151,11 @@ options:
       every marker.
     type: int
     default: 120
+  rollback_timeout:
+    description: Seconds the previous bot gets to become healthy again after a failed deploy (its own wait, at least
+      O(healthy_timeout): a slow but healthy old bot on a loaded host is not a failed rollback).
+    type: int
+    default: 300
   settle_seconds:
     description: Seconds the new container is watched after it became healthy (still running, no restart, no error
       pattern in its log). V(0) skips it.
@@ -439,7 +444,7 @@ _TYPES = dict(
     extra_hosts=dict(type='list', elements='str'), command=dict(type='raw'), healthcheck=dict(type='dict'),
     applied_by=dict(type='str'), env_file=dict(type='path'), network=dict(type='str'),
     restart_policy=dict(type='str'), stop_timeout=dict(type='int'), labels=dict(type='dict'),
-    healthy_timeout=dict(type='int'), settle_seconds=dict(type='float'),
+    healthy_timeout=dict(type='int'), rollback_timeout=dict(type='int'), settle_seconds=dict(type='float'),
     markers=dict(type='list', elements='str'), error_patterns=dict(type='list', elements='str'),
     conflicting_containers=dict(type='list', elements='str'), db_container=dict(type='str'),
     backup_client_image=dict(type='str'), mounts=dict(type='list', elements='path'),

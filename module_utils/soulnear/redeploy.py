@@ -112,6 +112,7 @@ DEFAULTS = dict(
     stop_timeout=30,
     labels={},
     healthy_timeout=120,
+    rollback_timeout=300,
     settle_seconds=10.0,
     markers=DEFAULT_MARKERS,
     error_patterns=DEFAULT_ERROR_PATTERNS,
@@ -441,16 +442,17 @@ class Redeployer:
                     break
         return found
 
-    def wait_ready(self, name, step, scan=True):
+    def wait_ready(self, name, step, scan=True, timeout=None):
         """Wait until name is healthy (or runs, without a healthcheck) and its log since this start shows every
         marker; fail fast on an exit, a restart, unhealthy, or (scan) an error pattern. Returns when the markers
-        were first seen (the end of the downtime)."""
+        were first seen (the end of the downtime). timeout: default healthy_timeout."""
         p = self.params
         data = self.inspect(name)
         state = state_of(data)
         since = state['started_at']
         baseline = state['restart_count']
-        deadline = self.clock() + float(p['healthy_timeout'])
+        timeout = float(p['healthy_timeout'] if timeout is None else timeout)
+        deadline = self.clock() + timeout
         markers_seen = None
         while True:
             self.renew()
@@ -469,7 +471,7 @@ class Redeployer:
                 return markers_seen
             if self.clock() >= deadline:
                 raise _StepFailed(step, 'not ready within %ss: status %s, health %s%s'
-                                  % (p['healthy_timeout'], state['status'], state['health'] or 'none',
+                                  % (int(timeout), state['status'], state['health'] or 'none',
                                      ('; markers not in its log yet: %s' % ', '.join(missing)) if missing else ''))
             self.sleep(POLL_SECONDS)
 
@@ -993,7 +995,11 @@ class Redeployer:
                     self.rename(self.prev_name, self.name)
                 if had_old and old_running:
                     containers.start(self.name)
-                    ready = self.wait_ready(self.name, 'rollback', scan=False) or self.clock()
+                    # Its own, longer wait: the previous bot was healthy minutes ago; a loaded host must not turn a
+                    # slow start into "ROLLBACK FAILED".
+                    ready = self.wait_ready(self.name, 'rollback', scan=False,
+                                            timeout=max(float(self.params['rollback_timeout']),
+                                                        float(self.params['healthy_timeout']))) or self.clock()
                     r['downtime'] = round(ready - down_since, 3)
                     restored = True
                     entry['outcome'] = 'ok: %s runs %s again and is healthy' % (self.name, r['from_version'])

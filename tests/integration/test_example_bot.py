@@ -170,6 +170,15 @@ def test_starts_serves_health_does_work_and_stops_on_sigterm(pg_db, start_bot):
                           in states)
     assert query(pg_db, 'SELECT count(*) FROM users')[0][0] >= 1
 
+    # A client that hangs up before the answer (issue 22: a traceback here failed deploys): one line, no traceback.
+    import socket
+    for _ in range(3):
+        with socket.create_connection(('127.0.0.1', bot.health_port), timeout=5) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b'\x01\x00\x00\x00\x00\x00\x00\x00')
+            sock.sendall(b'GET /health HTTP/1.1\r\nHost: x\r\n\r\n')
+    assert health(bot.health_port)[0] == 200
+    assert 'Traceback' not in bot.output, bot.output
+
     rc, took = bot.stop()
     assert rc == 0 and took < 3, (rc, took, bot.output)
     assert 'Stopped after' in bot.output

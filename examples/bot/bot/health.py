@@ -2,6 +2,7 @@
 
 import json
 import logging
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -96,7 +97,16 @@ def start_http_server(port, status):
         def log_message(self, fmt, *args):
             pass  # the Docker healthcheck polls every 30 s; access lines would drown the real log
 
-    server = ThreadingHTTPServer(('0.0.0.0', port), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            # socketserver prints a traceback here, which a deploy reads as an error pattern: a client that went
+            # away early (BrokenPipe, reset) is one line, anything else one line with its type.
+            error = sys.exc_info()[1]
+            gone = isinstance(error, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError))
+            log.warning('health endpoint: %s from %s: %s', 'client disconnected early' if gone else
+                        'request failed', client_address[0], type(error).__name__)
+
+    server = Server(('0.0.0.0', port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.2},
                      name='health-http', daemon=True).start()
