@@ -69,6 +69,7 @@ MONITOR_DEFAULTS = dict(
     startup_wait_minutes=15,
     boot_grace_minutes=3,
     recover_exited_at_once=True,
+    hung_grace_seconds=5,
     state_file='/var/lib/soulnear/health-state.json',
     maintenance_file='/var/lib/soulnear/maintenance.json',
     data_guard_file=None,
@@ -217,13 +218,16 @@ class Monitor:
         self.state['restarts'][target] = recent
         return recent
 
-    def restart_and_wait(self, target):
-        """Restart the database or bot container and wait until it works; returns (ok, text)."""
+    def restart_and_wait(self, target, grace=None):
+        """Restart the database or bot container and wait until it works; returns (ok, text). grace: seconds the
+        container gets to stop before it is killed (default its clean-stop timeout)."""
         name = self.config.db_container if target == 'database' else self.config.bot_container
         if not name:
             return False, 'no %s container is configured (soulnear.json), so there is nothing to restart' % target
         started = self.clock()
         timeout = int(self.mon['db_stop_timeout'] if target == 'database' else self.mon['bot_stop_timeout'])
+        if grace is not None:
+            timeout = int(grace)
         try:
             state = containers.container_state(name)
             if not state['exists']:
@@ -253,7 +257,7 @@ class Monitor:
         healthy = result['ok'] and result['value'].get('health') in (None, 'healthy')
         return healthy, result['message']
 
-    def _recover(self, target, checks, why=None):
+    def _recover(self, target, checks, why=None, grace=None):
         name = self.config.db_container if target == 'database' else self.config.bot_container
         recent = self._recent_restarts(target)
         if len(recent) >= int(self.mon['max_restarts_per_hour']):
@@ -264,7 +268,7 @@ class Monitor:
                              'Run make diagnose.' % (name, len(recent), checks))
             return
         self.state['restarts'].setdefault(target, []).append(self.clock())
-        ok, text = self.restart_and_wait(target)
+        ok, text = self.restart_and_wait(target, grace=grace)
         self.state['failures'] = dict((k, 0) for k in self.state['failures'])
         why = why or 'after %s consecutive failed checks' % self.mon['failures_before_recovery']
         if ok:
@@ -402,7 +406,18 @@ class Monitor:
             self.events.append('the host booted recently: waiting for the bot to come back')
         elif 'bot_container' in failed:
             count = self.state['failures']['bot_container']
-            if count >= threshold:
+            exited = self._exited_unexpectedly(checks, 'bot_container')
+            if exited and self.mon['recover_exited_at_once']:
+                name = self.config.bot_container
+                self.events.append('%s exited with code %s without a stop by a deploy or an operator: restarting it '
+                                   'at once' % (name, exited))
+                self._alert_once('bot-down', '%s exited (code %s): restarting it' % (name, exited),
+                                 'The bot exited with code %s although no deploy or operator stopped it (a kill from '
+                                 'outside, or a stop Docker counts as manual), so Docker does not restart it. The '
+                                 'monitor restarts it now and says when it is healthy again.\n%s' % (exited, text))
+                self._recover('bot', text, why='at once: it had exited with code %s without a stop by a deploy or an '
+                                               'operator' % exited)
+            elif count >= threshold:
                 self._recover('bot', text)
             else:
                 self.events.append('bot failing (%d/%d failures before recovery)' % (count, threshold))
@@ -448,7 +463,23 @@ class Monitor:
         name = self.config.db_container
         count = max(self.state['failures']['database'], self.state['failures']['db_container'])
         exited = self._exited_unexpectedly(checks)
-        if exited and self.mon['recover_exited_at_once']:
+        hung = self._database_hung(checks)
+        if hung and count >= threshold:
+            grace = int(self.mon['hung_grace_seconds'])
+            self._recover('database', text, grace=grace, why='as HUNG: running but not answering within the '
+                          'connect timeout at %d checks in a row; stopped with %d s of grace (a frozen process cannot '
+                          'honour a clean stop), then started' % (count, grace))
+        elif hung:
+            self.events.append('database HUNG: its container runs but the server does not answer (%d/%d failures '
+                               'before recovery)' % (count, threshold))
+            self._alert_once('database-down', '%s is HUNG: running but not answering' % name,
+                             'The database container runs, but its server did not answer within the connect timeout '
+                             '(%s). A hung server does not come back by itself: if the next check (in about %s s) '
+                             'fails too, the monitor kills it after %s s and starts it (crash recovery replays its '
+                             'WAL: no committed row is lost).\n%s' % (checks['database']['value'].get('seconds'),
+                                                                       self.mon['interval_seconds'],
+                                                                       self.mon['hung_grace_seconds'], text))
+        elif exited and self.mon['recover_exited_at_once']:
             self.events.append('%s exited with code %s without a stop by a deploy or an operator: restarting it '
                                'at once' % (name, exited))
             self._recover('database', text, why='at once: it had exited with code %s without a stop by a deploy '
@@ -476,6 +507,15 @@ class Monitor:
                              'monitor does not restart it (that would start the recovery over). Look at make logs-db '
                              'and make diagnose.\n%s' % (waited, checks['database']['message']))
 
+    def _database_hung(self, checks):
+        """True when the database container runs (not restarting) but its server did not answer a connection within
+        the connect timeout: stopped (SIGSTOP), deadlocked or swapped out - alive to Docker, dead to the bot."""
+        db, container = checks['database'], checks.get('db_container')
+        if db['ok'] or container is None or not container['value'].get('running') or \
+                container['value'].get('restarting'):
+            return False
+        return bool(db['value'].get('server_unreachable')) and 'timeout' in db['message'].lower()
+
     def _database_starting(self, checks):
         """True while PostgreSQL answers 57P03 (starting up, in crash recovery, shutting down) and its container
         runs: waiting helps, a restart does not."""
@@ -484,10 +524,10 @@ class Monitor:
             return False
         return container is None or bool(container['value'].get('running'))
 
-    def _exited_unexpectedly(self, checks):
-        """The exit code of a database container that exited on its own or was killed (non-zero, or OOM); None when
-        it runs, is missing, or stopped cleanly (exit code 0: docker stop, a deploy)."""
-        container = checks.get('db_container')
+    def _exited_unexpectedly(self, checks, key='db_container'):
+        """The exit code of a container (the database's, or key's) that exited on its own or was killed (non-zero,
+        or OOM); None when it runs, is missing, or stopped cleanly (exit code 0: docker stop, a deploy)."""
+        container = checks.get(key)
         if container is None or container['ok']:
             return None
         value = container['value']

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 
@@ -18,7 +19,7 @@ from ansible.module_utils.soulnear.backup_files import write_sidecar
 from ansible.module_utils.soulnear.checks import check_database, docker_time
 from ansible.module_utils.soulnear.files import sha256_file
 from ansible.module_utils.soulnear.pg import RetryPolicy
-from healthenv import ROOT, alerts, container_db, docker, host_config, inspect, log_lines, migrate
+from healthenv import ROOT, alerts, container_db, docker, execute, host_config, inspect, log_lines, migrate
 from healthenv import app_db_fixture, own_pg_fixture, throwaway_fixture  # noqa: F401 - fixtures
 from pgcluster import Cluster
 
@@ -88,11 +89,15 @@ def test_monitor_never_restarts_or_creates_when_tables_are_gone(own_pg, tmp_path
     assert 'restore the latest verified backup with make restore' in sent
 
 
+# A bot stand-in that stops cleanly (exit 0) on docker stop, as a bot stopped on purpose does.
+CLEAN_STOP = ('sh', '-c', 'trap "exit 0" TERM; sleep infinity & wait')
+
+
 def test_monitor_restarts_only_the_failing_bot(own_pg, tmp_path, throwaway):
     params = container_db(own_pg)
     migrate(params)
-    bot = throwaway(image='soulnear/python:3-bookworm')
-    docker('stop', '-t', '0', bot)
+    bot = throwaway(image='soulnear/python:3-bookworm', command=CLEAN_STOP)
+    docker('stop', bot)
     db_started = inspect(own_pg.name, '{{.State.StartedAt}}')
     args = host_config(tmp_path, params, db_container=own_pg.name, bot_container=bot)
     assert health_command.main(args + ['monitor']) == 0
@@ -111,8 +116,8 @@ def test_monitor_restarts_only_the_failing_bot(own_pg, tmp_path, throwaway):
 def test_maintenance_window_checks_but_never_acts(own_pg, tmp_path, throwaway, capsys):
     params = container_db(own_pg)
     migrate(params)
-    bot = throwaway(image='soulnear/python:3-bookworm')
-    docker('stop', '-t', '0', bot)  # a deploy swapping the bot
+    bot = throwaway(image='soulnear/python:3-bookworm', command=CLEAN_STOP)
+    docker('stop', bot)  # a deploy swapping the bot
     args = host_config(tmp_path, params, db_container=own_pg.name, bot_container=bot,
                        maintenance_file=str(tmp_path / 'state' / 'maintenance.json'))
     assert health_command.main(args + ['pause', '--minutes', '5', '--reason', 'redeploy by test']) == 0
@@ -389,3 +394,86 @@ def test_after_a_reboot_docker_gets_time_but_a_database_killed_since_is_recovere
     finally:
         docker('start', own_pg.name, check=False)
         own_pg.wait_ready()
+
+
+def test_a_bot_killed_from_outside_is_restarted_at_once_with_an_alert_at_both_ends(own_pg, tmp_path, throwaway):
+    """docker kill of the bot (exit 137; no deploy, no operator): restarted at the first check, not the second,
+    with one alert when the outage is seen and one when it ends (issue 22). The watcher (soulnear-health watch)
+    starts that check when the container dies: from the kill to a running bot in seconds."""
+    from ansible.module_utils.soulnear import watch
+    params = container_db(own_pg)
+    migrate(params)
+    bot = throwaway('--health-cmd', 'true', '--health-interval', '1s', image='soulnear/python:3-bookworm',
+                    command=CLEAN_STOP)
+    args = host_config(tmp_path, params, db_container=own_pg.name, bot_container=bot)
+    runs = []
+
+    def on_death(name, code):
+        runs.append((name, code, health_command.main(args + ['monitor'])))
+    streams = []
+
+    def popen(*a, **k):
+        streams.append(subprocess.Popen(*a, **k))
+        return streams[-1]
+    since = time.time() - 1  # replayed from here: a kill before docker events attached is still seen
+    follower = threading.Thread(target=lambda: watch.follow([own_pg.name, bot], on_death, log=lambda _m: None,
+                                                            popen=popen, since=since), daemon=True)
+    follower.start()
+    killed = time.time()
+    try:
+        docker('kill', bot)
+        deadline = killed + 60
+        while not runs and time.time() < deadline:
+            time.sleep(0.2)
+        took = time.time() - killed
+    finally:
+        for stream in streams:
+            stream.terminate()
+        follower.join(30)
+    assert runs and runs[0][:2] == (bot, 137), runs
+    assert inspect(bot, '{{.State.Running}}') == 'true'
+    line = log_lines(tmp_path)[-1]
+    assert '%s exited with code 137 without a stop by a deploy or an operator: restarting it at once' % bot in line
+    assert 'recovered: restarted %s' % bot in line
+    sent = alerts(tmp_path)
+    assert '== %s exited (code 137): restarting it' % bot in sent and '== %s recovered by restart' % bot in sent
+    assert took <= 15, 'the killed bot took %.1f s to run again' % took
+    # A deploy's clean stop (exit 0) is not recovered at once: it is a stop somebody asked for.
+    docker('stop', bot)
+    assert health_command.main(args + ['monitor']) == 0
+    assert 'bot failing (1/2 failures before recovery)' in log_lines(tmp_path)[-1]
+    print('killed bot: running again %.1f s after docker kill' % took)
+
+
+def test_a_hung_database_is_told_apart_alerted_and_killed_after_a_short_grace(own_pg, tmp_path):
+    """The postmaster stopped with SIGSTOP (running to Docker, silent to clients): the first check says HUNG, the
+    second kills it after hung_grace_seconds instead of the clean-stop timeout it cannot honour, and crash recovery
+    brings it back with every committed row (issue 22)."""
+    params = container_db(own_pg)
+    migrate(params)
+    execute(params, 'CREATE TABLE hung_rows (id int PRIMARY KEY)')
+    execute(params, 'INSERT INTO hung_rows SELECT generate_series(1, 500)')
+    args = host_config(tmp_path, params, db_container=own_pg.name, connect_timeout=3, retries=1,
+                       hung_grace_seconds=5)
+    docker('kill', '--signal', 'STOP', own_pg.name)
+    try:
+        assert health_command.main(args + ['monitor']) == 0
+        assert 'database HUNG' in log_lines(tmp_path)[-1], log_lines(tmp_path)[-1]
+        assert '== %s is HUNG: running but not answering' % own_pg.name in alerts(tmp_path)
+        second = time.time()
+        assert health_command.main(args + ['monitor']) == 0
+        took = time.time() - second
+        line = log_lines(tmp_path)[-1]
+        assert 'recovered: restarted %s' % own_pg.name in line, line
+        assert took <= 30, 'back %.1f s after the second check' % took
+    finally:
+        docker('kill', '--signal', 'CONT', own_pg.name, check=False)
+        docker('start', own_pg.name, check=False)
+        own_pg.wait_ready()
+    conn = psycopg2.connect(host=params['login_host'], port=params['login_port'], user=params['login_user'],
+                            password=params['login_password'], dbname=params['login_db'])
+    with conn, conn.cursor() as cur:
+        cur.execute('SELECT count(*) FROM hung_rows')
+        assert cur.fetchone()[0] == 500
+    conn.close()
+    print('hung database: back %.1f s after the second failed check' % took)
