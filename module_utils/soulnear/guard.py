@@ -3,28 +3,46 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The data-loss guard: never migrate, start or "heal" over a database that lost its data.
 
-A record on the host (JSON, mode 0600, default /var/lib/soulnear/data-guard.json) remembers which database
-cluster the deployment runs on (`system_identifier`, which initdb makes unique, so a re-initialised volume has
-another one) and that the data existed (row counts of the required tables, counted up to COUNT_CAP rows so the
-check stays cheap on big tables). Who reads and writes it:
+A record on the host (JSON, mode 0600, default /var/lib/soulnear/data-guard.json) remembers, for every database
+name the deployment ran on, which database cluster it lives in (`system_identifier`, which initdb makes unique, so
+a re-initialised volume has another one) and which of its tables held rows. Who reads and writes it:
 
 - the data_guard module, which a deploy runs BEFORE its migrations: it refuses to go on when the database came
   back empty or as another cluster, and prints how to restore the newest verified backup;
 - the host monitor, every minute: it keeps the record current while all is well and raises the flag when not;
 - db_health, read-only: a raised flag or a mismatch fails its `tables` check;
-- pg_restore: a completed restore records the restored database and lowers the flag;
+- pg_restore and the point-in-time restore: a completed restore records the restored database and lowers the flag;
 - the operator: `soulnear-health guard clear --confirm <db>` or `make guard-clear CONFIRM=<db>` accepts the
   current database (for example after moving the data to a new server by hand) and lowers the flag.
 
-Rules (evaluate):
+What is observed (observe): the database's own tables, whatever the bot calls them - every ordinary, permanent
+table outside pg_catalog, information_schema and pg_toast, in any schema the login may read, except the tables of
+extensions (PostGIS's spatial_ref_sys is not the bot's data) and unlogged tables (a crash empties them by design).
+Rows are counted up to COUNT_CAP per table (SELECT count(*) FROM (SELECT 1 FROM t LIMIT cap)), so a big table
+costs little. The cost is bounded: at most TABLES_OBSERVED (100) tables, the largest first (pg_class.reltuples,
+the statistics' live tuples, relpages), plus the tables that held rows when last recorded (at most as many again)
+and the optional required_tables; a database with thousands of tables costs what one with 200 does. Tables are
+named schema.table (public.users). The tracking tables of migration tools (BOOKKEEPING_TABLES and the deployment's
+migrations_table) are counted and recorded, but their rows are not data: a freshly migrated schema has never held
+data, and one migrated again after its data was lost is empty. A required table counts whatever its name.
+
+The record: {"databases": {"<name>": entry}, "events": [{at, by, what, database}]}, one entry per database name;
+entry(path, database) reads one (database, system_identifier, database_oid, tables, held, had_data, recorded_at,
+recorded_by, progress, flag). A record of an older version (one database, its fields at the top) is read as the
+entry of its database (one without a name as the entry of the first database that asks), and the next write
+stores the current shape. A database name without an entry starts afresh, even when other names have one: a
+host pointed at a new database has nothing to lose there yet.
+
+Rules (evaluate), per database:
 - A raised flag stays raised until it is cleared or a restore completes, whatever the database looks like now.
-- No record, or a record of a database that never held data: nothing to lose, so it passes (the first deploy
+- No entry, or an entry of a database that never held data: nothing to lose, so it passes (the first deploy
   on an empty database) and the database is recorded.
-- The record says the data existed, and now the cluster is another one (identity) or every required table is
-  missing or empty (empty): refused, and the flag is raised.
-- allow_empty_database: an EMPTY database passes anyway (a deliberate clean redeploy, or a first deploy onto a
-  volume that was emptied on purpose); the record starts over and the flag is lowered, which the record's
-  `events` keep.
+- The entry says the data existed, and now the cluster is another one (identity), or the database is empty:
+  the tables that held rows when last recorded are all missing or empty and no other table holds rows either (a
+  table the bot dropped or renamed while others hold rows is not data loss), or every required table is missing
+  or empty (when required_tables are set): refused, and the flag is raised.
+- allow_empty: an EMPTY database passes anyway (a deliberate clean redeploy, or a first deploy onto a
+  volume that was emptied on purpose); its entry starts over and the flag is lowered, which the `events` keep.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -43,9 +61,16 @@ from .pg import psycopg2
 
 DEFAULT_STATE_FILE = '/var/lib/soulnear/data-guard.json'
 COUNT_CAP = 10000  # rows counted per table: enough to tell "empty" from "held data", cheap on any table
-EVENTS_KEPT = 20
+TABLES_OBSERVED = 100  # tables observed, the largest first (plus those that held rows and the required ones)
+EVENTS_KEPT = 20  # per database
 PROGRESS_KEPT = 30  # samples of the server's progress (see _recorded): half an hour of minutely monitor runs
+LISTED = 5  # tables a message names before "and N more"
 OPERATIONS = ('check', 'clear', 'query')
+# Tracking tables of migration tools (pg_migrate and the tools it takes over, Alembic, Django, Knex, Rails): their
+# rows say which migrations ran, not that the bot ever stored anything.
+BOOKKEEPING_TABLES = ('schema_migrations', 'alembic_version', 'flyway_schema_history', 'goose_db_version',
+                      'gorp_migrations', '_sqlx_migrations', '_prisma_migrations', '__diesel_schema_migrations',
+                      'django_migrations', 'knex_migrations', 'knex_migrations_lock', 'ar_internal_metadata')
 
 
 class GuardError(Exception):
@@ -68,11 +93,54 @@ def default_actor():
 
 # -- what the database looks like now ------------------------------------------------------------------------
 
-def observe(conn, required_tables, cap=COUNT_CAP):
-    """The database behind conn: database, system_identifier, database_oid, tables {name: rows up to cap, None
-    when missing}, empty (every required table missing or without rows), timeline and next_xid (the next 64-bit
-    transaction id: every transaction that wrote something before now has a smaller one)."""
-    tables = {}
+# The database's own tables the login may read: key (schema.table, for people and the record), ident (quoted, for
+# statements), name, and the size that orders them. Extension members and unlogged tables say nothing of the data.
+_CANDIDATES = (
+    "WITH t AS (SELECT n.nspname || '.' || c.relname AS key, format('%%I.%%I', n.nspname, c.relname) AS ident, "
+    "c.relname AS name, greatest(c.reltuples, pg_stat_get_live_tuples(c.oid), 0) AS size, c.relpages AS pages "
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
+    "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND left(n.nspname, 8) <> 'pg_toast' "
+    "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid "
+    "AND d.deptype = 'e') "
+    "AND has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')) ")
+_LARGEST = _CANDIDATES + 'SELECT key, ident, name, count(*) OVER () FROM t ORDER BY size DESC, pages DESC, key LIMIT %s'
+_KNOWN = _CANDIDATES + 'SELECT key, ident, name FROM t WHERE key = ANY(%s) ORDER BY key LIMIT %s'
+_REQUIRED = ("SELECT n.nspname || '.' || c.relname, format('%%I.%%I', n.nspname, c.relname), c.relname "
+             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)")
+
+
+def _count(conn, cur, ident, cap):
+    """Rows of the table ident (quoted) up to cap; None when it was dropped since it was listed."""
+    try:
+        cur.execute('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT %d) rows' % (ident, int(cap)))
+    except psycopg2.Error as exc:
+        if getattr(exc, 'pgcode', None) != '42P01':  # undefined_table
+            raise
+        if not conn.autocommit:
+            conn.rollback()
+        return None
+    return cur.fetchone()[0]
+
+
+def _bookkeeping(key, name, extra):
+    return name in BOOKKEEPING_TABLES or key in extra or name in extra
+
+
+def observe(conn, required_tables=None, cap=COUNT_CAP, state_file=None, migrations_table=None,
+            limit=TABLES_OBSERVED):
+    """The database behind conn: database, system_identifier, database_oid, tables {schema.table: rows up to cap,
+    None when missing}, holding (the tables whose rows are data: not bookkeeping, or required), bookkeeping,
+    required, empty (no table holds data, or every required table is missing or empty), tables_total (the tables
+    there are), timeline and next_xid (the next 64-bit transaction id: every transaction that wrote something
+    before now has a smaller one).
+
+    Observed: the largest `limit` tables, the required_tables (as given when missing), and with state_file the
+    tables that held rows when the guard last recorded this database (and the tracking tables it knew).
+    migrations_table: the deployment's migration tracking table, bookkeeping like BOOKKEEPING_TABLES."""
+    tables, names, required, extra = {}, {}, [], set()
+    if migrations_table:
+        extra.add(migrations_table)
     try:
         with conn.cursor() as cur:
             cur.execute('SELECT current_database(), (SELECT system_identifier::text FROM pg_control_system()), '
@@ -80,35 +148,102 @@ def observe(conn, required_tables, cap=COUNT_CAP):
                         '(SELECT timeline_id FROM pg_control_checkpoint()), '
                         'pg_snapshot_xmax(pg_current_snapshot())::text::bigint')
             database, ident, oid, timeline, next_xid = cur.fetchone()
-            for name in required_tables or []:
-                cur.execute('SELECT to_regclass(%s)::text', (name,))
-                regclass = cur.fetchone()[0]
-                if regclass is None:
-                    tables[name] = None
+            known = []
+            if state_file:
+                before = entry(state_file, database) or {}
+                known = _held(before)
+                extra.update(before.get('bookkeeping') or [])
+            cur.execute(_LARGEST, (int(limit),))
+            found = cur.fetchall()
+            total = found[0][3] if found else 0
+            listed = dict((key, (quoted, name)) for key, quoted, name, _total in found)
+            wanted = [k for k in known if k not in listed] + ['public.' + k for k in known if '.' not in k]
+            if wanted:
+                cur.execute(_KNOWN, (wanted, int(limit)))
+                listed.update((key, (quoted, name)) for key, quoted, name in cur.fetchall())
+            for given in required_tables or []:
+                cur.execute(_REQUIRED, (given,))
+                row = cur.fetchone()
+                if row is None:
+                    tables[given] = None
+                    required.append(given)
                     continue
-                # regclass::text is the table's name quoted as an identifier, safe to put into the statement.
-                cur.execute('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT %d) rows' % (regclass, int(cap)))
-                tables[name] = cur.fetchone()[0]
+                listed[row[0]] = (row[1], row[2])
+                required.append(row[0])
+            for key, (quoted, name) in sorted(listed.items()):
+                names[key] = name
+                tables[key] = _count(conn, cur, quoted, cap)
     except psycopg2.Error as exc:
         raise GuardError('the data-loss guard could not read the database: %s. Fix: grant the login read access to '
-                         'the required tables' % ' '.join(str(exc).split())) from None
-    empty = bool(tables) and not any(tables.values())
-    return dict(database=database, system_identifier=ident, database_oid=oid, tables=tables, empty=empty,
+                         'the application\'s tables' % ' '.join(str(exc).split())) from None
+    bookkeeping = sorted(k for k in names if k not in required and _bookkeeping(k, names[k], extra))
+    holding = sorted(k for k, rows in tables.items() if rows and k not in bookkeeping)
+    empty = not holding or bool(required) and not any(tables.get(k) for k in required)
+    return dict(database=database, system_identifier=ident, database_oid=oid, tables=tables, holding=holding,
+                bookkeeping=bookkeeping, required=required, empty=empty, tables_total=max(total, len(tables)),
                 cap=int(cap), timeline=timeline, next_xid=next_xid)
 
 
-def describe_counts(tables, cap=COUNT_CAP):
+def _rows(rows, cap=COUNT_CAP):
+    if rows is None:
+        return 'missing'
+    return '%d+ rows' % rows if rows >= cap else '%d row%s' % (rows, '' if rows == 1 else 's')
+
+
+def _listed(items, limit=LISTED):
+    """'a, b, c and 4 more'."""
+    items = list(items)
+    text = ', '.join(items[:limit])
+    return text + (' and %d more' % (len(items) - limit) if len(items) > limit else '')
+
+
+def describe_counts(tables, cap=COUNT_CAP, limit=LISTED):
+    """The tables for people, the fullest first: '3 table(s), 2 with rows: public.events 1500 rows, ...'."""
     if not tables:
-        return 'no required tables'
-    return ', '.join('%s %s' % (name, 'missing' if rows is None else ('%d+ rows' % rows if rows >= cap else
-                                                                      '%d rows' % rows))
-                     for name, rows in sorted(tables.items()))
+        return 'no tables'
+    ordered = sorted(tables.items(), key=lambda item: (item[1] is None, -(item[1] or 0), item[0]))
+    return '%d table(s), %d with rows: %s' % (len(ordered), sum(1 for _, rows in ordered if rows), _listed(
+        ['%s %s' % (name, _rows(rows, cap)) for name, rows in ordered], limit))
+
+
+def _held(entry):
+    """The tables that held rows when entry was recorded (an older record's: its tables with rows)."""
+    held = (entry or {}).get('held')
+    if held is None:
+        held = sorted(k for k, rows in ((entry or {}).get('tables') or {}).items() if rows)
+    return list(held)
+
+
+def _now_rows(tables, key):
+    """Rows of key now; an older record named public tables without their schema."""
+    if key not in tables and '.' not in key:
+        key = 'public.' + key
+    return tables.get(key)
 
 
 # -- the record ------------------------------------------------------------------------------------------------
 
+def _normalised(raw, path):
+    """The record in its current shape {databases: {name: entry}, events: [...]}. An older record (one database,
+    its fields at the top) becomes the entry of its database, or of '' when it names none (see _entry_of)."""
+    if raw is None:
+        return None
+    if 'databases' in raw:
+        if not isinstance(raw['databases'], dict):
+            raise GuardError('the data-loss guard record %s has no valid "databases" object; move it away and run '
+                             'again' % path)
+        databases = dict((name, dict(e)) for name, e in raw['databases'].items() if isinstance(e, dict))
+        events = [dict(e) for e in raw.get('events') or [] if isinstance(e, dict)]
+        return dict(raw, databases=databases, events=events)
+    old = dict((k, v) for k, v in raw.items() if k != 'events')
+    name = old.get('database') or ''
+    events = [dict(e, database=e.get('database', name)) for e in raw.get('events') or [] if isinstance(e, dict)]
+    return dict(databases={name: old} if old else {}, events=events)
+
+
 def load(path):
-    """The record, or None when there is none yet."""
+    """The record {databases: {name: entry}, events: [...]} (an older flat record read as the entry of its
+    database), or None when there is none yet."""
     try:
         with open(path) as handle:
             record = json.load(handle)
@@ -120,6 +255,51 @@ def load(path):
                          % (path, exc)) from None
     if not isinstance(record, dict):
         raise GuardError('the data-loss guard record %s is not a JSON object; move it away and run again' % path)
+    return _normalised(record, path)
+
+
+def _entry_of(record, database):
+    """(key, entry) of database: its own entry, else the entry of an older record that named no database (a host
+    then watched one database, so the first database that asks takes it over), else (database, None)."""
+    databases = (record or {}).get('databases') or {}
+    if database in databases:
+        return database, databases[database]
+    if '' in databases:
+        return '', databases['']
+    return database, None
+
+
+def _view(record, database, found):
+    """An entry as callers read it: its fields, flag, and the events of its database."""
+    if found is None:
+        return None
+    view = dict(found, database=found.get('database') or database)
+    view.setdefault('flag', None)
+    view['events'] = [e for e in (record or {}).get('events') or [] if e.get('database') in (database, '')]
+    return view
+
+
+def entry(path, database):
+    """The record's entry of database (database, system_identifier, database_oid, tables, held, had_data,
+    recorded_at, recorded_by, progress, flag, events), or None when it has none (or there is no record)."""
+    record = load(path)
+    _key, found = _entry_of(record, database)
+    return _view(record, database, found)
+
+
+def _put(record, database, new, key):
+    """record with new as the entry of database (key: where it was found, '' when an older record is taken over)."""
+    record = dict(record or {})
+    databases = dict(record.get('databases') or {})
+    events = list(record.get('events') or [])
+    if key != database:
+        databases.pop(key, None)
+        events = [dict(e, database=database) if e.get('database') == key else e for e in events]
+    new = dict(new)
+    new.pop('events', None)
+    new['database'] = database
+    databases[database] = new
+    record.update(databases=databases, events=events)
     return record
 
 
@@ -147,10 +327,16 @@ class _Locked:
         return False
 
 
-def _event(record, what, by):
+def _event(record, database, what, by):
+    """Append an event of database; each database keeps its last EVENTS_KEPT."""
     events = list(record.get('events') or [])
-    events.append(dict(at=_now(), by=by, what=what))
-    record['events'] = events[-EVENTS_KEPT:]
+    events.append(dict(at=_now(), by=by, what=what, database=database))
+    seen, kept = {}, []
+    for event in reversed(events):
+        seen[event.get('database')] = seen.get(event.get('database'), 0) + 1
+        if seen[event.get('database')] <= EVENTS_KEPT:
+            kept.append(event)
+    record['events'] = kept[::-1]
 
 
 def _progress(samples, observed, at):
@@ -168,44 +354,64 @@ def _progress(samples, observed, at):
     return samples[-PROGRESS_KEPT:]
 
 
-def _recorded(record, observed, by, progress=None):
-    """The record updated to what was observed (the flag untouched); progress: the samples to carry on (default:
-    the record's own)."""
-    record = dict(record or {})
-    had_data = bool(record.get('had_data')) and record.get('system_identifier') == observed['system_identifier']
+def _recorded(found, observed, by, progress=None):
+    """The entry updated to what was observed (the flag untouched); progress: the samples to carry on (default:
+    the entry's own)."""
+    found = dict(found or {})
+    found.pop('events', None)
+    had_data = bool(found.get('had_data')) and found.get('system_identifier') == observed['system_identifier']
     now = _now()
-    record.update(database=observed['database'], system_identifier=observed['system_identifier'],
-                  database_oid=observed['database_oid'], tables=observed['tables'],
-                  had_data=had_data or not observed['empty'], recorded_at=now, recorded_by=by,
-                  progress=_progress(record.get('progress') if progress is None else progress, observed, now))
-    record.setdefault('flag', None)
-    return record
+    found.update(database=observed['database'], system_identifier=observed['system_identifier'],
+                 database_oid=observed['database_oid'], tables=observed['tables'],
+                 held=list(observed.get('holding') or []), bookkeeping=list(observed.get('bookkeeping') or []),
+                 had_data=had_data or not observed['empty'], recorded_at=now, recorded_by=by,
+                 progress=_progress(found.get('progress') if progress is None else progress, observed, now))
+    found.setdefault('flag', None)
+    return found
 
 
 # -- the decision ---------------------------------------------------------------------------------------------
 
-def evaluate(record, observed, allow_empty=False):
-    """dict(ok, problem, reason, allowed): problem is None, 'flag', 'identity' or 'empty'; allowed is True when
-    allow_empty let an empty database through a problem."""
-    flag = (record or {}).get('flag')
+def _empty_reason(found, observed):
+    cap = observed.get('cap', COUNT_CAP)
+    tables, before = observed['tables'], found.get('tables') or {}
+    when = _when(found.get('recorded_at'))
+    required = observed.get('required') or []
+    if observed.get('holding'):  # other tables hold rows, but none of the required ones
+        return ('the database %s is empty: every required table is missing or without rows (%s), though it held '
+                'data when last recorded on %s' % (observed['database'], _listed(
+                    '%s %s' % (k, _rows(tables.get(k), cap)) for k in required), when))
+    # An older record's tables with rows may include a tracking table that still has them.
+    lost = [k for k in _held(found) if not _now_rows(tables, k)]
+    if not lost:
+        return ('the database %s is empty (%s) but held data when last recorded on %s (%s)'
+                % (observed['database'], describe_counts(tables, cap), when, describe_counts(before, cap)))
+    return ('the database %s is empty: the %d table(s) that held rows when last recorded on %s are missing or '
+            'empty now (%s) and no other table holds rows'
+            % (observed['database'], len(lost), when, _listed('%s %s, %s before' % (
+                k, _rows(_now_rows(tables, k), cap), _rows(before.get(k), cap)) for k in lost)))
+
+
+def evaluate(found, observed, allow_empty=False):
+    """The verdict on the entry found (of observed's database, or None): dict(ok, problem, reason, allowed):
+    problem is None, 'flag', 'identity' or 'empty'; allowed is True when allow_empty let an empty database through
+    a problem."""
+    flag = (found or {}).get('flag')
     problem, reason = None, None
     if flag:
         problem = 'flag'
         reason = 'the data-loss flag was raised %s by %s: %s' % (_when(flag.get('raised_at')), flag.get('by'),
                                                                 flag.get('reason'))
-    elif record and record.get('had_data'):
-        recorded_ident, ident = record.get('system_identifier'), observed['system_identifier']
+    elif found and found.get('had_data'):
+        recorded_ident, ident = found.get('system_identifier'), observed['system_identifier']
         if recorded_ident and ident and recorded_ident != ident:
             problem = 'identity'
             reason = ('the database server is another cluster than the one recorded on %s (system identifier %s, '
                       'now %s): the data volume was lost or re-initialised'
-                      % (_when(record.get('recorded_at')), recorded_ident, ident))
+                      % (_when(found.get('recorded_at')), recorded_ident, ident))
         elif observed['empty']:
             problem = 'empty'
-            reason = ('the database %s is empty (%s) but held data when last recorded on %s (%s)'
-                      % (observed['database'], describe_counts(observed['tables'], observed.get('cap', COUNT_CAP)),
-                         _when(record.get('recorded_at')),
-                         describe_counts(record.get('tables') or {}, observed.get('cap', COUNT_CAP))))
+            reason = _empty_reason(found, observed)
     if problem and allow_empty and observed['empty']:
         return dict(ok=True, problem=problem, reason=reason, allowed=True)
     return dict(ok=problem is None, problem=problem, reason=reason, allowed=False)
@@ -258,51 +464,59 @@ def _message(verdict, observed, advice):
 
 
 def check(path, observed, allow_empty=False, by=None, check_mode=False, advice=None, raise_flag=True):
-    """Compare the database with the record. When it passes the record is brought up to date; when it does not
-    the flag is raised (raise_flag) so it stays raised. Nothing is written in check mode. advice (text, or a
-    function returning it, called only on a refusal) says how to restore; default restore_advice() without
+    """Compare the database with its entry in the record. When it passes the entry is brought up to date; when it
+    does not the flag is raised (raise_flag) so it stays raised. Nothing is written in check mode. advice (text, or
+    a function returning it, called only on a refusal) says how to restore; default restore_advice() without
     backups.
 
-    Returns dict(ok, changed, status, problem, msg, record, observed): status is one of 'recorded' (first record),
-    'unchanged' / 'updated' (passed), 'accepted empty' (allow_empty), 'refused'."""
+    Returns dict(ok, changed, status, problem, msg, record, observed): record is the database's entry (see
+    entry()); status is one of 'recorded' (first record of this database), 'unchanged' / 'updated' (passed),
+    'accepted empty' (allow_empty), 'refused'."""
     by = by or default_actor()
+    database = observed['database']
     with _Locked(path, write=not check_mode) as record:
-        verdict = evaluate(record, observed, allow_empty)
+        key, found = _entry_of(record, database)
+        record = record or dict(databases={}, events=[])
+        verdict = evaluate(found, observed, allow_empty)
         result = dict(ok=verdict['ok'], problem=verdict['problem'], observed=observed, changed=False)
         if verdict['ok'] and verdict['allowed']:
-            new = _recorded(None, observed, by, progress=(record or {}).get('progress'))
-            new['events'] = (record or {}).get('events') or []
-            _event(new, 'accepted an empty database (allow_empty_database) over: %s' % verdict['reason'], by)
-            result.update(status='accepted empty', changed=True, record=new,
+            new = _recorded(None, observed, by, progress=(found or {}).get('progress'))
+            record = _put(record, database, new, key)
+            _event(record, database, 'accepted an empty database (allow_empty_database) over: %s'
+                   % verdict['reason'], by)
+            result.update(status='accepted empty', changed=True,
                           msg='the data-loss guard accepted the empty database %s because allow_empty_database is '
                               'set (%s); it is recorded afresh and the flag is lowered'
-                              % (observed['database'], verdict['reason']))
+                              % (database, verdict['reason']))
         elif verdict['ok']:
-            new = _recorded(record, observed, by)
-            if record is None:
-                _event(new, 'first record (%s)' % describe_counts(observed['tables'], observed['cap']), by)
+            new = _recorded(found, observed, by)
+            record = _put(record, database, new, key)
+            if found is None:
+                _event(record, database, 'first record (%s)' % describe_counts(observed['tables'], observed['cap']),
+                       by)
                 status = 'recorded'
-                text = ('nothing to lose yet' if observed['empty'] else 'the data is recorded')
+                text = 'nothing to lose yet' if observed['empty'] else 'the data is recorded'
             else:
                 status = 'updated'
                 text = 'the database is the recorded one and holds data' if new['had_data'] else \
                     'the database has held no data yet: nothing to lose'
-            result.update(status=status, changed=record is None or record.get('system_identifier') !=
-                          new['system_identifier'] or record.get('had_data') != new['had_data'], record=new,
-                          msg='data-loss guard: %s (cluster %s, %s)' % (text, observed['system_identifier'],
-                                                                       describe_counts(observed['tables'],
-                                                                                       observed['cap'])))
+            result.update(status=status, changed=found is None or found.get('system_identifier') !=
+                          new['system_identifier'] or found.get('had_data') != new['had_data'],
+                          msg='data-loss guard: %s (database %s, cluster %s, %s)'
+                              % (text, database, observed['system_identifier'],
+                                 describe_counts(observed['tables'], observed['cap'])))
         else:
-            new = dict(record or {})
+            new = dict(found or {})
             if raise_flag and not new.get('flag'):
                 new['flag'] = dict(raised_at=_now(), by=by, reason=verdict['reason'], problem=verdict['problem'],
-                                   observed=dict((k, observed[k]) for k in ('system_identifier', 'tables')))
-                _event(new, 'flag raised: %s' % verdict['reason'], by)
+                                   observed=dict((k, observed[k]) for k in ('system_identifier', 'holding')))
+                record = _put(record, database, new, key)
+                _event(record, database, 'flag raised: %s' % verdict['reason'], by)
                 result['changed'] = True
-            result.update(status='refused', record=new,
-                          msg=_message(verdict, observed, advice))
+            result.update(status='refused', msg=_message(verdict, observed, advice))
+        result['record'] = _view(record, database, new)
         if not check_mode and (result['changed'] or result['status'] != 'refused'):
-            save(path, result['record'])
+            save(path, record)
     return result
 
 
@@ -312,37 +526,39 @@ def assess(path, observed, advice=None):
 
 
 def accept(path, observed, by=None, reason='cleared by the operator', check_mode=False):
-    """Record the current database as the real one and lower the flag (the operator's clear, a completed
-    restore). Returns dict(changed, record, previous_flag, msg)."""
+    """Record the current database as the real one in its entry and lower its flag (the operator's clear, a
+    completed restore); the entries of other databases stay as they are. Returns dict(changed, record (the entry),
+    previous_flag, msg)."""
     by = by or default_actor()
+    database = observed['database']
     with _Locked(path, write=not check_mode) as record:
-        previous = (record or {}).get('flag')
-        new = _recorded(None, observed, by, progress=(record or {}).get('progress'))
-        new['events'] = (record or {}).get('events') or []
-        _event(new, '%s%s' % (reason, '; flag lowered (it said: %s)' % previous.get('reason') if previous else ''),
-               by)
+        key, found = _entry_of(record, database)
+        previous = (found or {}).get('flag')
+        new = _recorded(None, observed, by, progress=(found or {}).get('progress'))
+        record = _put(record or dict(databases={}, events=[]), database, new, key)
+        _event(record, database, '%s%s' % (
+            reason, '; flag lowered (it said: %s)' % previous.get('reason') if previous else ''), by)
         if not check_mode:
-            save(path, new)
-    return dict(changed=True, record=new, previous_flag=previous,
+            save(path, record)
+    return dict(changed=True, record=_view(record, database, new), previous_flag=previous,
                 msg='data-loss guard: %s; %s recorded as cluster %s (%s)%s'
-                    % (reason, observed['database'], observed['system_identifier'],
+                    % (reason, database, observed['system_identifier'],
                        describe_counts(observed['tables'], observed['cap']),
                        '; the flag raised %s is lowered' % _when(previous.get('raised_at')) if previous else ''))
 
 
-def accept_restored(path, open_conn, database, default_tables, by, reason, log, errors=()):
-    """After a completed restore (a dump, or a point in time): record the restored database (its cluster and rows)
-    and lower the flag. open_conn() connects to it; a failure (GuardError, OSError or one of errors) is logged with
-    the command that clears the flag by hand, never raised - the restore itself succeeded. Returns None without a
-    guard file, else dict(previous_flag, system_identifier, tables) or dict(error)."""
+def accept_restored(path, open_conn, database, required_tables, by, reason, log, errors=()):
+    """After a completed restore (a dump, or a point in time): record the restored database (its cluster and
+    tables) in its entry and lower its flag. open_conn() connects to it; required_tables are observed too. A failure
+    (GuardError, OSError or one of errors) is logged with the command that clears the flag by hand, never raised -
+    the restore itself succeeded. Returns None without a guard file, else dict(previous_flag, system_identifier,
+    tables) or dict(error)."""
     if not path:
         return None
     try:
-        record = load(path) or {}
-        tables = sorted(record.get('tables') or {}) or list(default_tables)
         conn = open_conn()
         try:
-            observed = observe(conn, tables)
+            observed = observe(conn, required_tables, state_file=path)
         finally:
             conn.close()
         done = accept(path, observed, by=by, reason=reason)
@@ -355,18 +571,36 @@ def accept_restored(path, open_conn, database, default_tables, by, reason, log, 
                 tables=observed['tables'])
 
 
-def status(path):
-    """The record as people read it: dict(recorded, flag, message)."""
-    record = load(path)
-    if record is None:
-        return dict(recorded=False, flag=None, record=None,
-                    message='no data-loss guard record at %s yet (the next deploy or monitor run records the '
-                            'database)' % path)
-    flag = record.get('flag')
-    text = 'cluster %s, database %s, %s, recorded %s by %s' % (
-        record.get('system_identifier'), record.get('database'), describe_counts(record.get('tables') or {}),
-        _when(record.get('recorded_at')), record.get('recorded_by'))
+def _status_line(found):
+    text = 'database %s: cluster %s, %s, %s, recorded %s by %s' % (
+        found.get('database'), found.get('system_identifier'),
+        'held data' if found.get('had_data') else 'has held no data yet',
+        describe_counts(found.get('tables') or {}), _when(found.get('recorded_at')), found.get('recorded_by'))
+    flag = found.get('flag')
     if flag:
         text = 'FLAG RAISED %s by %s: %s | last good record: %s' % (_when(flag.get('raised_at')), flag.get('by'),
                                                                     flag.get('reason'), text)
-    return dict(recorded=True, flag=flag, record=record, message=text)
+    return text
+
+
+def status(path, database=None):
+    """The entry of database as people read it: dict(recorded, flag, record (the entry), databases (the names
+    recorded), message). Without database: the only entry, or every entry's line when there are several."""
+    record = load(path)
+    names = sorted(n or '(unnamed)' for n in ((record or {}).get('databases') or {}))
+    if database is None and len(names) > 1:
+        views = [_view(record, n, e) for n, e in sorted(record['databases'].items())]
+        flags = [v['flag'] for v in views if v.get('flag')]
+        return dict(recorded=True, flag=flags[0] if flags else None, record=None, databases=names,
+                    message=' || '.join(_status_line(v) for v in views))
+    if database is None and names:
+        database = next(iter(record['databases'])) or None
+    _key, found = _entry_of(record, database)
+    if found is None:
+        others = ' (recorded here: %s)' % ', '.join(names) if names else ''
+        return dict(recorded=False, flag=None, record=None, databases=names,
+                    message='no data-loss guard record of %s at %s yet%s (the next deploy or monitor run records '
+                            'the database)' % ('database %s' % database if database else 'any database', path,
+                                               others))
+    view = _view(record, database, found)
+    return dict(recorded=True, flag=view['flag'], record=view, databases=names, message=_status_line(view))

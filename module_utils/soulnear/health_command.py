@@ -67,14 +67,19 @@ def _locked(path, wait=False):
 
 
 def _guard(config, args):
-    """soulnear-health guard [status|clear --confirm DB]: the data-loss guard's record, or accept the current
-    database and lower its flag (after moving the data by hand, or when the flag was a false alarm)."""
+    """soulnear-health guard [status|clear --confirm DB]: the data-loss guard's entry of this host's database, or
+    accept the current database and lower its flag (after moving the data by hand, or when the flag was a false
+    alarm). The entries of other databases in the record stay as they are."""
     path = config.data_guard_file
+    database = config.connection()['login_db']
     if args.action == 'status':
-        found = guard.status(path)
+        try:
+            found = guard.status(path, database)
+        except guard.GuardError as exc:
+            print(exc)
+            return 1
         print(found['message'])
         return 1 if found['flag'] else 0
-    database = config.connection()['login_db']
     if args.confirm != database:
         print('clearing the data-loss flag accepts the current database %s as the real data; confirm it with '
               '--confirm %s. Nothing was changed' % (database, database))
@@ -85,10 +90,15 @@ def _guard(config, args):
         print('cannot connect to the database: %s' % exc)
         return 1
     try:
-        observed = guard.observe(conn, config.monitoring['required_tables'])
+        observed = guard.observe(conn, config.monitoring['required_tables'], state_file=path,
+                                 migrations_table=config.monitoring['migrations_table'])
+        done = guard.accept(path, observed, reason='accepted by %s (soulnear-health guard clear)'
+                            % guard.default_actor())
+    except guard.GuardError as exc:
+        print(exc)
+        return 1
     finally:
         conn.close()
-    done = guard.accept(path, observed, reason='accepted by %s (soulnear-health guard clear)' % guard.default_actor())
     print(done['msg'])
     return 0
 

@@ -332,7 +332,7 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
     runner, when, win = decided['runner'], decided['target'], decided['window']
     try:
         # The lost server's last known progress (the monitor's samples), read before the restore rewrites it.
-        guard_record = guard.load(settings['data_guard_file']) if settings.get('data_guard_file') else None
+        guard_record = guard.entry(settings['data_guard_file'], live_db) if settings.get('data_guard_file') else None
     except guard.GuardError as exc:
         guard_record = None
         log('the data-loss guard record cannot be read, so the recovery point is checked against the archive '
