@@ -12,18 +12,28 @@ DOCUMENTATION = r'''
 module: data_guard
 short_description: Refuse to migrate or start the bot over a database that lost its data
 description:
-  - Keeps a record on the managed host (O(state_file), mode 0600) of the database cluster the deployment runs on
-    (its C(system_identifier), which changes when the data volume is re-initialised) and of the fact that data
-    existed (row counts of O(required_tables), counted up to 10000 rows each).
+  - Keeps a record on the managed host (O(state_file), mode 0600) with one entry per database name, holding the
+    database cluster it lives in (its C(system_identifier), which changes when the data volume is re-initialised)
+    and which of its tables held rows. It observes the database's own tables, whatever the bot calls them (every
+    ordinary table outside C(pg_catalog), C(information_schema) and C(pg_toast), in any schema the login may read,
+    without extension and unlogged tables), counting rows up to 10000 per table, at most the 100 largest tables plus
+    those that held rows when last recorded and O(required_tables). The tracking table of the migrations
+    (O(migrations_table), and the known tools' ones such as C(alembic_version) or C(flyway_schema_history)) is
+    recorded, but its rows are not data, so a freshly migrated schema has held no data yet.
+  - A database name without an entry is recorded afresh (nothing to lose there yet), even when the host has
+    entries of other databases. A record of an older version (one database) is read as the entry of its database
+    and rewritten in the current form.
   - "Gap it fills: nothing in community.postgresql or community.docker notices that a database came back empty
     after its volume was lost; C(postgresql_db) creates it again and the migrations then build an empty schema
     over the place the data should be restored to. This module is the check a deploy runs B(before) its
     migrations."
   - "O(operation=check) (the deploy): passes on the first deploy to an empty database (nothing to lose) and on
     the recorded database while it holds data, and brings the record up to date. It fails - and raises the
-    data-loss flag, which stays raised - when the record says the data existed and the database is now empty or
-    another cluster. The failure names the newest verified backup and the command that restores it
-    (C(make restore BACKUP=latest CONFIRM=<db>))."
+    data-loss flag of that database, which stays raised - when the record says the data existed and the database is
+    now another cluster, or empty: the tables that held rows when last recorded are missing or empty and no other
+    table holds rows (a table dropped on purpose while others hold rows is not data loss), or every one of
+    O(required_tables) is missing or empty. The refusal lists those tables, names the newest verified backup and
+    the command that restores it (C(make restore BACKUP=latest CONFIRM=<db>))."
   - While the flag is raised every check fails, C(db_health)'s C(tables) check fails and the host monitor
     repeats its DATA LOSS alert, until a restore completes (the C(pg_restore) module records the restored database
     and lowers the flag) or an operator clears it (O(operation=clear) with O(confirm), C(make guard-clear
@@ -31,7 +41,7 @@ description:
   - "O(allow_empty_database=true) lets an empty database through (a deliberate clean redeploy, or a first deploy
     onto a volume emptied on purpose): the record starts over and the flag is lowered; the record's events keep
     what was replaced."
-  - O(operation=query) only reports the record.
+  - O(operation=query) only reports the entry of O(login_db).
 version_added: "1.2.0"
 author: SoulNear operations contributors
 options:
@@ -46,18 +56,26 @@ options:
     type: path
     default: /var/lib/soulnear/data-guard.json
   required_tables:
-    description: Tables whose rows prove the data existed, optionally schema-qualified. Every one missing or empty
-      means the database is empty.
+    description:
+      - Optional tables to observe in addition to the database's own (optionally schema-qualified), observed even
+        when missing. When set, every one of them missing or empty also means the database is empty.
+      - None by default; the tables the bot uses are found without naming them.
     type: list
     elements: str
-    default: [aiogram_states, schema_migrations]
+    default: []
+  migrations_table:
+    description: The migration tracking table (the deploy's C(soulnear_migrations_table)); its rows do not count as
+      data.
+    type: str
+    default: schema_migrations
   allow_empty_database:
     description: Let an empty database through even though the record says data existed (clean redeploy). A
       database that holds data but is another cluster is still refused; clear the flag for that.
     type: bool
     default: false
   confirm:
-    description: With O(operation=clear), must equal the name of the database being accepted (O(login_db)).
+    description: With O(operation=clear), must equal the name of the database being accepted (O(login_db)); only
+      its entry and flag change.
     type: str
   actor:
     description: Who runs the check, for the record's events and the flag (for example C(alice@laptop deploy)).
@@ -78,9 +96,9 @@ options:
     type: bool
     default: false
   login_user:
-    description: Role to connect as; the application's role, which owns the required tables.
+    description: Role to connect as; the application's role, which owns the application's tables.
   login_db:
-    description: The application's database (required).
+    description: The application's database (required); the record's entry of this name is compared and updated.
 extends_documentation_fragment:
   - soulnear_connection
 attributes:
@@ -110,6 +128,7 @@ EXAMPLES = r'''
         state_file: "{{ soulnear_data_guard_file }}"
         backup_dir: "{{ soulnear_backup_dir }}"
         backup_name_pattern: "{{ soulnear_backup_name_pattern }}"
+        migrations_table: "{{ soulnear_migrations_table }}"
         allow_empty_database: "{{ app_allow_empty_database | default(false) | bool }}"
         actor: "ansible deploy of {{ inventory_hostname }}"
       no_log: true
@@ -159,17 +178,29 @@ msg:
   sample: "DATA LOSS SUSPECTED: the database server is another cluster than the one recorded ... make restore
     BACKUP=latest CONFIRM=soul_bot ..."
 observed:
-  description: The database now (database, system_identifier, database_oid, tables with row counts, empty).
+  description: The database now (database, system_identifier, database_oid, tables with row counts up to 10000,
+    holding (the tables whose rows are data), bookkeeping (tracking tables), required, empty, tables_total).
   returned: unless operation is query
   type: dict
-  sample: {database: soul_bot, system_identifier: "7313214194725303163", tables: {aiogram_states: 12,
-           schema_migrations: 3}, empty: false}
+  sample: {database: soul_bot, system_identifier: "7313214194725303163", tables: {public.users: 12,
+           public.events: 40, public.schema_migrations: 3}, holding: [public.events, public.users],
+           bookkeeping: [public.schema_migrations], required: [], empty: false, tables_total: 3}
 record:
-  description: The record after the call (with C(flag) when raised, and C(events)).
+  description: The record's entry of O(login_db) after the call (database, system_identifier, tables, held,
+    had_data, recorded_at, progress, C(flag) when raised, and the C(events) of this database); null when there is
+    none (query).
   returned: always
   type: dict
+  sample: {database: soul_bot, system_identifier: "7313214194725303163", held: [public.events, public.users],
+           had_data: true, flag: null}
+databases:
+  description: The database names the record has entries of.
+  returned: when operation is query
+  type: list
+  elements: str
+  sample: [soul_bot]
 flag:
-  description: The raised flag (raised_at, by, reason, problem); null when not raised.
+  description: The raised flag of O(login_db) (raised_at, by, reason, problem); null when not raised.
   returned: always
   type: dict
 '''
@@ -189,6 +220,7 @@ def argument_spec():
         operation=dict(type='str', choices=list(guard.OPERATIONS), default='check'),
         state_file=dict(type='path', default=guard.DEFAULT_STATE_FILE),
         required_tables=dict(type='list', elements='str', default=list(CHECK_DEFAULTS['required_tables'])),
+        migrations_table=dict(type='str', default=CHECK_DEFAULTS['migrations_table']),
         allow_empty_database=dict(type='bool', default=False),
         confirm=dict(type='str'),
         actor=dict(type='str', default=''),
@@ -206,7 +238,8 @@ def observe(module, params):
         module.fail_json(msg='the data-loss guard could not connect: %s' % exc, ok=False, status='refused',
                          problem=None)
     try:
-        return guard.observe(conn, params['required_tables'])
+        return guard.observe(conn, params['required_tables'], state_file=params['state_file'],
+                             migrations_table=params['migrations_table'])
     finally:
         conn.close()
 
@@ -222,9 +255,10 @@ def main():
         module.fail_json(msg='login_db is required: the application database the guard watches (e.g. soul_bot)')
     try:
         if params['operation'] == 'query':
-            found = guard.status(path)
+            found = guard.status(path, params['login_db'])
             module.exit_json(changed=False, ok=not found['flag'], status='query', problem=(found['flag'] or {}).get(
-                'problem'), msg=found['message'], record=found['record'], flag=found['flag'])
+                'problem'), msg=found['message'], record=found['record'], flag=found['flag'],
+                databases=found['databases'])
         if params['operation'] == 'clear':
             if params['confirm'] != params['login_db']:
                 module.fail_json(msg='clearing the data-loss flag accepts the current %s as the real data; confirm it '

@@ -31,7 +31,9 @@ DB_CHECKS = ('tables', 'migrations', 'connections', 'wal_archiving')  # need a d
 
 # Option names are the db_health module's; the host command builds the same dict from its config files.
 DEFAULTS = dict(
-    required_tables=['aiogram_states', 'schema_migrations'],
+    # Tables that must exist (the tables check fails without them); none by default: the data-loss guard watches the
+    # database's own tables, whatever the bot calls them (guard.py).
+    required_tables=[],
     migrations_path=None,
     migrations_table='schema_migrations',
     migrations_format='auto',
@@ -130,7 +132,16 @@ def check_database(params, policy=None):
 
 
 def check_tables(conn, tables):
+    """The required tables exist. Without any: passes, counting the database's tables for the report."""
     tables = list(tables or [])
+    if not tables:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                        "AND left(n.nspname, 8) <> 'pg_toast' AND left(n.nspname, 7) <> 'pg_temp'")
+            count = cur.fetchone()[0]
+        return check(True, dict(missing=[], required=[], tables=count),
+                     'no required tables set; the database has %d table(s)' % count)
     with conn.cursor() as cur:
         cur.execute('SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(t) IS NULL', (tables,))
         missing = [row[0] for row in cur.fetchall()]
@@ -150,7 +161,7 @@ def check_data_guard(conn, tables_result, options):
     path = options['data_guard_file']
     required = _opt(options, 'required_tables')
     try:
-        observed = guard.observe(conn, required)
+        observed = guard.observe(conn, required, state_file=path, migrations_table=_opt(options, 'migrations_table'))
 
         def advice():
             return guard.restore_advice(observed['database'], options.get('backup_dir'),
@@ -163,12 +174,14 @@ def check_data_guard(conn, tables_result, options):
         return check(False, dict(tables_result['value'], data_guard=dict(error=str(exc))), str(exc))
     record = result.get('record') or {}
     value = dict(tables_result['value'], data_guard=dict(
-        status=result['status'], problem=result['problem'], flag=bool(record.get('flag')),
-        system_identifier=observed['system_identifier'], recorded=record.get('system_identifier'),
-        rows=observed['tables']))
+        database=observed['database'], status=result['status'], problem=result['problem'],
+        flag=bool(record.get('flag')), system_identifier=observed['system_identifier'],
+        recorded=record.get('system_identifier'), rows=observed['tables'], holding=len(observed['holding'])))
     if not result['ok']:
         return check(False, value, result['msg'])
-    return check(tables_result['ok'], value, tables_result['message'], tables_result.get('warning'))
+    message = '%s; data-loss guard: %s' % (tables_result['message'], '%d table(s) hold data' % len(
+        observed['holding']) if observed['holding'] else 'no data yet, nothing to lose')
+    return check(tables_result['ok'], value, message, tables_result.get('warning'))
 
 
 def check_migrations(params, path, table, layout='auto'):
