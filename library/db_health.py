@@ -22,7 +22,8 @@ description:
     or free disk, and neither fails with the fix an operator needs."
   - "Checks (each reported as C(ok), C(value), C(message); a failed check's message names the likely fix):
     C(database): connect with the retry policy and C(SELECT 1) as the given role (proves login and query, which
-    C(pg_isready) does not); C(tables): O(required_tables) exist; C(migrations): against O(migrations_path),
+    C(pg_isready) does not); C(tables): O(required_tables) exist (none by default) and, with O(data_guard_file), the
+    data-loss guard's verdict on the database's own tables; C(migrations): against O(migrations_path),
     none pending, none failed, no drift; C(connections): slots in use against C(max_connections), a warning above
     O(connections_warn_percent); C(db_container) / C(bot_container): running, Docker health status, restart
     count (a warning when it grew; skipped for a database of O(db_external)); C(patroni) with O(patroni_url):
@@ -41,11 +42,14 @@ version_added: "1.0.0"
 author: SoulNear operations contributors
 options:
   required_tables:
-    description: Tables that must exist, optionally schema-qualified. A missing one on a database that held data
-      means the volume was probably re-initialised (suspected data loss).
+    description:
+      - Tables that must exist, optionally schema-qualified. A missing one on a database that held data means the
+        volume was probably re-initialised (suspected data loss).
+      - None by default; the data-loss guard (O(data_guard_file)) watches the database's own tables, whatever the
+        bot calls them. With O(data_guard_file), every one of them missing or empty also counts as an empty database.
     type: list
     elements: str
-    default: [aiogram_states, schema_migrations]
+    default: []
   migrations_path:
     description: Directory of the C(*.sql) migrations on the managed host. When set, the C(migrations) check
       compares it with the tracking table, with the same rules as the C(pg_migrate) module.
