@@ -109,6 +109,10 @@ def _pitr(args, settings, config, log):
             return 0
         if args.command == 'pitr-backup':
             result = pitr.backup(settings, args.backup_type, log=log)
+            if result.get('repaired'):
+                for error in send_alert(config.get('alert'), 'soulnear point-in-time recovery repaired',
+                                        result['repaired']['msg']):
+                    log('alert not delivered: %s' % error)
         elif args.command == 'pitr-verify':
             result = pitr.verify(settings, log=log)
         else:

@@ -535,7 +535,12 @@ def backup(settings, backup_type='diff', repo=None, log=null_log):
     if not runner.running:
         raise PitrError('the database container %s is not running; a physical backup reads the running server. '
                         'Start it (make restart)' % settings['container'])
-    keys = sorted(repositories(info(settings, runner))) if repo is None else [int(repo)]
+    repos = repositories(info(settings, runner))
+    repaired = repair(settings, repos, log)
+    if repaired:
+        repos = repositories(info(settings, runner))
+    keys = sorted(repos) if repo is None else [int(repo)]
+    keys = [k for k in keys if k not in repaired.get('repos', [])]  # a first full backup was just taken there
     done = []
     for key in keys:
         started = time.time()
@@ -544,11 +549,33 @@ def backup(settings, backup_type='diff', repo=None, log=null_log):
         newest = repositories(info(settings, runner)).get(key, {}).get('backups', [])
         done.append(dict(repo=key, duration=round(time.time() - started, 3),
                          backup=newest[-1] if newest else None))
-    return dict(changed=True, backups=done, msg='; '.join(
+    msg = '; '.join(
         'repo%d: %s backup %s (%s, %.1f s)' % (d['repo'], (d['backup'] or {}).get('type') or backup_type,
                                               (d['backup'] or {}).get('label'),
                                               human((d['backup'] or {}).get('repo_size') or 0), d['duration'])
-        for d in done))
+        for d in done)
+    if repaired:
+        msg = '%s%s' % (repaired['msg'], '; ' + msg if msg else '')
+    return dict(changed=True, backups=done, repaired=repaired or None, msg=msg)
+
+
+def repair(settings, repos, log=null_log):
+    """A repository that lost its stanza (its directory deleted or emptied, a new disk mounted) gets it back: the
+    scheduled backup runs the deploy's setup (stanza-create, check, a first full backup), so WAL archiving - which
+    pushes to every repository and fails while one has no stanza - works again without a deploy. Returns {} when
+    nothing was missing, else dict(repos, msg) for the alert: what was lost and what holds now."""
+    lost = sorted(k for k, r in repos.items() if r['status'] in (STATUS_MISSING_PATH, STATUS_MISSING_DATA))
+    if not lost:
+        return {}
+    log('repairing point-in-time recovery: %s had lost the stanza' % ', '.join('repo%d' % k for k in lost))
+    done = setup(settings, log=log)
+    now = show(datetime.datetime.now(datetime.timezone.utc))
+    return dict(repos=lost, actions=done['actions'], msg=(
+        'REPAIRED point-in-time recovery: %s had lost its stanza (its files were deleted or it is a new disk), so WAL '
+        'archiving failed since. Done now: %s. What was in it before - its physical backups and archived WAL, the '
+        'recovery window before %s - is gone; the recovery window starts again at %s (the other repositories and '
+        'the logical dumps keep their history)' % (', '.join('repo%d' % k for k in lost), '; '.join(done['actions']),
+                                                   now, now)))
 
 
 def verify(settings, log=null_log):

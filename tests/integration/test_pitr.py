@@ -424,3 +424,37 @@ def test_a_recovery_that_fails_puts_the_previous_data_back(lab):
     assert lab.sql('SELECT count(*) FROM precious') == [(501,)]  # the live data, untouched
     assert failed.value.result['restored_volume'] in lab.volumes()  # the failed attempt, kept for inspection
     assert failed.value.result['bot']['started']
+
+
+def test_a_deleted_repository_is_repaired_by_the_scheduled_backup(lab):
+    """The repository's files deleted (issue 22): WAL archiving fails; the next scheduled backup (soulnear-backup
+    pitr-backup) re-creates the stanza, checks that WAL arrives and takes a first full backup, and says what was
+    lost; archiving works again without a deploy, and a restore to latest brings back rows written after."""
+    backed_up(lab)
+    for name in os.listdir(lab.repo_dir):
+        os.system('rm -rf %s' % os.path.join(lab.repo_dir, name))
+    lab.sql('CREATE TABLE after_repair (id int); SELECT pg_switch_wal()')
+    options = dict(lab.params(), db_container=lab.name, db_volume=lab.volume, pitr_stanza='soulnear',
+                   pitr_repo_dir=lab.repo_dir)
+    deadline = time.time() + 60
+    report = run_checks(options)
+    while report['checks']['physical_backup']['ok'] and time.time() < deadline:
+        time.sleep(1)
+        report = run_checks(options)
+    assert not report['checks']['physical_backup']['ok'], report['checks']['physical_backup']
+    result = pitr.backup(lab.settings(), 'diff')
+    repaired = result['repaired']
+    assert repaired and repaired['repos'] == [1], result
+    assert repaired['msg'].startswith('REPAIRED point-in-time recovery: repo1 had lost its stanza')
+    assert 'first full backup on repo1' in repaired['actions'] and 'is gone' in repaired['msg']
+    pitr.check(lab.settings())
+    lab.sql('INSERT INTO after_repair VALUES (1), (2); SELECT pg_switch_wal()')
+    deadline = time.time() + 60
+    report = run_checks(options)
+    while not (report['checks']['wal_archiving']['ok'] and report['checks']['physical_backup']['ok']) \
+            and time.time() < deadline:
+        time.sleep(1)
+        report = run_checks(options)
+    assert report['checks']['wal_archiving']['ok'] and report['checks']['physical_backup']['ok'], report['msg']
+    again = pitr.backup(lab.settings(), 'diff')
+    assert again['repaired'] is None and again['backups'][0]['backup']['type'] == 'diff'
