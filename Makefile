@@ -2,12 +2,17 @@ SHELL := /bin/bash
 
 # The inventory the operator targets (the local sandbox by default; e.g. INVENTORY=~/soulnear-inventory/hosts.yml).
 INVENTORY ?= inventory/sandbox/hosts.yml
-# Secrets and sudo for the playbook targets: VAULT_PASSWORD_FILE=path (or ASK_VAULT_PASS=1), ASK_BECOME_PASS=1.
+# Secrets and sudo for the playbook targets: VAULT_PASSWORD_FILE=path (or ASK_VAULT_PASS=1), BECOME_PASSWORD_FILE=path
+# (or ASK_BECOME_PASS=1).
 VAULT_PASSWORD_FILE ?=
-ANSIBLE_OPTS := $(if $(VAULT_PASSWORD_FILE),--vault-password-file '$(VAULT_PASSWORD_FILE)') \
-	$(if $(ASK_VAULT_PASS),--ask-vault-pass) $(if $(ASK_BECOME_PASS),--ask-become-pass)
+BECOME_PASSWORD_FILE ?=
+ASK_VAULT_PASS ?=
+ASK_BECOME_PASS ?=
 ANSIBLE ?= .venv/bin/ansible
-ANSIBLE_PLAYBOOK ?= .venv/bin/ansible-playbook $(ANSIBLE_OPTS)
+ANSIBLE_PLAYBOOK ?= .venv/bin/ansible-playbook
+PYTHON ?= .venv/bin/python
+# The playbook targets: scripts/play.sh passes the operator's values (below) to Ansible as data.
+PLAY = scripts/play.sh
 
 .PHONY: help deploy setup sandbox sandbox-down test lint
 
@@ -19,6 +24,7 @@ help:
 	  '  VAULT_PASSWORD_FILE=f   the vault password for targets that need secrets (health, backup, restore, ...)' \
 	  '  ASK_VAULT_PASS=1        ask for the vault password instead' \
 	  '  ASK_BECOME_PASS=1       ask for the sudo password of the SSH user' \
+	  '  BECOME_PASSWORD_FILE=f  the sudo password of the SSH user, from a file (no terminal needed)' \
 	  'ps, logs-*, shell-db, restart* and lock-status need no secret; they reach the host as Ansible does.'
 
 ## Set up, create the sandbox when missing, deploy to it and print the health report
@@ -47,3 +53,11 @@ lint:
 
 # Operator targets (ps, logs-bot, health, backup, restore, ...) live in make/*.mk.
 -include make/*.mk
+
+# Operator values reach the recipes as data (issue 23): each is taken literally (a $(shell ...) or $(...) in it is
+# not expanded by make) and exported to the recipe's environment; recipes read them as "$$NAME" or through
+# scripts/play.sh (a JSON vars file for Ansible), never pasted into a shell line.
+OPERATOR_VARS := INVENTORY VAULT_PASSWORD_FILE BECOME_PASSWORD_FILE ASK_VAULT_PASS ASK_BECOME_PASS CONFIRM TIME \
+	BACKUP REPO VERSION SOURCE LOG_LINES ANSIBLE ANSIBLE_PLAYBOOK PYTHON
+$(foreach name,$(OPERATOR_VARS),$(eval override $(name) := $$(value $(name))))
+export $(OPERATOR_VARS)

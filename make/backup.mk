@@ -1,5 +1,4 @@
 # Backup and restore targets; the main Makefile includes make/*.mk.
-ANSIBLE_PLAYBOOK ?= .venv/bin/ansible-playbook
 INVENTORY ?= inventory/sandbox/hosts.yml
 # Which backup `make restore` restores: latest or a file name in the backups directory.
 BACKUP ?= latest
@@ -15,12 +14,11 @@ REPO ?=
 
 ## Take a verified backup of the database now
 backup:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/backup.yml
+	$(PLAY) playbooks/backup.yml
 
 ## Restore a backup: make restore BACKUP=latest|FILE CONFIRM=soul_bot, or a point in time: TIME='...'|latest
 restore:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/restore.yml -e 'confirm=$(CONFIRM)' \
-	  $(if $(TIME),-e "time='$(TIME)'" $(if $(REPO),-e 'pitr_repo=$(REPO)'),-e 'backup=$(BACKUP)')
+	$(PLAY) playbooks/restore.yml 'confirm=CONFIRM' 'time?=TIME' 'pitr_repo?=REPO' 'backup=BACKUP|latest'
 
 ## The logical dumps, the physical backups and the recovery window of point-in-time recovery
 backups:
@@ -30,8 +28,8 @@ backups:
 
 ## The data-loss guard's record, and whether its flag is raised (a raised flag stops deploys and fails health)
 guard-status:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/guard.yml
+	$(PLAY) playbooks/guard.yml
 
 ## Accept the current database as the real data and lower the data-loss flag: make guard-clear CONFIRM=soul_bot
 guard-clear:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/guard.yml -e guard_clear=true -e 'confirm=$(CONFIRM)'
+	$(PLAY) playbooks/guard.yml 'guard_clear:=true' 'confirm=CONFIRM'

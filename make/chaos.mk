@@ -6,8 +6,12 @@ PYTHON ?= .venv/bin/python
 SANDBOX ?= soulnear-chaos
 CHAOS_ARGS ?=
 
+# The sandbox's name as data (see the Makefile's OPERATOR_VARS); CHAOS_ARGS are options of scripts/chaos.py on purpose.
+override CHAOS_SANDBOX := $(value SANDBOX)
+export CHAOS_SANDBOX
+
 .PHONY: chaos
 
 ## Inject the faults into a sandbox of its own and print what recovered and what was lost (~25 min)
 chaos:
-	$(PYTHON) scripts/chaos.py --name $(SANDBOX) --table .cache/chaos-table.md $(CHAOS_ARGS)
+	"$$PYTHON" scripts/chaos.py --name "$$CHAOS_SANDBOX" --table .cache/chaos-table.md $(CHAOS_ARGS)

@@ -3,7 +3,6 @@
 #   make rollback [VERSION=...]           a kept earlier version (default: the one before the running one)
 #   make migrate                          the pending migrations of the running version, backup first
 #   make redeploy-clean CONFIRM=soul_bot  a fresh, empty database with every migration (after a verified backup)
-ANSIBLE_PLAYBOOK ?= .venv/bin/ansible-playbook
 INVENTORY ?= inventory/sandbox/hosts.yml
 # The bot's source directory `make redeploy` ships (empty: app_source_dir of the inventory, default examples/bot).
 SOURCE ?=
@@ -16,16 +15,16 @@ CONFIRM ?=
 
 ## Ship a new bot version (the app step only; SOURCE=dir), rolled back automatically when it fails
 redeploy:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/redeploy.yml $(if $(SOURCE),-e 'app_source_dir=$(abspath $(SOURCE))')
+	$(PLAY) playbooks/redeploy.yml 'app_source_dir?=SOURCE@path'
 
 ## Start a kept earlier version: make rollback [VERSION=...]
 rollback:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/rollback.yml $(if $(VERSION),-e 'app_rollback_version=$(VERSION)')
+	$(PLAY) playbooks/rollback.yml 'app_rollback_version?=VERSION'
 
 ## Apply the pending migrations of the running version (a verified backup first)
 migrate:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/migrate.yml
+	$(PLAY) playbooks/migrate.yml
 
 ## Fresh database with every migration after a verified backup: make redeploy-clean CONFIRM=soul_bot
 redeploy-clean:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/redeploy-clean.yml -e 'confirm=$(CONFIRM)'
+	$(PLAY) playbooks/redeploy-clean.yml 'confirm=CONFIRM'

@@ -6,12 +6,10 @@
 # way Ansible reaches it (scripts/on-host.sh).
 
 INVENTORY ?= inventory/sandbox/hosts.yml
-ANSIBLE ?= .venv/bin/ansible
-ANSIBLE_PLAYBOOK ?= .venv/bin/ansible-playbook
 # Lines of log history before following.
 LOG_LINES ?= 200
 
-ON_HOST = INVENTORY=$(INVENTORY) ANSIBLE=$(ANSIBLE) scripts/on-host.sh
+ON_HOST = scripts/on-host.sh
 
 .PHONY: ps logs-bot logs-db health shell-db restart-bot restart diagnose lock-status unlock
 
@@ -21,15 +19,15 @@ ps:
 
 ## Follow the bot's log (Ctrl-C stops following)
 logs-bot:
-	$(ON_HOST) soulnear logs bot $(LOG_LINES)
+	$(ON_HOST) soulnear logs bot "$$LOG_LINES"
 
 ## Follow the database container's log (PostgreSQL's own log is in soulnear_log_dir/postgres/)
 logs-db:
-	$(ON_HOST) soulnear logs db $(LOG_LINES)
+	$(ON_HOST) soulnear logs db "$$LOG_LINES"
 
 ## The health report (playbooks/health.yml); fails when unhealthy
 health:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/health.yml
+	$(PLAY) playbooks/health.yml
 
 ## psql as the superuser inside the database container
 shell-db:
@@ -45,12 +43,12 @@ restart:
 
 ## The diagnostics checklist (playbooks/diagnose.yml); the report lands in ./diagnose-reports/
 diagnose:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/diagnose.yml
+	$(PLAY) playbooks/diagnose.yml
 
 ## Who holds the deploy lock (a deploy, redeploy or restore in progress), and since when
 lock-status:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/lock.yml
+	$(PLAY) playbooks/lock.yml
 
 ## Release a deploy lock left by a killed run: make unlock CONFIRM=yes
 unlock:
-	$(ANSIBLE_PLAYBOOK) -i $(INVENTORY) playbooks/lock.yml -e 'soulnear_unlock=$(or $(CONFIRM),no)'
+	$(PLAY) playbooks/lock.yml 'soulnear_unlock=CONFIRM|no'
