@@ -50,6 +50,16 @@ description:
     pid and its query. C(CONCURRENTLY) statements wait without that limit (they block nobody).
     O(statement_timeout) limits every statement. The session is reset after every file (role, search_path,
     settings, temporary tables, prepared statements) without releasing the run's advisory lock."
+  - "Locking DDL is named before it runs (O(lint)): the plan (check mode, and a real run before anything is applied)
+    flags statements that rewrite or scan a table under a lock the bot's queries wait for - ADD COLUMN with a
+    volatile default, ALTER COLUMN TYPE (except the changes PostgreSQL makes without a rewrite), SET NOT NULL
+    without a validated CHECK, ADD FOREIGN KEY / CHECK without NOT VALID, ADD PRIMARY KEY / UNIQUE without USING
+    INDEX, CREATE INDEX / DROP INDEX / REINDEX without CONCURRENTLY, VACUUM FULL, CLUSTER, SET TABLESPACE, SET
+    LOGGED, LOCK TABLE, REFRESH MATERIALIZED VIEW, an UPDATE under an ALTER TABLE's lock, RENAME (warning only) -
+    with the table's size and estimated rows from the live database, and the safe way. A table created earlier in
+    the run is new and not warned about; one below O(lint_min_rows) and O(lint_min_mb) is info. A line
+    C(-- pg_migrate: allow <rule>[, <rule>]) in a file allows a known-safe statement. docs/pg_migrate.md (Locking
+    DDL) has the rule table."
   - The checksum is the sha256 of the file with a UTF-8 BOM removed and line endings normalised to LF; the text
     executed is the file's own (only the BOM removed).
   - A session-level advisory lock (keyed on the resolved schema-qualified table name) is held for the whole run.
@@ -161,9 +171,35 @@ options:
     type: int
     default: 3
   statement_timeout:
-    description: PostgreSQL C(statement_timeout), in seconds, for every migration statement; 0 means no limit.
+    description:
+      - PostgreSQL C(statement_timeout), in seconds, for every migration statement (C(CONCURRENTLY) ones too); 0
+        means no limit.
+      - A statement that runs longer is cancelled (SQLSTATE 57014) and the run fails naming the file and line; a
+        file in a transaction is rolled back whole and stays pending, a file outside one is recorded as failed
+        (O(repair) after inspecting the database).
     type: float
     default: 0
+  lint:
+    description:
+      - What to do with locking DDL in the pending migrations (see the description).
+      - V(warn) reports each finding as a warning and in RV(lint); V(refuse) fails before anything runs, naming
+        every finding at or above the thresholds (RENAME only warns); V(off) reads nothing.
+      - With V(refuse) a large first file is read and linted before it runs instead of while it runs.
+    type: str
+    choices: [warn, refuse, 'off']
+    default: warn
+  lint_min_rows:
+    description:
+      - A finding on a table with fewer (estimated) rows than this, and smaller than O(lint_min_mb), is info, not
+        a warning (10,000 rows rewrite in well under a second).
+    type: int
+    default: 10000
+  lint_min_mb:
+    description:
+      - A finding on a table of at least this many megabytes (pg_total_relation_size) is a warning whatever its
+        row count.
+    type: float
+    default: 10
   applied_by:
     description: Recorded in the C(applied_by) column. Defaults to C(user@host) of the process running the module.
     type: str
@@ -242,6 +278,14 @@ EXAMPLES = r'''
     path: /opt/app/db/migration
     takeover: flyway
     login_db: soul_bot
+
+- name: Refuse locking DDL on tables of 100,000 rows or more, before anything runs
+  pg_migrate:
+    path: /opt/soulnear/app/current/database/migrations
+    login_db: soul_bot
+    lint: refuse
+    lint_min_rows: 100000
+    statement_timeout: 600
 '''
 
 RETURN = r'''
@@ -335,6 +379,22 @@ ignored:
   type: list
   elements: str
   sample: [README.md]
+lint:
+  description:
+    - Statements of the pending migrations that rewrite or scan a table under a lock (O(lint)), in run order.
+    - "C(severity) is V(warning) (at or above the thresholds), V(info) (a new or small table) or V(allowed) (a
+      C(-- pg_migrate: allow) line); C(size) is bytes (pg_total_relation_size), C(rows) an estimate
+      (C(rows_how) V(estimate), or V(counted) / V(at least) when the table was never analysed)."
+  returned: always
+  type: list
+  elements: dict
+  sample: [{file: 002_score.sql, line: 1,
+            statement: "ALTER TABLE events ADD COLUMN score int DEFAULT (random()*1000)::int",
+            rule: add-column-volatile-default, table: public.events, size: 150011904, size_pretty: 143 MB,
+            rows: 2000000, rows_how: estimate, severity: warning, lock: ACCESS EXCLUSIVE,
+            effect: "rewrites the table and all its indexes, computing the default for every row",
+            detail: "column score DEFAULT (random()*1000)::int is volatile: random()", note: null,
+            fix: "add the column without a default, SET DEFAULT for new rows (no rewrite), then backfill ..."}]
 duration_ms:
   description: Wall time of the run in milliseconds.
   returned: always
@@ -349,11 +409,13 @@ from ansible.module_utils.soulnear.migrate import MigrationError, Migrator
 
 def summary(result, check_mode):
     count = len(result['applied'])
+    warnings = len([f for f in result.get('lint') or [] if f['severity'] == 'warning'])
+    flagged = '; %d locking statement(s) flagged (see lint)' % warnings if warnings else ''
     if check_mode:
         pending = len(result.get('pending', []))
-        return 'Would apply %d migration(s)' % pending if pending else 'All migrations up to date'
+        return 'Would apply %d migration(s)%s' % (pending, flagged) if pending else 'All migrations up to date'
     if count:
-        return 'Applied %d new migration(s)' % count
+        return 'Applied %d new migration(s)%s' % (count, flagged)
     if result.get('baselined'):
         return 'Baselined %d migration(s)' % len(result['baselined'])
     return 'All migrations up to date'
@@ -380,6 +442,9 @@ def argument_spec():
         ddl_lock_timeout=dict(type='float', default=5),
         ddl_lock_retries=dict(type='int', default=3),
         statement_timeout=dict(type='float', default=0),
+        lint=dict(type='str', default='warn', choices=['warn', 'refuse', 'off']),
+        lint_min_rows=dict(type='int', default=10000),
+        lint_min_mb=dict(type='float', default=10),
         applied_by=dict(type='str'),
     )
     return spec

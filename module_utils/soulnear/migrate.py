@@ -39,6 +39,7 @@ import threading
 import time
 import zlib
 
+from .ddl_lint import Linter
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
 from .sql import (WATCHED_WORDS, Facts, SqlSplitError, begin_modes, dbmate_section, down_marker, first_word_upper,
                   goose_section, has_atomic_body, is_commit, is_rollback, iter_statements, line_of_position,
@@ -1408,7 +1409,7 @@ class Migrator:
 
     params: connection parameters (pg.connection_argument_spec) plus path, format, placeholders, table,
     takeover, takeover_table, drift, baseline, target, out_of_order, repair, lock_timeout, ddl_lock_timeout,
-    ddl_lock_retries, statement_timeout, applied_by.
+    ddl_lock_retries, statement_timeout, applied_by, lint, lint_min_rows, lint_min_mb (ddl_lint.py).
     """
 
     STREAM_BYTES = 4 * 1024 * 1024
@@ -1440,6 +1441,7 @@ class Migrator:
         self.ddl_lock_retries = max(0, int(params.get('ddl_lock_retries', 3) or 0))
         self.statement_timeout = float(params.get('statement_timeout', 0) or 0)
         self.placeholders = params.get('placeholders') or {}
+        self.lint = Linter(params, warn=self.warn, log=self.log, error=MigrationError)  # locking DDL, named
         self.catalog = None
         self.context = None
         self.streamed = None
@@ -1661,7 +1663,7 @@ class Migrator:
         first = todo[0]
         if not self.check_mode and first.kind == 'versioned' and len(first.text) >= self.stream_bytes \
                 and not first.no_transaction and not any(self.catalog.callbacks.values()) \
-                and not has_atomic_body(first.text):
+                and not has_atomic_body(first.text) and self.lint.streams():
             self.streamed = files.pop(0)  # a large first file is checked while it runs (_apply_streamed)
         for event in RUN_CALLBACKS:
             files.extend(self.catalog.callbacks.get(event, []))
@@ -1686,6 +1688,7 @@ class Migrator:
         if problems:
             raise MigrationError(_numbered_problems(problems, 'pending migration(s) that cannot run as written; '
                                                               'nothing was applied'))
+        self.lint.check(cur, files)  # warns; with lint: refuse, raises before anything runs
 
     def _bookkeeping(self, cur, plan):
         """Create or adopt the tracking table, remove repaired failures, record a takeover, a baseline and
@@ -1909,6 +1912,7 @@ class Migrator:
                         if facts.control or facts.outside or facts.discard_all:
                             stop = True  # decided once the whole file is read
                             continue
+                    self.lint.check_streamed(cur, mfile, *item)  # before it runs
                     try:
                         cur.execute(item[1])
                         done += 1
@@ -2143,7 +2147,7 @@ class Migrator:
                       layout=catalog.layout if catalog else None,
                       down_files=list(catalog.down) if catalog else [],
                       ignored=list(catalog.ignored) if catalog else [],
-                      duration_ms=int((time.time() - started) * 1000))
+                      duration_ms=int((time.time() - started) * 1000), lint=self.lint.report())
         if self.check_mode:  # what a run would change; a run that would fail changes nothing
             result['changed'] = plan is not None and bool(self.notes or self.baselined or self.taken_over
                                                           or plan.todo())
