@@ -1387,15 +1387,15 @@ class Finding(dict):
     """One flagged statement (a dict, as the result returns it)."""
 
     def message(self):
-        rule = _RULES[self['rule']]
+        """One line for the operator: where, what, on which table of which size, why it locks, the fix."""
         where = self['table'] or 'the tables'
         if self['size'] is not None:
             rows = '' if self['rows'] is None else ', %s%s rows' % (
                 '~' if self['rows_how'] == 'estimate' else '>= ' if self['rows_how'] == 'at least' else '',
                 '{:,}'.format(self['rows']))
             where += ' (%s%s)' % (self['size_pretty'], rows)
-        text = '%s line %d: %s - %s: %s %s under %s' % (
-            self['file'], self['line'], self['statement'], self['rule'], rule.effect, where, self['lock'])
+        text = '%s line %d: %s - %s on %s: %s, under %s' % (
+            self['file'], self['line'], self['statement'], self['rule'], where, self['effect'], self['lock'])
         if self['detail']:
             text += ' (%s)' % self['detail']
         if self['note']:
