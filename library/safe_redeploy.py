@@ -109,6 +109,27 @@ options:
     description: Seconds O(migration_command) may run; longer, its container is removed and the deploy rolls back.
     type: int
     default: 3600
+  rehearsal:
+    description:
+      - "Before the old bot stops, restore the fresh pre-deploy backup into a scratch database on the same server,
+        apply the pending migrations there with the new release (either O(migrations) mode), and drop it. A
+        migration that fails there fails the deploy at step C(rehearse) with the old bot never stopped; the time
+        the migrations took is RV(predicted_downtime) (printed and audited)."
+      - V(auto) skips it when the database is larger than O(rehearsal_max_mb) (its restore would lengthen the
+        deploy) and says so; V(always) rehearses whatever the size; V(never) does not. A copy that cannot be made
+        (no room, no CREATEDB) is a warning and the deploy goes on as without it.
+    type: str
+    choices: [auto, always, never]
+    default: auto
+  rehearsal_max_mb:
+    description: With O(rehearsal=auto), the database size (MB) above which the rehearsal is skipped.
+    type: int
+    default: 1024
+  max_migration_seconds:
+    description: Refuse the deploy, before the old bot stops, when the rehearsed migrations took longer than this
+      (the predicted downtime). V(0) sets no limit.
+    type: float
+    default: 0
   migrations_subdir:
     description: The migrations directory inside a release (O(migrations=sql)).
     type: str
@@ -153,7 +174,7 @@ options:
     default: 120
   rollback_timeout:
     description: Seconds the previous bot gets to become healthy again after a failed deploy (its own wait, at least
-      O(healthy_timeout): a slow but healthy old bot on a loaded host is not a failed rollback).
+      O(healthy_timeout) - a slow but healthy old bot on a loaded host is not a failed rollback).
     type: int
     default: 300
   settle_seconds:
@@ -397,6 +418,17 @@ downtime:
   returned: always
   type: float
   sample: 1.4
+predicted_downtime:
+  description: Seconds the pending migrations took when rehearsed on a copy of the database (O(rehearsal)); the
+    swap's downtime is about this plus the bot's restart. Null without a rehearsal.
+  returned: always
+  type: float
+  sample: 3.2
+rehearsal:
+  description: The rehearsal - the scratch database, the database size, the seconds of its restore and of the
+    migrations on it; null without one.
+  returned: always
+  type: dict
 failed_step:
   description: The step that failed.
   returned: on failure
@@ -432,7 +464,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.containers import DockerError
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 from ansible.module_utils.soulnear.redeploy import (
-    ACTIONS, BACKUP_MODES, DEFAULTS, MIGRATION_MODES, MIGRATION_OPTIONS, RedeployError, Redeployer)
+    ACTIONS, BACKUP_MODES, DEFAULTS, MIGRATION_MODES, MIGRATION_OPTIONS, REHEARSAL_MODES, RedeployError, Redeployer)
 
 _TYPES = dict(
     action=dict(type='str', choices=list(ACTIONS)), name=dict(type='str'), image=dict(type='str'),
@@ -440,6 +472,8 @@ _TYPES = dict(
     current_link=dict(type='path'), migrations_subdir=dict(type='str'), migrations_table=dict(type='str'),
     migration_options=dict(type='dict'), migrations=dict(type='str', choices=list(MIGRATION_MODES)),
     migration_command=dict(type='raw'), migration_check_command=dict(type='raw'), migration_timeout=dict(type='int'),
+    rehearsal=dict(type='str', choices=list(REHEARSAL_MODES)), rehearsal_max_mb=dict(type='int'),
+    max_migration_seconds=dict(type='float'),
     volumes=dict(type='list', elements='str'), published_ports=dict(type='list', elements='str'),
     extra_hosts=dict(type='list', elements='str'), command=dict(type='raw'), healthcheck=dict(type='dict'),
     applied_by=dict(type='str'), env_file=dict(type='path'), network=dict(type='str'),

@@ -217,10 +217,11 @@ def create_backup(settings, check_mode=False, log=null_log, directory=None, patt
 # --- leftovers of a killed restore ------------------------------------------------------------------------
 
 def stale_restore_databases(conn, db):
-    """<db>__restore_<ts> and <db>__restore_test_<ts> databases nobody is connected to."""
+    """<db>__restore_<ts>, <db>__restore_test_<ts> and <db>__restore_rehearsal_<ts> (rehearsal.py) databases nobody
+    is connected to."""
     rows = query(conn, "SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname) "
                        "FROM pg_database d WHERE strpos(d.datname, %s) = 1 ORDER BY 1", (db + '__restore_',))
-    pattern = re.compile(r'^%s__restore_(test_)?\d+(_\d+)?$' % re.escape(db))
+    pattern = re.compile(r'^%s__restore_(test_|rehearsal_)?\d+(_\d+)?$' % re.escape(db))
     return [name for name, sessions in rows if pattern.match(name) and not sessions]
 
 

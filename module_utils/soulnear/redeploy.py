@@ -56,7 +56,8 @@ from .checks import check_database
 from .files import write_private
 from .migrate import MigrationError, Migrator
 from .migrate import status as migration_status
-from .pg import ConnectError, connection_argument_spec
+from .pg import ConnectError, connect, connection_argument_spec
+from .rehearsal import rehearse, retarget_env, write_private_copy
 
 ACTIONS = ('deploy', 'rollback', 'migrate')
 BACKUP_MODES = ('always', 'when_migrations', 'never')
@@ -75,6 +76,7 @@ LOG_TAIL = 40
 # can ask for it (markers; the example bot's inventories do).
 DEFAULT_MARKERS = []
 MIGRATION_MODES = ('sql', 'command', 'none')
+REHEARSAL_MODES = ('auto', 'always', 'never')
 DEFAULT_ERROR_PATTERNS = ['Traceback', 'does not exist', 'FATAL', 'PANIC',
                           'terminated by other getUpdates request']
 
@@ -99,6 +101,9 @@ DEFAULTS = dict(
     migration_command=[],
     migration_check_command=[],
     migration_timeout=3600,
+    rehearsal='auto',
+    rehearsal_max_mb=1024,
+    max_migration_seconds=0,
     applied_by=None,
     env_file=None,
     mounts=[],
@@ -267,6 +272,8 @@ class Redeployer:
             raise RedeployError('action must be one of %s' % ', '.join(ACTIONS))
         if p['backup'] not in BACKUP_MODES:
             raise RedeployError('backup must be one of %s' % ', '.join(BACKUP_MODES))
+        if p['rehearsal'] not in REHEARSAL_MODES:
+            raise RedeployError('rehearsal must be one of %s' % ', '.join(REHEARSAL_MODES))
         if p['migrations'] not in MIGRATION_MODES:
             raise RedeployError('migrations must be one of %s' % ', '.join(MIGRATION_MODES))
         if p['migrations'] == 'command' and not argv_of(p['migration_command']):
@@ -283,7 +290,8 @@ class Redeployer:
         self.started = clock()
         self.steps = []
         self.result = dict(changed=False, action=self.action, from_version=None, to_version=None, pending=[],
-                           applied=[], backup=None, rolled_back=False, downtime=None, failed_step=None,
+                           applied=[], backup=None, rolled_back=False, downtime=None, predicted_downtime=None,
+                           rehearsal=None, failed_step=None,
                            log_tail=[], pruned_images=[], pruned_releases=[], kept_versions=[], steps=self.steps)
         self._renewed = clock()
         self._renew_warned = False
@@ -335,7 +343,8 @@ class Redeployer:
         if self.check_mode or not p['audit_log']:
             return
         r = self.result
-        extra = dict(action=self.action, applied=r['applied'], backup=r['backup'], image=r.get('image'))
+        extra = dict(action=self.action, applied=r['applied'], backup=r['backup'], image=r.get('image'),
+                     predicted_downtime=r['predicted_downtime'])
         extra.update((k, v) for k, v in (p['audit_extra'] or {}).items() if v is not None)
         try:
             audit.record(p['audit_log'], p['audit_event'] or event, who=p['audit_who'], from_version=r['from_version'],
@@ -526,7 +535,7 @@ class Redeployer:
             raise _StepFailed('preflight', 'cannot read the migration status: %s' % exc) from None
         return state['pending']
 
-    def one_off(self, image, argv, role, timeout):
+    def one_off(self, image, argv, role, timeout, env_file=None):
         """argv in a throwaway container of image, with the bot's environment, network, mounts and extra hosts
         (not its ports): (exit code, its output). A run past timeout is removed and fails the step."""
         p = self.params
@@ -535,8 +544,8 @@ class Redeployer:
         args = ['run', '--rm', '--name', name, '--label', 'soulnear.component=bot-%s' % role]
         if p['network']:
             args += ['--network', p['network']]
-        if p['env_file']:
-            args += ['--env-file', p['env_file']]
+        if env_file or p['env_file']:
+            args += ['--env-file', env_file or p['env_file']]
         for path in sorted(p['mounts'] or []):
             args += ['-v', '%s:%s:ro' % (path, path)]
         options = self.run_options
@@ -547,8 +556,8 @@ class Redeployer:
             proc = containers.run(args + ['--entrypoint', argv[0], image] + argv[1:], timeout=timeout, check=False)
         except containers.DockerError:
             self.remove(name)
-            raise _StepFailed('migrate' if role == 'migrate' else 'preflight', '%s did not finish within %ss in a '
-                              'container of %s; it was stopped' % (' '.join(argv), timeout, image)) from None
+            raise _StepFailed(role if role in ('migrate', 'rehearse') else 'preflight', '%s did not finish within %ss '
+                              'in a container of %s; it was stopped' % (' '.join(argv), timeout, image)) from None
         text = (proc.stdout + proc.stderr).decode('utf-8', 'replace').strip()
         return proc.returncode, text
 
@@ -589,6 +598,75 @@ class Redeployer:
                               % (' '.join(argv), rc, image, ' | '.join(tail[-8:]) or 'no output'))
         self.result['applied'] = ['command: %s' % ' '.join(argv)]
 
+    def database_mb(self):
+        conn = connect(dict(self.conn, retries=1), application_name='soulnear redeploy')
+        try:
+            with conn.cursor() as cur:
+                cur.execute('SELECT pg_database_size(current_database())')
+                return cur.fetchone()[0] / 1048576.0
+        finally:
+            conn.close()
+
+    def rehearse(self, migrations_dir, image):
+        """The pending migrations on a copy restored from the fresh pre-deploy backup, before the old bot stops
+        (rehearsal.py): a failure costs no downtime, and the time they took is the predicted downtime."""
+        p, r = self.params, self.result
+        if p['rehearsal'] == 'never':
+            self.skipped('rehearse', 'rehearsal: never')
+            return
+        if not r['backup']:
+            self.skipped('rehearse', 'no pre-deploy backup to rehearse on (backup: %s)' % p['backup'])
+            return
+        size = self.database_mb()
+        if p['rehearsal'] == 'auto' and size > float(p['rehearsal_max_mb']):
+            self.skipped('rehearse', 'rehearsal auto: the database is %.0f MB, more than rehearsal_max_mb %s (its '
+                                     'restore would lengthen the deploy; rehearsal: always forces it)'
+                         % (size, p['rehearsal_max_mb']))
+            return
+        live = self.conn.get('login_db')
+
+        def apply(scratch):
+            if p['migrations'] == 'command':
+                with open(p['env_file']) as handle:
+                    copy = write_private_copy(p['env_file'], retarget_env(handle.read(), live, scratch))
+                try:
+                    rc, text = self.one_off(image, argv_of(p['migration_command']), 'rehearse',
+                                            int(p['migration_timeout']), env_file=copy)
+                finally:
+                    os.unlink(copy)
+                if rc != 0:
+                    raise MigrationError('%s exited %d on the copy: %s' % (
+                        ' '.join(argv_of(p['migration_command'])), rc, ' | '.join(text.splitlines()[-8:])))
+            else:
+                Migrator(dict(self.migrate_params(migrations_dir), login_db=scratch), warn=self.warn).run()
+        with self.step('rehearse') as entry:
+            try:
+                done = rehearse(self.backup_settings('rehearsal_%Y%m%d_%H%M%S.dump'), r['backup'], apply)
+            except MigrationError as exc:
+                raise _StepFailed('rehearse', 'the pending migrations failed on a copy of the database restored from '
+                                  'the pre-deploy backup, so the old bot was never stopped: %s' % exc) from None
+            except BACKUP_FAILURES as exc:
+                # The rehearsal is a safety net, not a gate: a copy that cannot be made (no room, no CREATEDB on a
+                # managed server) leaves the deploy as it was before rehearsals, and says so.
+                self.warn('the rehearsal could not restore the pre-deploy backup into a scratch database (%s); the '
+                          'deploy goes on without it. Fix: free space for a copy of the database, or set '
+                          'app_migration_rehearsal: never' % describe_failure(exc))
+                entry['outcome'] = 'skipped: the copy could not be made: %s' % describe_failure(exc)
+                return
+            r['rehearsal'] = done
+            r['predicted_downtime'] = done['migrate_seconds']
+            limit = float(p['max_migration_seconds'] or 0)
+            if limit and done['migrate_seconds'] > limit:
+                raise _StepFailed('rehearse', 'the migrations took %.1f s on a copy of the database, more than '
+                                  'max_migration_seconds %s: the bot would be down about that long (writers blocked '
+                                  'by their locks). Nothing was changed. Fix: make the migration non-blocking (see '
+                                  'the lint warnings), or raise app_max_migration_seconds for a maintenance window'
+                                  % (done['migrate_seconds'], p['max_migration_seconds']))
+            entry['outcome'] = ('ok: the migrations took %.1f s on a copy (%.0f MB restored in %.1f s): predicted '
+                                'downtime %.1f s plus the bot\'s restart' % (
+                                    done['migrate_seconds'], done['size'] / 1048576.0, done['restore_seconds'],
+                                    done['migrate_seconds']))
+
     def migrate_params(self, migrations_dir):
         params = dict(self.params['migration_options'])
         params.update(self.conn, path=migrations_dir, table=self.params['migrations_table'])
@@ -605,19 +683,25 @@ class Redeployer:
         self.result['applied'] = list(result.get('applied') or [])
         return result
 
-    def backup(self, kind, version):
-        """A verified backup named pre_<kind>_<version>_<time>.dump; older ones beyond backup_keep are pruned."""
+    def backup_settings(self, pattern):
+        """The backup code's settings: the superuser's login (backup_login_*), the database container or client
+        image, the backups directory."""
         p = self.params
         conn = dict(self.conn)
         if p['backup_login_user']:
             conn['login_user'] = p['backup_login_user']
         if p['backup_login_password']:
             conn['login_password'] = p['backup_login_password']
+        return make_settings(conn, container=p['db_container'] or 'soulnear_postgres',
+                             client_image=p['backup_client_image'] or '', backup_dir=p['backup_dir'],
+                             name_pattern=pattern)
+
+    def backup(self, kind, version):
+        """A verified backup named pre_<kind>_<version>_<time>.dump; older ones beyond backup_keep are pruned."""
+        p = self.params
         pattern = 'pre_%s_%s_%%Y%%m%%d_%%H%%M%%S.dump' % (kind, safe_name(version))
         try:
-            settings = make_settings(conn, container=p['db_container'] or 'soulnear_postgres',
-                                     client_image=p['backup_client_image'] or '', backup_dir=p['backup_dir'],
-                                     name_pattern=pattern)
+            settings = self.backup_settings(pattern)
             taken = create_backup(settings, check_mode=self.check_mode, retention=False, offsite=False)
         except BACKUP_FAILURES as exc:
             raise _StepFailed('backup', 'the pre-%s backup failed: %s' % (kind, describe_failure(exc))) from None
@@ -876,6 +960,8 @@ class Redeployer:
                 entry['outcome'] = 'ok: %s' % taken['path']
         else:
             self.skipped('backup', 'backup=%s%s' % (p['backup'], ', nothing pending' if not pending else ''))
+        if pending:
+            self.rehearse(migrations_dir, image)
         if image != run_image:
             containers.run(['tag', image, run_image])
         self.swap(version, run_image, image_id, config, migrations_dir, pending, current, current_state)
@@ -901,6 +987,8 @@ class Redeployer:
         would = []
         if p['backup'] == 'always' or (p['backup'] == 'when_migrations' and pending):
             would.append('back up the database')
+            if pending and p['rehearsal'] != 'never':
+                would.append('rehearse the migrations on a copy restored from that backup')
         if same and not pending:
             would.append('start %s (it is %s)' % (self.name, current_state['status']))
         else:
@@ -911,7 +999,7 @@ class Redeployer:
             elif pending:
                 would.append('apply %d migration(s): %s' % (len(pending), ', '.join(pending)))
             would += ['start %s and wait until it is healthy' % version]
-        for name in ('backup', 'stop', 'migrate', 'start', 'wait_healthy', 'settle', 'switch'):
+        for name in ('backup', 'rehearse', 'stop', 'migrate', 'start', 'wait_healthy', 'settle', 'switch'):
             self.steps.append(dict(name=name, duration=0.0, outcome='would run'))
         self.result['msg'] = 'Would %s %s: %s' % (kind, version, '; '.join(would))
 

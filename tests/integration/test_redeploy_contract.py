@@ -148,8 +148,14 @@ def test_command_migrations_run_in_the_new_image_after_a_backup_and_never_on_rol
     assert code == 0 and second['backup'] and 'pre_deploy_c2_' in second['backup'], second
     assert env.pg.query('SELECT max(version) FROM bot_schema', db='soul_bot') == [(2,)]
     assert env.container()['version'] == 'c2'
-    # A migration command that fails: the previous bot runs again, the message has the command's last lines.
+    # A migration command that fails: caught by the rehearsal on a copy (the environment file retargeted at the
+    # copy), so the running bot never stopped; the message has the command's last lines.
     code, failed = ship(tmp_path, env, 'c3bad', **mode)
+    assert code != 0 and failed['failed_step'] == 'rehearse' and not failed['rolled_back'], failed
+    assert 'migration 2 failed' in failed['msg'] and 'exited 3' in failed['msg'] and 'on the copy' in failed['msg']
+    assert env.container()['version'] == 'c2' and env.container()['health'] == 'healthy'
+    # Without the rehearsal it fails at step migrate, after the stop: the previous bot is put back.
+    code, failed = ship(tmp_path, env, 'c3bad', rehearsal='never', **mode)
     assert code != 0 and failed['failed_step'] == 'migrate' and failed['rolled_back'], failed
     assert 'migration 2 failed' in failed['msg'] and 'exited 3' in failed['msg']
     assert env.container()['version'] == 'c2' and env.container()['health'] == 'healthy'

@@ -66,8 +66,8 @@ def test_first_deploy_applies_every_migration_and_starts_the_bot(env, tmp_path):
     assert result['applied'] == ['001_init.sql', '002_events.sql', '003_indexes.sql']
     assert env.container() | {'id': None} == dict(status='running', health='healthy', version='v1', id=None)
     assert os.readlink(env.current) == 'releases/v1'
-    assert [s['name'] for s in result['steps']] == ['preflight', 'backup', 'create', 'stop', 'migrate', 'start',
-                                                    'wait_healthy', 'settle', 'switch', 'prune']
+    assert [s['name'] for s in result['steps']] == ['preflight', 'backup', 'rehearse', 'create', 'stop', 'migrate',
+                                                    'start', 'wait_healthy', 'settle', 'switch', 'prune']
     assert all(s['outcome'].startswith(('ok', 'skipped')) for s in result['steps'])
     assert result['downtime'] is None and 'no bot was running before' in result['msg']
     assert audit_lines(env)[-1]['to_version'] == 'v1' and audit_lines(env)[-1]['result'] == 'success'
@@ -117,7 +117,13 @@ def test_swap_to_a_version_with_a_new_migration(env, tmp_path):
     assert env.pg.query('SELECT username FROM users WHERE id = 4242', db='soul_bot') == [('kept',)]
     assert os.readlink(env.current) == 'releases/v2'
     assert 0 < result['downtime'] < 30
+    # Rehearsed first on a copy restored from that backup (issue 22): the predicted downtime is its migrations' time.
+    rehearsed = [s for s in result['steps'] if s['name'] == 'rehearse'][0]
+    assert rehearsed['outcome'].startswith('ok: the migrations took') and result['predicted_downtime'] is not None
+    assert result['rehearsal']['database'].startswith('soul_bot__restore_rehearsal_')
+    assert env.pg.query("SELECT count(*) FROM pg_database WHERE datname LIKE '%rehearsal%'") == [(0,)]
     line = audit_lines(env)[-1]
+    assert line['predicted_downtime'] == result['predicted_downtime']
     assert (line['event'], line['from_version'], line['to_version'], line['result']) == ('deploy', 'v1', 'v2',
                                                                                          'success')
     assert line['who'] == 'pytest@controller' and line['backup'] == result['backup']
@@ -168,12 +174,48 @@ def test_an_error_in_the_new_log_rolls_back(env, tmp_path):
     assert "error pattern 'Traceback'" in result['msg']
 
 
+def started_at(env):
+    return subprocess.run(['docker', 'inspect', '--format', '{{.State.StartedAt}}', env.bot], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_a_failed_migration_is_caught_on_a_copy_with_no_downtime(env, tmp_path):
+    """The rehearsal (issue 22): the broken migration fails on a copy restored from the pre-deploy backup, so the
+    old bot never stops; the message names the file and the error; the copy is dropped."""
+    ensure(tmp_path, env, 'v2')
+    running, since, applied = env.container(), started_at(env), env.applied()
+    env.version('v4', migrations=BROKEN)
+    code, result = deploy(tmp_path, env, 'v4')
+    assert code != 0 and result['failed_step'] == 'rehearse' and result['rolled_back'] is False, result['msg']
+    assert 'failed on a copy of the database' in result['msg'] and 'old bot was never stopped' in result['msg']
+    assert '005_broken.sql' in result['msg'] and 'no_such_table' in result['msg']
+    assert 'The running bot was not touched' in result['msg']
+    assert env.container() == running and started_at(env) == since  # never stopped: 0 s of downtime
+    assert env.applied() == applied
+    assert env.pg.query("SELECT to_regclass('half_done')", db='soul_bot') == [(None,)]
+    assert env.pg.query("SELECT count(*) FROM pg_database WHERE datname LIKE '%rehearsal%'") == [(0,)]
+    assert audit_lines(env)[-1]['failed_step'] == 'rehearse'
+
+
+def test_a_migration_longer_than_the_limit_is_refused_before_the_swap(env, tmp_path):
+    ensure(tmp_path, env, 'v2')
+    running, since = env.container(), started_at(env)
+    env.version('v7', migrations=dict(PROFILES, **{'005_slow.sql': 'SELECT pg_sleep(3);\n'}))
+    code, result = deploy(tmp_path, env, 'v7', max_migration_seconds=1)
+    assert code != 0 and result['failed_step'] == 'rehearse', result['msg']
+    assert 'more than max_migration_seconds 1' in result['msg'] and result['predicted_downtime'] >= 3
+    assert env.container() == running and started_at(env) == since
+    assert '005_slow.sql' not in env.applied()
+
+
 def test_a_failed_migration_applies_nothing_and_keeps_the_old_bot(env, tmp_path):
+    """Without the rehearsal (rehearsal: never), the failure comes at step migrate, after the old bot stopped: the
+    file's transaction undoes it and the previous bot is put back."""
     ensure(tmp_path, env, 'v2')
     running = env.container()
     applied = env.applied()
-    env.version('v4', migrations=BROKEN)
-    code, result = deploy(tmp_path, env, 'v4')
+    env.version('v4b', migrations=BROKEN)
+    code, result = deploy(tmp_path, env, 'v4b', rehearsal='never')
     assert code != 0
     assert_rolled_back(env, result, 'migrate', running)
     assert env.applied() == applied  # 005 rolled back with its transaction
