@@ -161,7 +161,7 @@ options:
   pitr_archive_slack_seconds:
     description:
       - The C(wal_archiving) check fails when the oldest commit not yet archived (read with pg_waldump in the
-        database container) is older than archive_timeout plus this many seconds: the recovery point is stalled,
+        database container) is older than archive_timeout plus this many seconds - the recovery point is stalled,
         whatever the archiver's statistics say (PostgreSQL not switching segments, archive-push hanging).
     type: float
     default: 15

@@ -50,7 +50,7 @@ def test_healthy(app_db):
 
 def test_table_missing(app_db):
     execute(app_db, 'DROP TABLE aiogram_states')
-    report = checks(app_db, migrations_path=MIGRATIONS)
+    report = checks(app_db, migrations_path=MIGRATIONS, required_tables=['aiogram_states', 'schema_migrations'])
     assert report['ok'] is False and report['failed'] == ['tables']
     tables = report['checks']['tables']
     assert tables['value']['missing'] == ['aiogram_states']
@@ -336,7 +336,8 @@ def test_module_through_ansible(app_db, tmp_path):
     state = tmp_path / 'state' / 'health.json'
     args = dict(app_db, migrations_path=MIGRATIONS, backup_dir=str(tmp_path / 'backups'),
                 disk_paths=[str(tmp_path)], disk_max_used_percent=100, state_file=str(state),
-                data_guard_file=str(tmp_path / 'state' / 'data-guard.json'))
+                data_guard_file=str(tmp_path / 'state' / 'data-guard.json'),
+                required_tables=['aiogram_states', 'schema_migrations'])
     proc, result = run_module(tmp_path, args, '--check')
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert result['ok'] is True and result['changed'] is False and result['failed_checks'] == []
@@ -361,26 +362,27 @@ def test_module_through_ansible(app_db, tmp_path):
 def test_the_data_loss_guard_fails_the_tables_check(app_db, tmp_path):
     guard_file = tmp_path / 'data-guard.json'
     options = dict(migrations_path=MIGRATIONS, data_guard_file=str(guard_file), backup_dir=str(tmp_path / 'b'))
+    execute(app_db, "INSERT INTO users (id) VALUES (1); INSERT INTO aiogram_states (key) VALUES ('fsm:1:1')")
     assert checks(app_db, **options)['ok'] and not guard_file.exists(), 'db_health only reads the record'
     monitor = checks(app_db, data_guard_update=True, **options)  # the monitor records
     assert monitor['ok'] and monitor['checks']['tables']['value']['data_guard']['status'] == 'recorded'
-    assert json.loads(guard_file.read_text())['had_data'] is True
+    assert guard.entry(str(guard_file), app_db['login_db'])['had_data'] is True
 
     # Emptied: the tables are still there, without rows (TRUNCATE by mistake, a volume re-initialised and migrated).
-    execute(app_db, 'TRUNCATE aiogram_states; DELETE FROM schema_migrations')
+    execute(app_db, 'TRUNCATE users, aiogram_states CASCADE; DELETE FROM schema_migrations')
     report = checks(app_db, **options)
     tables = report['checks']['tables']
     assert report['failed'] == ['tables', 'migrations'] and tables['value']['data_guard']['problem'] == 'empty'
     assert tables['message'].startswith('DATA LOSS SUSPECTED: the database %s is empty' % app_db['login_db'])
     assert 'There is no verified backup of %s' % app_db['login_db'] in tables['message']
-    assert json.loads(guard_file.read_text())['flag'] is None, 'db_health does not raise the flag'
+    assert guard.entry(str(guard_file), app_db['login_db'])['flag'] is None, 'db_health does not raise the flag'
 
     checks(app_db, data_guard_update=True, **options)  # the monitor raises it
     migrate(app_db)  # the schema_migrations rows are back: the flag stays raised
     flagged = checks(app_db, **options)
     assert flagged['failed'] == ['tables'] and 'the data-loss flag was raised' in flagged['msg']
     conn = connect(app_db)
-    guard.accept(str(guard_file), guard.observe(conn, ['aiogram_states', 'schema_migrations']))
+    guard.accept(str(guard_file), guard.observe(conn, state_file=str(guard_file)))
     conn.close()
     assert checks(app_db, **options)['ok']
 

@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 
 import psycopg2
-from ansible.module_utils.soulnear import health_command
+from ansible.module_utils.soulnear import guard, health_command
 from ansible.module_utils.soulnear import lock as deploy_lock
 from ansible.module_utils.soulnear.backup_files import write_sidecar
 from ansible.module_utils.soulnear.checks import check_database, docker_time
@@ -68,7 +68,8 @@ def test_monitor_never_restarts_or_creates_when_tables_are_gone(own_pg, tmp_path
     bot = throwaway(image='soulnear/python:3-bookworm')
     docker('stop', '-t', '0', bot)  # a bot that exited because its tables are gone
     started_at = inspect(own_pg.name, '{{.State.StartedAt}}')
-    args = host_config(tmp_path, params, db_container=own_pg.name, bot_container=bot)
+    args = host_config(tmp_path, params, db_container=own_pg.name, bot_container=bot,
+                       required_tables=['aiogram_states', 'schema_migrations'])
     for _ in range(3):
         assert health_command.main(args + ['monitor']) == 0
     lines = log_lines(tmp_path)
@@ -322,11 +323,12 @@ def test_another_cluster_with_the_same_tables_is_data_loss_until_cleared(tmp_pat
             cluster.query('ALTER DATABASE soul_bot OWNER TO soulnear')
             migrate(cluster.params(db='soul_bot', user='soulnear', password='app-secret'))
         params = first.params(db='soul_bot', user='soulnear', password='app-secret')
+        first.query("INSERT INTO users (id, username) VALUES (1, 'ann')", db='soul_bot')  # the data that existed
         args = host_config(tmp_path, params, realert_minutes=0)
         assert health_command.main(args + ['monitor']) == 0
         assert ' INFO healthy' in log_lines(tmp_path)[-1]
         guard_file = tmp_path / 'state' / 'data-guard.json'
-        assert json.loads(guard_file.read_text())['had_data'] is True
+        assert guard.entry(str(guard_file), 'soul_bot')['had_data'] is True
 
         args = host_config(tmp_path, dict(params, login_port=second.port), realert_minutes=0)
         for _ in range(2):
@@ -335,7 +337,7 @@ def test_another_cluster_with_the_same_tables_is_data_loss_until_cleared(tmp_pat
         assert ' ERROR DATA LOSS SUSPECTED: the database server is another cluster than the one recorded' in raised
         assert 'no container was restarted and nothing was created' in raised
         assert ' ERROR DATA LOSS SUSPECTED: the data-loss flag was raised' in still and 'another cluster' in still
-        assert json.loads(guard_file.read_text())['flag']['by'] == 'soulnear-health monitor'
+        assert guard.entry(str(guard_file), 'soul_bot')['flag']['by'] == 'soulnear-health monitor'
         assert alerts(tmp_path).count('== DATA LOSS SUSPECTED on the database') == 2, 'repeats at its interval'
 
         assert health_command.main(args + ['guard']) == 1

@@ -24,6 +24,7 @@ import time
 import threading
 
 import pytest
+from ansible.module_utils.soulnear import guard as data_guard
 from ansible.module_utils.soulnear import pitr
 from ansible.module_utils.soulnear.checks import run_checks
 from ansible.module_utils.soulnear.health_command import main as health
@@ -124,8 +125,8 @@ def test_pitr_to_a_time_before_drop_table_with_a_writer(lab):
     # The previous data is kept in a volume of its own; the bot runs again; the guard knows the restored database.
     assert result['kept_volume'] in lab.volumes() and result['drop_previous_command'].endswith(result['kept_volume'])
     assert result['bot']['stopped'] and result['bot']['started']
-    guard = json.load(open(lab.guard_file))
-    assert guard['flag'] is None and guard['tables']['aiogram_states'] == 1
+    guard = data_guard.entry(lab.guard_file, DB)
+    assert guard['flag'] is None and guard['tables']['public.aiogram_states'] == 1
     assert lab.sql("SELECT count(*) FROM pg_file_settings WHERE name LIKE 'recovery_target%'") == [(0,)]
     # Restarted once more inside the restore: nothing waits for a restart (the next deploy would do one).
     assert 'restart' in result['steps'] and lab.sql('SELECT count(*) FROM pg_settings WHERE pending_restart') == [(0,)]
