@@ -17,7 +17,7 @@ import os
 import sys
 from datetime import datetime
 
-from . import guard
+from . import guard, watch
 from .checks import report_lines, run_checks
 from .diagnose import acknowledge, diagnose, write_diagnosis
 from .files import append_line, lock, remove
@@ -39,6 +39,8 @@ def _parser(config_path, monitoring_path):
     monitor = sub.add_parser('monitor', help='one monitoring run (systemd timer / cron, every 60 s)')
     monitor.add_argument('-v', '--verbose', action='store_true', help='also print the log line')
     sub.add_parser('snapshot', help='append a disk/memory line to the resources log (hourly)')
+    sub.add_parser('watch', help='run the monitor as soon as the database or bot container dies (the soulnear-watch '
+                                 'service); exits 1 when the Docker event stream ends')
     diag = sub.add_parser('diagnose', help='run the diagnostics checklist and write a report file')
     diag.add_argument('--output', help='report file (default <log_dir>/diagnose-<timestamp>.txt)')
     diag.add_argument('--json', action='store_true', help='print the result as JSON (for the playbook)')
@@ -132,6 +134,15 @@ def main(argv=None, config_path=DEFAULT_CONFIG, monitoring_config_path=DEFAULT_M
     if command == 'snapshot':
         append_line(config.monitoring['resources_log'], snapshot_line(config))
         return 0
+    if command == 'watch':
+        names = [n for n in (config.db_container, config.bot_container) if n]
+        if not names:
+            print('soulnear-health watch: no container of this host to watch (soulnear.json names none)')
+            return 0
+        watch.follow(names, watch.start_monitor_unit(), log=lambda m: print(m, flush=True))
+        print('soulnear-health watch: the Docker event stream ended (the daemon restarted?); systemd starts the '
+              'watcher again', flush=True)
+        return 1
     if command == 'diagnose':
         overrides = dict(disk_threshold_percent=args.disk_threshold_percent, since_hours=args.since_hours,
                          memory_min_available_percent=args.memory_min_available_percent)
