@@ -54,6 +54,19 @@ options:
     description: Directory of the C(*.sql) migrations on the managed host. When set, the C(migrations) check
       compares it with the tracking table, with the same rules as the C(pg_migrate) module.
     type: path
+  migrations_mode:
+    description:
+      - How the bot migrates (the deploy's C(app_migrations)). V(sql) checks O(migrations_path) as above. V(command)
+        runs O(migrations_probe) - the bot's own probe in a throwaway container of the running bot's image, exit 0
+        up to date, 1 pending - or says why it is not checked. V(none) says the check is skipped, the bot having
+        no migrations.
+    type: str
+    choices: [sql, command, none]
+    default: sql
+  migrations_probe:
+    description: With O(migrations_mode=command), the probe - C(command) (the deploy's app_migration_check_command),
+      C(container) (the bot's container, whose image it runs in), C(env_file), C(network), C(mounts).
+    type: dict
   migrations_table:
     description: Migration tracking table (pg_migrate's O(migrations_table); the deploy's C(soulnear_migrations_table)).
     type: str
@@ -326,6 +339,8 @@ def argument_spec():
     spec.update(
         required_tables=dict(type='list', elements='str', default=list(DEFAULTS['required_tables'])),
         migrations_path=dict(type='path'),
+        migrations_mode=dict(type='str', default='sql', choices=['sql', 'command', 'none']),
+        migrations_probe=dict(type='dict'),
         migrations_table=dict(type='str', default=DEFAULTS['migrations_table']),
         migrations_format=dict(type='str', default=DEFAULTS['migrations_format'], choices=list(FORMATS)),
         connections_warn_percent=dict(type='int', default=DEFAULTS['connections_warn_percent']),

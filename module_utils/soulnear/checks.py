@@ -15,6 +15,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import shlex
 import time
 from datetime import datetime
 
@@ -441,6 +442,38 @@ def _guarded(name, func, *args):
                         else LOGS_FIX))
 
 
+def check_migration_probe(probe):
+    """app_migrations command: the bot's own probe (migration_check_command) in a throwaway container of the running
+    bot's image, with its environment and network: exit 0 up to date, 1 a migration pending, anything else failing."""
+    argv = probe['command'] if isinstance(probe['command'], list) else shlex.split(str(probe['command']))
+    data = containers.inspect(probe['container'])
+    image = ((data or {}).get('Config') or {}).get('Image')
+    if not image:
+        return check(False, dict(command=argv), 'the bot container %s does not exist, so its migration probe has no '
+                     'image to run in. Fix: deploy (make deploy)' % probe['container'])
+    args = ['run', '--rm', '--label', 'soulnear.component=bot-migrate-check']
+    if probe.get('network'):
+        args += ['--network', probe['network']]
+    if probe.get('env_file'):
+        args += ['--env-file', probe['env_file']]
+    for path in probe.get('mounts') or []:
+        args += ['-v', '%s:%s:ro' % (path, path)]
+    try:
+        proc = containers.run(args + ['--entrypoint', argv[0], image] + argv[1:], check=False, timeout=300)
+    except containers.DockerError as exc:
+        return check(False, dict(command=argv), 'the migration probe could not run: %s' % exc)
+    lines = (proc.stdout + proc.stderr).decode('utf-8', 'replace').strip().splitlines()
+    said = ' | '.join(lines[-3:]) or 'no output'
+    value = dict(command=argv, image=image, exit_code=proc.returncode, output=lines[-10:])
+    if proc.returncode == 0:
+        return check(True, value, 'the bot\'s migration probe (%s) says up to date: %s' % (' '.join(argv), said))
+    if proc.returncode == 1:
+        return check(False, value, 'the bot\'s migration probe (%s) says a migration is pending: %s. Fix: deploy '
+                     '(make deploy) or make migrate - the database is behind the running bot' % (' '.join(argv), said))
+    return check(False, value, 'the bot\'s migration probe (%s) exited %d: %s. Fix: look at the probe '
+                 '(app_migration_check_command) and the database' % (' '.join(argv), proc.returncode, said))
+
+
 def run_checks(options, policy=None):
     """All configured checks; options are the db_health module's parameters (connection ones included)."""
     checks, skipped = {}, {}
@@ -465,7 +498,20 @@ def run_checks(options, policy=None):
     finally:
         if conn is not None:
             conn.close()
-    if conn is not None and options.get('migrations_path'):
+    mode = options.get('migrations_mode') or 'sql'
+    if mode == 'none':
+        skipped['migrations'] = 'not checked: the bot has no migrations (app_migrations: none)'
+    elif mode == 'command':
+        probe = options.get('migrations_probe') or {}
+        if not probe.get('command'):
+            skipped['migrations'] = ('not checked: the bot migrates with its own command and no probe tells whether '
+                                     'one is pending (set app_migration_check_command; docs/bots.md)')
+        elif not probe.get('container'):
+            skipped['migrations'] = ('not checked here: the bot\'s probe runs in a container of its image, from make '
+                                     'health and each deploy (not every minute)')
+        elif conn is not None:
+            checks['migrations'] = check_migration_probe(probe)
+    elif conn is not None and options.get('migrations_path'):
         checks['migrations'] = _guarded('migrations', check_migrations, dict(options, retries=0),
                                         options['migrations_path'], _opt(options, 'migrations_table'),
                                         _opt(options, 'migrations_format'))

@@ -56,6 +56,8 @@ MONITOR_DEFAULTS = dict(
                                           'pitr_archive_slack_seconds',
                                           'migrations_table', 'migrations_format')),
     migrations_dir=None,
+    migrations_mode='sql',
+    migrations_probe={},
     check_bot=True,
     retries=3,
     connect_timeout=5,
@@ -136,7 +138,10 @@ class Config:
         maintenance); otherwise it is only read (the report)."""
         mon = self.monitoring
         options = self.connection()
+        # The bot's own migration probe runs a container: make health and each deploy run it, not every minute
+        # (migrations_probe without a container says so).
         options.update(required_tables=mon['required_tables'], migrations_path=mon['migrations_dir'],
+                       migrations_mode=mon['migrations_mode'], migrations_probe=dict(mon['migrations_probe'] or {}),
                        migrations_table=mon['migrations_table'], migrations_format=mon['migrations_format'],
                        connections_warn_percent=mon['connections_warn_percent'], db_container=self.db_container,
                        bot_container=self.bot_container, restart_counts=restart_counts,

@@ -186,3 +186,31 @@ def test_a_release_without_migrations_deploys_with_migrations_none(env, tmp_path
     code, result = ship(tmp_path, env, 'nomig', migrations='none')
     assert code == 0 and result['applied'] == [] and result['backup'] is None, result.get('msg')
     assert env.container()['version'] == 'nomig' and release
+
+
+def test_the_health_check_knows_each_migrations_mode(env, tmp_path):
+    """db_health (make health, the deploy's report): command - the bot's probe in a container of its running
+    image answers, pending is a failure naming the fix; none - skipped with the reason; the monitor's minutely run
+    (a probe without a container) says why it does not run it."""
+    from ansible.module_utils.soulnear.checks import run_checks
+    if not env.pg.query("SELECT to_regclass('users') IS NOT NULL", db='soul_bot')[0][0]:
+        env.version('s5')  # the example bot's own tables, when this test runs alone
+        assert ship(tmp_path, env, 's5')[0] == 0
+    env.version('c5', edits=tool_version(5))
+    mode = dict(migrations='command', migration_command='python3 migrate_tool.py',
+                migration_check_command='python3 migrate_tool.py --check')
+    code, result = ship(tmp_path, env, 'c5', **mode)
+    assert code == 0, result.get('msg')
+    base = dict(env.params(), db_container=env.pg.name)
+    probe = dict(command='python3 migrate_tool.py --check', container=env.bot, env_file=env.env_file,
+                 network=env.network)
+    report = run_checks(dict(base, migrations_mode='command', migrations_probe=probe))
+    check = report['checks']['migrations']
+    assert check['ok'] and 'says up to date' in check['message'] and 'schema version 5' in check['message'], check
+    env.pg.query('DELETE FROM bot_schema WHERE version = 5', db='soul_bot')
+    check = run_checks(dict(base, migrations_mode='command', migrations_probe=probe))['checks']['migrations']
+    assert not check['ok'] and 'says a migration is pending' in check['message'] and 'make migrate' in check['message']
+    report = run_checks(dict(base, migrations_mode='command', migrations_probe=dict(command=probe['command'])))
+    assert 'migrations' not in report['checks'] and 'not every minute' in report['skipped']['migrations']
+    report = run_checks(dict(base, migrations_mode='none'))
+    assert report['skipped']['migrations'] == 'not checked: the bot has no migrations (app_migrations: none)'
