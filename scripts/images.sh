@@ -5,16 +5,23 @@
 #
 # Images (names are a contract used elsewhere in the project - keep them):
 #   soulnear/debian:bookworm    pull debian:bookworm, else debootstrap + docker import
-#   soulnear/postgres:15        pull postgres:15, else build images/postgres (Debian postgresql-15)
+#   soulnear/postgres:15        pull postgres:15, else build images/postgres (bookworm's postgresql-15)
 #   soulnear/sandbox:bookworm   images/sandbox: systemd "VPS" host (no docker.io preinstalled)
 #   soulnear/python:3-bookworm  images/python: python3 + psycopg2, base for the sample bot
 #   soulnear/patroni:15         images/patroni: soulnear/postgres:15 plus Debian's patroni and etcd, for the
 #                               Patroni switchover test (tests/patronienv.py)
+# Only when asked (docs/debian.md; CI's make test needs none of them):
+#   IMAGES_TRIXIE=1             soulnear/debian:trixie and soulnear/sandbox:trixie, a Debian 13 "VPS"
+#                               (molecule/trixie; make test-full and make images-trixie set it)
+#   IMAGES_PG17=1               soulnear/postgres:17: images/postgres on soulnear/debian:trixie (trixie's
+#                               postgresql-17 and pgBackRest 2.55), pull postgres:17 first (make images-pg17)
 # Archives for the nested Docker engine inside the sandbox (docker load):
 #   .cache/images/soulnear-postgres-15.tar
 #   .cache/images/soulnear-python-3-bookworm.tar
+#   .cache/images/soulnear-postgres-17.tar      (IMAGES_PG17=1)
 #
 # Environment:
+#   IMAGES_TRIXIE=1, IMAGES_PG17=1   the images above, besides the default ones
 #   IMAGES_FORCE_REBUILD=1   rebuild everything (no pulls are skipped either)
 #   IMAGES_PULL=0            never try a registry pull (air-gapped hosts: saves nothing
 #                            here as a failing pull is fast, but avoids surprises)
@@ -29,6 +36,8 @@ ROOT="$(pwd)"
 
 FORCE="${IMAGES_FORCE_REBUILD:-0}"
 PULL="${IMAGES_PULL:-1}"
+TRIXIE="${IMAGES_TRIXIE:-0}"
+PG17="${IMAGES_PG17:-0}"
 # The first deb URI of this machine's apt sources (one-line and deb822 formats) whose suite matches
 # the pattern; empty when the machine is not Debian or has none.
 apt_source_uri() {
@@ -57,9 +66,13 @@ SECURITY_MIRROR="${SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 CACHE_DIR="$ROOT/.cache/images"
 HASH_LABEL="org.soulnear.context-hash"
 
+# soulnear/debian:<suite> is the base of every image built here (BASE_IMAGE build argument).
 BASE_IMAGE="soulnear/debian:bookworm"
+TRIXIE_BASE_IMAGE="soulnear/debian:trixie"
 PG_IMAGE="soulnear/postgres:15"
+PG17_IMAGE="soulnear/postgres:17"
 SANDBOX_IMAGE="soulnear/sandbox:bookworm"
+TRIXIE_SANDBOX_IMAGE="soulnear/sandbox:trixie"
 PY_IMAGE="soulnear/python:3-bookworm"
 PATRONI_IMAGE="soulnear/patroni:15"
 
@@ -127,37 +140,41 @@ try_pull() {
     return 1
 }
 
-# docker build with the output in a log file; the tail is shown on failure.
+# docker build with the output in a log file; the tail is shown on failure. Further arguments are
+# NAME=VALUE build arguments.
 build_image() {
-    local image="$1" dir="$2" hash="$3" logf
-    logf="$CACHE_DIR/build-$(basename "$dir").log"
-    if ! docker build --network host --pull=false \
+    local image="$1" dir="$2" hash="$3" logf arg
+    shift 3
+    local build_args=()
+    for arg in "$@"; do build_args+=(--build-arg "$arg"); done
+    logf="$CACHE_DIR/build-${image//[\/:]/-}.log"
+    if ! docker build --network host --pull=false "${build_args[@]}" \
             --label "$HASH_LABEL=$hash" -t "$image" "$dir" >"$logf" 2>&1; then
         tail -n 30 "$logf" >&2
         die "docker build of $image failed (full log: $logf). Fix: read the log; apt errors usually mean the Debian mirror is unreachable from 'docker build --network host'."
     fi
 }
 
-# --- soulnear/debian:bookworm ------------------------------------------------
-# The recipe is this function's own text: editing it changes the hash and
+# --- soulnear/debian:<suite> --------------------------------------------------
+# The recipe is this function's own text and the suite: editing it changes the hash and
 # triggers a rebuild of the base and, through the base ID, of everything on top.
 debootstrap_base() {
-    local rootfs="$1"
-    debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >"$CACHE_DIR/debootstrap.log" 2>&1 \
-        || { tail -n 30 "$CACHE_DIR/debootstrap.log" >&2
-             die "debootstrap failed (log: $CACHE_DIR/debootstrap.log). Fix: check access to $MIRROR."; }
-    # Same apt sources as the official debian:bookworm image (updates + security).
+    local rootfs="$1" suite="$2"
+    debootstrap --variant=minbase "$suite" "$rootfs" "$MIRROR" >"$CACHE_DIR/debootstrap-$suite.log" 2>&1 \
+        || { tail -n 30 "$CACHE_DIR/debootstrap-$suite.log" >&2
+             die "debootstrap $suite failed (log: $CACHE_DIR/debootstrap-$suite.log). Fix: check access to $MIRROR."; }
+    # Same apt sources as the official debian:<suite> image (updates + security).
     rm -f "$rootfs/etc/apt/sources.list"
     cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
 Types: deb
 URIs: $MIRROR
-Suites: bookworm bookworm-updates
+Suites: $suite $suite-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 URIs: $SECURITY_MIRROR
-Suites: bookworm-security
+Suites: $suite-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
@@ -194,49 +211,58 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# ensure_base SUITE: soulnear/debian:SUITE, pulled as debian:SUITE, else debootstrap + docker import.
 ensure_base() {
-    local want
-    want="$(declare -f debootstrap_base | sha256sum | cut -d' ' -f1)"
-    if ! needs_build "$BASE_IMAGE" "$want"; then
-        log "$BASE_IMAGE up to date"
+    local suite="$1" image="soulnear/debian:$1" want
+    want="$({ declare -f debootstrap_base; printf 'suite=%s\n' "$suite"; } | sha256sum | cut -d' ' -f1)"
+    if ! needs_build "$image" "$want"; then
+        log "$image up to date"
         return
     fi
-    step "$BASE_IMAGE: building"
-    if try_pull debian:bookworm "$BASE_IMAGE"; then step_done; return; fi
+    step "$image: building"
+    if try_pull "debian:$suite" "$image"; then step_done; return; fi
     if ! command -v debootstrap >/dev/null 2>&1; then
         log "  installing debootstrap"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 \
             || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } \
             || die "cannot install debootstrap. Fix: apt-get install debootstrap (needs the Debian mirror)."
     fi
+    [ -e "/usr/share/debootstrap/scripts/$suite" ] \
+        || die "this machine's debootstrap does not know $suite. Fix: install a newer debootstrap (Debian 12's knows trixie)."
     # /var/tmp, not /tmp: /tmp may be a small tmpfs or mounted nodev.
     ROOTFS="$(mktemp -d /var/tmp/soulnear-rootfs.XXXXXX)"
-    log "  debootstrap --variant=minbase bookworm ($MIRROR)"
-    debootstrap_base "$ROOTFS/rootfs"
+    log "  debootstrap --variant=minbase $suite ($MIRROR)"
+    debootstrap_base "$ROOTFS/rootfs" "$suite"
     log "  docker import"
     tar --numeric-owner -C "$ROOTFS/rootfs" -c . \
         | docker import \
             --change "LABEL $HASH_LABEL=$want" \
             --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
             --change 'CMD ["bash"]' \
-            - "$BASE_IMAGE" >/dev/null
+            - "$image" >/dev/null
     cleanup
     ROOTFS=""
     step_done
 }
 
-# --- images built FROM the base ----------------------------------------------
+# --- images built FROM a base ------------------------------------------------
+# ensure_built IMAGE DIR [PULL_FROM] [BASE] [NAME=VALUE...]: DIR's Dockerfile built with the build arguments
+# BASE_IMAGE=BASE (default soulnear/debian:bookworm) and NAME=VALUE; the hash covers the context, the base's
+# image ID and the arguments, so a rebuilt base or another argument rebuilds the image.
 ensure_built() {
     local image="$1" dir="$2" pull_from="${3:-}" base="${4:-$BASE_IMAGE}" want base_id
+    shift $(( $# < 4 ? $# : 4 ))
+    local args=("BASE_IMAGE=$base" "$@")
     base_id="$(image_id "$base")"
-    want="$(context_hash "$ROOT/$dir" "base=$base_id")"
+    [ -n "$base_id" ] || die "cannot build $image: its base image $base is missing"
+    want="$(context_hash "$ROOT/$dir" "base=$base_id" "${args[@]}")"
     if ! needs_build "$image" "$want"; then
         log "$image up to date"
         return
     fi
     step "$image: building from $dir"
     if [ -n "$pull_from" ] && try_pull "$pull_from" "$image"; then step_done; return; fi
-    build_image "$image" "$ROOT/$dir" "$want"
+    build_image "$image" "$ROOT/$dir" "$want" "${args[@]}"
     step_done
 }
 
@@ -261,13 +287,23 @@ save_archive() {
     step_done
 }
 
-ensure_base
-ensure_built "$PG_IMAGE" images/postgres postgres:15
+ensure_base bookworm
+ensure_built "$PG_IMAGE" images/postgres postgres:15 "$BASE_IMAGE" PG_MAJOR=15
 ensure_built "$SANDBOX_IMAGE" images/sandbox
 ensure_built "$PY_IMAGE" images/python
 ensure_built "$PATRONI_IMAGE" images/patroni "" "$PG_IMAGE"
 save_archive "$PG_IMAGE" soulnear-postgres-15.tar
 save_archive "$PY_IMAGE" soulnear-python-3-bookworm.tar
+if [ "$TRIXIE" = 1 ] || [ "$PG17" = 1 ]; then
+    ensure_base trixie
+fi
+if [ "$TRIXIE" = 1 ]; then
+    ensure_built "$TRIXIE_SANDBOX_IMAGE" images/sandbox "" "$TRIXIE_BASE_IMAGE"
+fi
+if [ "$PG17" = 1 ]; then
+    ensure_built "$PG17_IMAGE" images/postgres postgres:17 "$TRIXIE_BASE_IMAGE" PG_MAJOR=17
+    save_archive "$PG17_IMAGE" soulnear-postgres-17.tar
+fi
 
 # Old builds of ours that lost their tag (only untagged images carrying our
 # label; images still used by a container are kept by docker).
