@@ -7,6 +7,9 @@
 #   scripts/sandbox.sh down   remove the container AND its Docker volume
 #   scripts/sandbox.sh status show its state
 #
+#   SANDBOX_SUITE=trixie      a Debian 13 VPS (soulnear/sandbox:trixie) instead of Debian 12;
+#                             SANDBOX_NAME, SANDBOX_IMAGE name another container or image
+#
 # Flags (docs/design.md, "Disposable hosts"): --privileged fails on machines that
 # withhold CAP_SYS_RESOURCE, so only the capabilities systemd and a nested dockerd
 # need are added. SYS_PTRACE is required: without it `docker exec` (and
@@ -15,13 +18,17 @@
 # /proc/PID/ns of another uid needs it).
 # The named volume at /var/lib/docker gives the nested engine overlay2 (on the
 # container's overlayfs root it would fall back to vfs).
+# /proc/sys stays read-only (no --security-opt systempaths=unconfined): a writable one would let the VPS's
+# systemd-sysctl write kernel.pid_max and kernel.core_pattern of the machine itself. trixie's Docker 26 needs
+# DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1 there, which the docker_host role sets (docs/debian.md).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 NAME="${SANDBOX_NAME:-soulnear-sandbox}"
 HOSTNAME_="${SANDBOX_HOSTNAME:-sandbox}"
-IMAGE="${SANDBOX_IMAGE:-soulnear/sandbox:bookworm}"
+SUITE="${SANDBOX_SUITE:-bookworm}"
+IMAGE="${SANDBOX_IMAGE:-soulnear/sandbox:$SUITE}"
 VOLUME="${NAME}-docker"
 WAIT_SECONDS="${SANDBOX_WAIT_SECONDS:-120}"
 
@@ -71,7 +78,7 @@ cmd_up() {
         "")
             if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
                 log "image $IMAGE missing: running scripts/images.sh"
-                scripts/images.sh
+                if [ "$SUITE" = trixie ]; then IMAGES_TRIXIE=1 scripts/images.sh; else scripts/images.sh; fi
             fi
             log "creating $NAME from $IMAGE (volume $VOLUME at /var/lib/docker)"
             docker run -d --name "$NAME" --hostname "$HOSTNAME_" \
@@ -89,12 +96,12 @@ cmd_up() {
             docker start "$NAME" >/dev/null || die "docker start $NAME failed. Fix: 'scripts/sandbox.sh down' and up again to recreate it."
             ;;
     esac
-    # A sandbox from an older image keeps running as it is: say so.
+    # A sandbox from an older (or another) image keeps running as it is: say so.
     local want have
     want="$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
     have="$(docker inspect --format '{{.Image}}' "$NAME")"
     if [ -n "$want" ] && [ "$want" != "$have" ]; then
-        log "note: $NAME runs an older $IMAGE; 'scripts/sandbox.sh down && scripts/sandbox.sh up' recreates it"
+        log "note: $NAME runs another image than the current $IMAGE; 'scripts/sandbox.sh down && scripts/sandbox.sh up' recreates it"
     fi
     wait_for_systemd
     log "ready in $(( SECONDS - t0 ))s (docker exec -it $NAME bash)"
@@ -139,6 +146,6 @@ case "${1:-up}" in
     up)     cmd_up ;;
     down)   cmd_down ;;
     status) cmd_status ;;
-    -h|--help|help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    -h|--help|help) sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command '$1'. Usage: scripts/sandbox.sh [up|down|status]" ;;
 esac
