@@ -507,9 +507,81 @@ def fault_wrong_password(lab):
     return lab.finish(writer, result)
 
 
+def fault_hung_database(lab, limit=240):
+    """The postmaster frozen (SIGSTOP to PID 1 of the database container: running to Docker, silent to clients):
+    the monitor says HUNG at its first check and kills it after a short grace at the second (not the 60 s clean-stop
+    timeout a frozen process cannot honour); crash recovery keeps every committed row. Goal: back within 30 s of the
+    second failed check."""
+    name = 'database hung (SIGSTOP)'
+    lab.ensure_serving()
+    writer = lab.start_writer(name)
+    before = len(lab.health_lines())
+    started = time.time()
+    lab.run('docker kill --signal STOP %s' % lab.db)
+    seconds = lab.healthy_again(limit)
+    lines = lab.monitor_runs_after(before, minimum=2)
+    result = _result(name, seconds is not None, seconds)
+    hung = [line for line in lines if 'database HUNG' in line]
+    killed = [line for line in lines if 'as HUNG' in line and 'recovered: restarted' in line]
+    result['notes'].append('said HUNG at the first check: %s; killed after the grace at the second: %s'
+                           % (bool(hung), bool(killed)))
+    result['notes'].append('alerts: %s' % lab.alerts(lines))
+    result['recovered'] = result['recovered'] and bool(hung) and bool(killed)
+    result['elapsed'] = round(time.time() - started, 1)
+    return lab.finish(writer, result)
+
+
+def fault_kill_bot(lab, limit=120):
+    """The bot killed from outside (docker kill: exit 137; no deploy or operator stopped it): the watcher runs the
+    monitor at once, which restarts it, with an alert when the outage starts and one when it ends. Goal: <= 15 s
+    to healthy."""
+    name = 'bot killed (docker kill)'
+    lab.ensure_serving()
+    writer = lab.start_writer(name)
+    before = len(lab.health_lines())
+    lab.run('docker kill %s' % lab.bot)
+    seconds = lab.healthy_again(limit)
+    lines = lab.monitor_runs_after(before)
+    result = _result(name, seconds is not None, seconds)
+    alerts = lab.alerts(lines)
+    started = [a for a in alerts if 'exited (code 137)' in a]
+    ended = [a for a in alerts if 'recovered by restart' in a]
+    result['notes'].append('alerts: %s' % alerts)
+    result['recovered'] = result['recovered'] and len(started) == 1 and len(ended) == 1
+    return lab.finish(writer, result)
+
+
+def fault_repository_deleted(lab, limit=300):
+    """The pgBackRest repository's files deleted: WAL archiving fails and the health check says so; the next
+    scheduled physical backup (soulnear-backup pitr-backup, run here instead of waiting for 01:15) re-creates the
+    stanza, takes a first full backup and alerts what was lost; archiving works again without a deploy."""
+    name = 'PITR repository deleted'
+    if not (lab.config.get('pitr') or {}).get('enabled'):
+        return _result(name, True, None, ['point-in-time recovery is off: nothing to delete'])
+    lab.ensure_serving()
+    writer = lab.start_writer(name)
+    repo = lab.config['pitr']['repo_dir']
+    started = time.time()
+    lab.run('find %s -mindepth 1 -maxdepth 1 -exec rm -rf {} +' % shlex.quote(repo))
+    lab.sql('SELECT pg_switch_wal()')
+    failing = lab.wait(lambda: not lab.report()['checks'].get('physical_backup', {}).get('ok', True), 120, 5)
+    backup = lab.sh('/opt/soulnear/bin/soulnear-backup pitr-backup --type diff', 1800)
+    seconds = lab.healthy_again(limit)
+    result = _result(name, False, None if seconds is None else round(time.time() - started, 1))
+    repaired = 'REPAIRED point-in-time recovery' in backup[1] + backup[2]
+    report = lab.report()
+    archiving_ok = report['checks'].get('wal_archiving', {}).get('ok') and \
+        report['checks'].get('physical_backup', {}).get('ok')
+    result['notes'].append('health failed while it was gone: %s; the scheduled backup repaired it: %s (rc %s); '
+                           'archiving and physical backup healthy after: %s'
+                           % (failing is not None, repaired, backup[0], bool(archiving_ok)))
+    result['recovered'] = bool(failing is not None and backup[0] == 0 and repaired and archiving_ok and seconds)
+    return lab.finish(writer, result)
+
+
 FAULTS = [fault_kill_database, fault_kill_postmaster, fault_restart_docker, fault_reboot, fault_stop_database,
           fault_volume_lost, fault_cut_during_migration, fault_backup_disk_full, fault_corrupt_backup,
-          fault_wrong_password]
+          fault_wrong_password, fault_hung_database, fault_kill_bot, fault_repository_deleted]
 
 
 def _tail(proc, lines=12):
@@ -743,7 +815,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description='Fault scenarios and security checks on a sandbox (make chaos).')
     parser.add_argument('--name', default=os.environ.get('CHAOS_SANDBOX', 'soulnear-chaos'),
                         help='the sandbox container (scripts/sandbox.sh SANDBOX_NAME), default %(default)s')
-    parser.add_argument('--only', help='comma-separated fault numbers (1-10); "none" for the security checks only')
+    parser.add_argument('--only', help='comma-separated fault numbers (1-13); "none" for the security checks only')
     parser.add_argument('--no-deploy', action='store_true', help='the sandbox is deployed already')
     parser.add_argument('--no-security', action='store_true')
     parser.add_argument('--quiet-minutes', type=float, default=10.0, help='healthchecks watched for FATAL lines')
