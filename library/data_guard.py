@@ -89,6 +89,18 @@ options:
     description: File name pattern of the backups.
     type: str
     default: backup_%Y%m%d_%H%M%S.dump
+  db_container:
+    description:
+      - The database container, where C(pg_restore) reads a backup. With no record of the database on this host and
+        the database empty, the newest verified backup of it in O(backup_dir) is read (until its first row); when it
+        holds data, the database is refused like any other data loss (a rebuilt host pointed at the old backup
+        disk). Not used with O(client_image).
+    type: str
+    default: soulnear_postgres
+  client_image:
+    description: For a database this host does not own, the image C(pg_restore) runs in (see pg_backup's
+      O(pg_backup#module:client_image)).
+    type: str
   pitr:
     description:
       - Point-in-time recovery is on (C(soulnear_pitr_enabled)). The refusal then names the restore to the latest
@@ -209,6 +221,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear import guard
 from ansible.module_utils.soulnear.backup_files import DEFAULT_NAME_PATTERN
 from ansible.module_utils.soulnear.backup_settings import DEFAULTS as BACKUP_DEFAULTS
+from ansible.module_utils.soulnear.backup_settings import make_settings
 from ansible.module_utils.soulnear.checks import DEFAULTS as CHECK_DEFAULTS
 from ansible.module_utils.soulnear.pg import (
     HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, ConnectError, connect, connection_argument_spec)
@@ -227,6 +240,8 @@ def argument_spec():
         backup_dir=dict(type='path', default=BACKUP_DEFAULTS['backup_dir']),
         backup_name_pattern=dict(type='str', default=DEFAULT_NAME_PATTERN),
         pitr=dict(type='bool', default=False),
+        db_container=dict(type='str', default=BACKUP_DEFAULTS['container']),
+        client_image=dict(type='str'),
     )
     return spec
 
@@ -271,8 +286,14 @@ def main():
             module.exit_json(changed=True, ok=True, status='cleared', problem=None, msg=done['msg'],
                              observed=observed, record=done['record'], flag=None)
         observed = observe(module, params)
+        def evidence():
+            settings = make_settings(dict((k, params[k]) for k in connection_argument_spec()),
+                                     container=params['db_container'], client_image=params['client_image'] or '',
+                                     backup_dir=params['backup_dir'])
+            return guard.backup_evidence(settings, params['login_db'], params['backup_dir'],
+                                         params['backup_name_pattern'], skip=[params['migrations_table']])
         result = guard.check(path, observed, allow_empty=params['allow_empty_database'], by=actor,
-                             check_mode=module.check_mode,
+                             check_mode=module.check_mode, evidence=evidence,
                              advice=lambda: guard.restore_advice(params['login_db'], params['backup_dir'],
                                                                  params['backup_name_pattern'], params['pitr']))
     except guard.GuardError as exc:

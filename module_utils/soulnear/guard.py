@@ -392,10 +392,11 @@ def _empty_reason(found, observed):
                 k, _rows(_now_rows(tables, k), cap), _rows(before.get(k), cap)) for k in lost)))
 
 
-def evaluate(found, observed, allow_empty=False):
+def evaluate(found, observed, allow_empty=False, evidence=None):
     """The verdict on the entry found (of observed's database, or None): dict(ok, problem, reason, allowed):
-    problem is None, 'flag', 'identity' or 'empty'; allowed is True when allow_empty let an empty database through
-    a problem."""
+    problem is None, 'flag', 'identity', 'empty' or 'unrecorded'; allowed is True when allow_empty let an empty
+    database through a problem. evidence: called only when there is no entry and the database is empty, it returns
+    why data existed anyway (a verified backup of it that holds rows) or None."""
     flag = (found or {}).get('flag')
     problem, reason = None, None
     if flag:
@@ -412,9 +413,38 @@ def evaluate(found, observed, allow_empty=False):
         elif observed['empty']:
             problem = 'empty'
             reason = _empty_reason(found, observed)
+    elif found is None and observed['empty'] and evidence is not None:
+        # No record (a rebuilt host pointed at the old backup disk, a deleted record): an empty database is not
+        # "nothing to lose" when a verified backup of it holds rows.
+        held = evidence()
+        if held:
+            problem = 'unrecorded'
+            reason = ('there is no record of %s on this host (a rebuilt host, or its record deleted), and it is '
+                      'empty, but %s' % (observed['database'], held))
     if problem and allow_empty and observed['empty']:
         return dict(ok=True, problem=problem, reason=reason, allowed=True)
     return dict(ok=problem is None, problem=problem, reason=reason, allowed=False)
+
+
+def backup_evidence(settings, database, backup_dir, pattern=DEFAULT_NAME_PATTERN, skip=(), log=lambda _m: None):
+    """Why the database held data although nothing recorded it: the newest verified backup of it in backup_dir whose
+    dump has a row in a table that is not migration bookkeeping (read with pg_restore until that row); None when
+    there is no such backup. settings: the backup tools' settings (where pg_restore runs)."""
+    from .pgtools import first_data_row
+    if not backup_dir or not os.path.isdir(backup_dir):
+        return None
+    try:
+        good, _corrupt = newest_intact(backup_dir, pattern or DEFAULT_NAME_PATTERN, database, save=False)
+    except OSError as exc:
+        log('the backups in %s could not be read: %s' % (backup_dir, exc))
+        return None
+    if good is None:
+        return None
+    table = first_data_row(settings, good['path'], skip=tuple(BOOKKEEPING_TABLES) + tuple(skip))
+    if table is None:
+        return None
+    return ('the newest verified backup of it, %s (taken %s), holds data (table %s has rows): the data was lost '
+            'before this host recorded it' % (good['name'], good['time'].isoformat(sep=' '), table))
 
 
 def restore_advice(database, backup_dir=None, pattern=DEFAULT_NAME_PATTERN, pitr=False):
@@ -463,7 +493,7 @@ def _message(verdict, observed, advice):
             % (verdict['reason'], advice or restore_advice(observed['database'])))
 
 
-def check(path, observed, allow_empty=False, by=None, check_mode=False, advice=None, raise_flag=True):
+def check(path, observed, allow_empty=False, by=None, check_mode=False, advice=None, raise_flag=True, evidence=None):
     """Compare the database with its entry in the record. When it passes the entry is brought up to date; when it
     does not the flag is raised (raise_flag) so it stays raised. Nothing is written in check mode. advice (text, or
     a function returning it, called only on a refusal) says how to restore; default restore_advice() without
@@ -477,7 +507,7 @@ def check(path, observed, allow_empty=False, by=None, check_mode=False, advice=N
     with _Locked(path, write=not check_mode) as record:
         key, found = _entry_of(record, database)
         record = record or dict(databases={}, events=[])
-        verdict = evaluate(found, observed, allow_empty)
+        verdict = evaluate(found, observed, allow_empty, evidence)
         result = dict(ok=verdict['ok'], problem=verdict['problem'], observed=observed, changed=False)
         if verdict['ok'] and verdict['allowed']:
             new = _recorded(None, observed, by, progress=(found or {}).get('progress'))

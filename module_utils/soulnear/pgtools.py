@@ -21,6 +21,7 @@ __metaclass__ = type
 import re
 import subprocess
 import tempfile
+import time
 
 from .backup_files import BackupError
 from .containers import DockerError, container_state, exec_argv, exec_env, image_exists, run_argv
@@ -142,6 +143,44 @@ def feed_archive(settings, argv, path, env=None, capture=False):
                               stderr=err, env=exec_env(env))
         failure = (stderr_tail(err) or 'exit %d' % proc.returncode) if proc.returncode else ''
         return proc.returncode, proc.stdout, failure
+
+
+_COPY = re.compile(r'^COPY (\S+) .*FROM stdin;$')
+
+
+def first_data_row(settings, path, skip=(), timeout=600):
+    """The first table of the dump at path whose data has a row (pg_restore --data-only streamed, stopped there),
+    ignoring the tables named in skip (bare or schema-qualified names); None when no table has one. Reads only
+    until that row, so a dump with data answers in a moment whatever its size."""
+    skip = set(skip)
+    with open(path, 'rb') as stdin:
+        cmd = tool_command(settings, ['pg_restore', '--data-only', '--file=-'], None, interactive=True)
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=exec_env(None))
+        deadline = time.time() + timeout
+        table, found = None, None
+        try:
+            for raw in proc.stdout:
+                line = raw.decode('utf-8', 'replace').rstrip('\n')
+                if table is None:
+                    match = _COPY.match(line)
+                    if match:
+                        name = match.group(1).replace('"', '')
+                        table = None if name in skip or name.split('.')[-1] in skip else name
+                        if table is None:
+                            table = ''  # inside a skipped table's data
+                elif line == '\\.':
+                    table = None
+                elif table:
+                    found = table
+                    break
+                if time.time() > deadline:
+                    break
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return found
 
 
 def read_toc(settings, path):

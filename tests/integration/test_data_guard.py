@@ -435,3 +435,32 @@ def test_with_point_in_time_recovery_the_advice_is_the_restore_to_latest_first(t
     advice = guard.restore_advice('soul_bot', str(backups), pitr=True)
     first, dump = advice.index('make restore TIME=latest CONFIRM=soul_bot'), advice.index('BACKUP=latest')
     assert first < dump and newest in advice and 'backup_pitr_new_history=true' in advice
+
+
+def test_without_a_record_an_empty_database_with_a_backup_that_holds_rows_is_refused(app_db, tmp_path):
+    """A rebuilt host pointed at the old backup disk (issue 23): no record, the database empty, but the newest
+    verified backup of it has rows - refused like any other data loss, naming the backup and the restore; a backup
+    of a database that never held rows (only the migrations' bookkeeping) lets the first deploy through."""
+    from pgcontainer import IMAGE
+    from ansible.module_utils.soulnear.backup import create_backup
+    execute(app_db, 'INSERT INTO users (id) VALUES (1), (2)')
+    backups = tmp_path / 'backups'
+    settings = make_settings(app_db, client_image=IMAGE, backup_dir=str(backups))
+    taken = create_backup(settings, retention=False, offsite=False)
+    execute(app_db, 'DROP TABLE aiogram_states, users, events; DELETE FROM schema_migrations')
+    args = dict(app_db, state_file=str(tmp_path / 'state' / 'data-guard.json'), backup_dir=str(backups),
+                client_image=IMAGE, actor='pytest deploy')
+    code, result, out = run_module(tmp_path, 'data_guard', args)
+    assert code != 0 and result['problem'] == 'unrecorded', out
+    assert 'there is no record of %s on this host' % app_db['login_db'] in result['msg']
+    assert os.path.basename(taken['path']) in result['msg'] and 'public.users has rows' in result['msg']
+    assert 'make restore BACKUP=latest' in result['msg'] and result['flag']['problem'] == 'unrecorded'
+
+    # The same without rows in the backup (a database that was migrated but never used): nothing to lose.
+    fresh = tmp_path / 'fresh-backups'
+    migrate(app_db)
+    create_backup(make_settings(app_db, client_image=IMAGE, backup_dir=str(fresh)), retention=False, offsite=False)
+    execute(app_db, 'DROP TABLE aiogram_states, users, events; DELETE FROM schema_migrations')
+    code, result, out = run_module(tmp_path, 'data_guard', dict(args, backup_dir=str(fresh),
+                                                                state_file=str(tmp_path / 'other-guard.json')))
+    assert code == 0 and result['status'] == 'recorded', out
