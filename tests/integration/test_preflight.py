@@ -73,3 +73,16 @@ def test_an_offsite_pitr_repository_needs_its_endpoint_keys_and_a_long_passphras
     assert code != 0 and 'postgres_uid is no longer read' in output, output
     assert 'soulnear_pitr_s3_bucket is set' not in output and 'vault_pitr_cipher_pass is not set' not in output
     assert 'key-secret-value' not in output and 'p' * 32 not in output
+
+
+def test_a_misspelt_variable_is_refused_with_the_name_it_meant(tmp_path):
+    """A typo never deploys silently (issue 23): a variable of the project's prefixes that no role defines or reads
+    is refused before anything changes, with the closest known name; an unrelated name gets no guess."""
+    code, output = run_preflight(tmp_path, postgres_max_conections=150, app_zzz_whatever=1)
+    assert code != 0, output
+    assert 'postgres_max_conections is not a variable of this project (a typo?): did you mean ' \
+           'postgres_max_connections?' in output
+    assert 'app_zzz_whatever is not a variable of this project (a typo?): The roles' in output
+    # Known names, the renamed ones (said differently) and variables of other prefixes pass this check.
+    code, output = run_preflight(tmp_path, postgres_max_connections=150, postgres_uid=999, my_own_setting=1)
+    assert 'is not a variable of this project' not in output and 'postgres_uid is no longer read' in output
