@@ -332,7 +332,13 @@ def _ends_not_valid(toks):
 
 
 def display(parts):
+    """A name for messages (quoted only where needed)."""
     return '.'.join(p if re.match(r'^[a-z_][a-z0-9_$]*$', p) else '"%s"' % p.replace('"', '""') for p in parts)
+
+
+def quoted(parts):
+    """A name for SQL (every part quoted: a table named like a keyword too)."""
+    return '.'.join('"%s"' % p.replace('"', '""') for p in parts)
 
 
 # -- types ---------------------------------------------------------------------------------------------------
@@ -573,7 +579,7 @@ class LiveFacts(Facts):
             self.cache[key] = compute()
         return self.cache[key]
 
-    def _oid(self, parts, search_path, kinds=None):
+    def _oid(self, parts, search_path):
         path = _PATH % '%(path_given)s'
         sql = _REL_BY_NAME.replace('%(path)s', path)
         rows = self._query(sql, dict(name=parts[-1], schema=parts[-2] if len(parts) > 1 else None,
@@ -590,7 +596,7 @@ class LiveFacts(Facts):
             if rows_est is None and kind in ('r', 'p', 'm'):
                 # Never analyzed and no statistics yet: count, but never more rows than the threshold asks about.
                 counted = self._query('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT %d) s'
-                                      % (display((schema, name)), self.min_rows), None, [])
+                                      % (quoted((schema, name)), self.min_rows), None, [])
                 if counted:
                     rel.rows = counted[0][0]
                     rel.rows_how = 'at least' if rel.rows >= self.min_rows else 'counted'
@@ -645,7 +651,7 @@ class LiveFacts(Facts):
             rows = self._query(
                 "WITH RECURSIVE d(oid) AS (SELECT to_regtype(%s)::oid UNION ALL SELECT t.typbasetype FROM pg_type t "
                 "JOIN d ON t.oid = d.oid WHERE t.typtype = 'd') "
-                "SELECT EXISTS (SELECT 1 FROM pg_constraint c JOIN d ON c.contypid = d.oid)", (display(parts),),
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint c JOIN d ON c.contypid = d.oid)", (quoted(parts),),
                 None)
             return bool(rows[0][0]) if rows else None
         return self._cached(('domain', parts), compute)
@@ -671,8 +677,8 @@ class LiveFacts(Facts):
 
 def proves_not_null(definition, column):
     """True when a CHECK constraint's definition (pg_get_constraintdef) implies column IS NOT NULL."""
-    name = display((column,))
-    found = re.search(r'(?:^|[(\s])%s IS NOT NULL\b' % re.escape(name), definition)
+    names = '|'.join(re.escape(n) for n in (display((column,)), quoted((column,))))  # "user": a keyword
+    found = re.search(r'(?:^|[(\s])(?:%s) IS NOT NULL\b' % names, definition)
     return bool(found) and ' OR ' not in definition.upper()
 
 
@@ -718,6 +724,7 @@ class Hit:
 # -- the rules ----------------------------------------------------------------------------------------------------
 LINT_WORDS = frozenset(('ALTER', 'CREATE', 'DROP', 'VACUUM', 'CLUSTER', 'REINDEX', 'LOCK', 'REFRESH', 'SET',
                         'UPDATE', 'DELETE'))
+_INITIALS = frozenset(w[0] for w in LINT_WORDS) | frozenset(w[0].lower() for w in LINT_WORDS)  # INSERT: no
 _COLUMN_STOP = frozenset(('constraint', 'not', 'null', 'check', 'default', 'generated', 'unique', 'primary',
                           'references', 'collate', 'compression', 'storage', 'deferrable', 'initially'))
 _WRITE_BLOCKING = ('share', 'share row exclusive', 'exclusive', 'access exclusive')
@@ -1463,14 +1470,17 @@ class Linter:
         fstate = FileState(label, transactional)
         found = []
         for line, statement in statements:
+            if statement[:1] not in _INITIALS:
+                continue
             word = first_word_upper(statement)
             if word in LINT_WORDS:
                 found.extend(self._findings(analyzer, fstate, allowed, line, statement, word))
         return found
 
     def check_streamed(self, cur, mfile, line, statement):
-        """A statement of a file applied while it is read (lint: warn only): linted before it runs."""
-        if self.mode == 'off':
+        """A statement of a file applied while it is read (lint: warn only): linted before it runs. A data load's
+        INSERTs are passed on their first character."""
+        if statement[:1] not in _INITIALS or self.mode == 'off':
             return
         word = first_word_upper(statement)
         if word not in LINT_WORDS:
