@@ -1,7 +1,8 @@
 """Locking DDL named before it runs (issue 22, part 2), against a real PostgreSQL 15: the incident's rewriting ADD
 COLUMN on a table of 300,000 rows is flagged with its size in check mode and in a run's warnings, refused with
 lint: refuse before anything ran, allowed by the directive; CREATE INDEX CONCURRENTLY and a table created in the
-same run are not warned about; a large first file is linted as it is read. Each rewrite, scan and lock the rules
+same run are not warned about; a large first file is linted as it is read; the module warns and refuses through
+Ansible. Each rewrite, scan and lock the rules
 claim is observed on the server (relfilenode, pg_stat_xact_user_tables.seq_scan, pg_locks), and the ALTER COLUMN
 TYPE changes accepted without a rewrite really keep the relfilenode. statement_timeout: a migration exceeding it
 fails cleanly, rolled back (in a transaction) or recorded as failed (outside one)."""
@@ -18,6 +19,7 @@ import pytest
 
 from ansible.module_utils.soulnear.ddl_lint import Finding, LiveFacts, lint_sql
 from ansible.module_utils.soulnear.migrate import MigrationError, Migrator
+from ansiblerun import run_module
 from pgclient import connect, query, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -443,3 +445,18 @@ def test_statement_timeout_outside_a_transaction_is_recorded_and_covers_concurre
     assert 'failed outside a transaction on an earlier run' in refused(events_db, path)[0]
     query(events_db, 'DROP INDEX events_body')
     assert run(events_db, path, repair=True)[0]['applied'] == ['001_index.sql']
+
+
+# -- through Ansible -------------------------------------------------------------------------------------------------
+def test_the_module_warns_in_check_mode_and_refuses_through_ansible(events_db, tmp_path):
+    path = write(tmp_path / 'm', {'001_score.sql': INCIDENT})
+    code, result, output = run_module(tmp_path, 'pg_migrate', dict(events_db, path=str(path)), '--check')
+    assert code == 0, output[-3000:]
+    assert result['msg'] == 'Would apply 1 migration(s); 1 locking statement(s) flagged (see lint)'
+    assert [f['rule'] for f in result['lint']] == ['add-column-volatile-default']
+    assert len(result['warnings']) == 1 and 'on public.events (' in result['warnings'][0]
+    code, result, output = run_module(tmp_path, 'pg_migrate', dict(events_db, path=str(path), lint='refuse',
+                                                                   statement_timeout=60))
+    assert code != 0 and result['failed'] and result['changed'] is False
+    assert result['msg'].startswith('lint: refuse - 1 statement(s) would lock a table the bot uses for long')
+    assert result['lint'][0]['severity'] == 'warning' and not exists(events_db, 'schema_migrations')
