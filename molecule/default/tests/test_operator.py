@@ -2,6 +2,7 @@
 inventory - a non-root sudo user, inline-vaulted secrets, a vault password file, a jump host."""
 
 import os
+import re
 import shutil
 
 import yaml
@@ -28,6 +29,12 @@ def test_health_and_backup_with_the_vault_password_file(host):
     health = run_make('health')
     assert health.returncode == 0, health.stdout[-3000:] + health.stderr
     assert 'healthy:' in health.stdout and 'database      ok' in health.stdout
+    # A report changes nothing on the host (issue 23), also when the host's copy of the library differs.
+    host.run('echo "# older copy" >> /opt/soulnear/lib/soulnear/results.py')
+    again = run_make('health')
+    assert again.returncode == 0 and re.search(r'changed=0 ', again.stdout), again.stdout[-2000:]
+    assert host.run('tail -n 1 /opt/soulnear/lib/soulnear/results.py').stdout.strip() == '# older copy'
+    host.run("sed -i '$ d' /opt/soulnear/lib/soulnear/results.py")
     backup = run_make('backup')
     assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr
     assert '.dump' in backup.stdout and 'sha256:' in backup.stdout
