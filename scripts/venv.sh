@@ -21,4 +21,4 @@ rm -rf "$venv"
 "$python" -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 echo "$stamp" > "$venv/.requirements-stamp"
-echo "venv: ready ($("$venv/bin/ansible" --version | head -1))"
+echo "venv: ready ($("$venv/bin/ansible" --version | sed -n 1p))"  # sed reads it all: no BrokenPipeError
