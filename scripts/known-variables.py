@@ -27,7 +27,9 @@ def names():
         if path == OUT:
             continue
         with open(path) as handle:
-            found.update(NAME.findall(handle.read()))
+            # Full-line comments do not count: a name only a comment mentions is not read by anything.
+            code = '\n'.join(line for line in handle.read().splitlines() if not line.lstrip().startswith('#'))
+        found.update(NAME.findall(re.sub(r'\{#.*?#\}', '', code, flags=re.S)))
     return sorted(found)
 
 

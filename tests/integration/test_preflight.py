@@ -86,3 +86,13 @@ def test_a_misspelt_variable_is_refused_with_the_name_it_meant(tmp_path):
     # Known names, the renamed ones (said differently) and variables of other prefixes pass this check.
     code, output = run_preflight(tmp_path, postgres_max_connections=150, postgres_uid=999, my_own_setting=1)
     assert 'is not a variable of this project' not in output and 'postgres_uid is no longer read' in output
+
+
+def test_an_unencrypted_or_unverified_offsite_repository_is_warned_about(tmp_path):
+    code, output = run_preflight(tmp_path, soulnear_pitr_s3_bucket='soulnear-backups',
+                                 soulnear_pitr_s3_endpoint='s3.example.com', soulnear_pitr_s3_cipher_type='none',
+                                 soulnear_pitr_s3_verify_tls=False, vault_pitr_s3_key='key-id',
+                                 vault_pitr_s3_key_secret='key-secret-value')
+    assert 'WARNING: the offsite pgBackRest repository (soulnear-backups) is NOT encrypted' in output, output
+    assert 'its TLS certificate is NOT verified' in output
+    assert 'key-secret-value' not in output
