@@ -1,10 +1,22 @@
 # make test-full: every test of make test, plus the slow scenarios that are skipped there (SOULNEAR_TEST_FULL=1):
 # the host-loss test of point-in-time recovery with the deployment's own 60 s archive_timeout and a writer
-# (tests/integration/test_pitr.py; make test runs it with 10 s). PYTEST_ARGS and MOLECULE_SCENARIOS narrow it like
-# make test.
+# (tests/integration/test_pitr.py; make test runs it with 10 s), and the Molecule scenario of a Debian 13 host
+# (molecule/trixie after molecule/default; IMAGES_TRIXIE=1 makes the setup build soulnear/sandbox:trixie;
+# docs/debian.md). PYTEST_ARGS and MOLECULE_SCENARIOS narrow it like make test (MOLECULE_SCENARIOS=trixie: that
+# scenario alone; MOLECULE_SCENARIOS=" ": none).
 
-.PHONY: test-full
+.PHONY: test-full images-trixie images-pg17
 
-## Every test, the slow ones too (make test plus about 3 min; docs/pitr.md)
+## Every test, the slow ones too (make test plus about 10 min; docs/pitr.md, docs/debian.md)
 test-full:
-	SOULNEAR_TEST_FULL=1 ./scripts/test.sh
+	SOULNEAR_TEST_FULL=1 IMAGES_TRIXIE=1 MOLECULE_SCENARIOS="$${MOLECULE_SCENARIOS-default trixie}" ./scripts/test.sh
+
+# The images of a Debian 13 host besides the default ones: soulnear/debian:trixie, soulnear/sandbox:trixie
+# (SANDBOX_SUITE=trixie scripts/sandbox.sh, molecule/trixie). About 1 min on a fresh machine.
+images-trixie:
+	IMAGES_TRIXIE=1 ./scripts/images.sh
+
+# PostgreSQL 17 from trixie's packages: soulnear/postgres:17 and .cache/images/soulnear-postgres-17.tar
+# (docs/debian.md). About 1.5 min on a fresh machine, 1 min when soulnear/debian:trixie is there.
+images-pg17:
+	IMAGES_PG17=1 ./scripts/images.sh
