@@ -27,9 +27,9 @@ help:
 	  '  BECOME_PASSWORD_FILE=f  the sudo password of the SSH user, from a file (no terminal needed)' \
 	  'ps, logs-*, shell-db, restart* and lock-status need no secret; they reach the host as Ansible does.'
 
-## Set up, create the sandbox when missing, deploy to it and print the health report
+## Deploy to INVENTORY and print the health report (default: set up, create the sandbox when missing, deploy to it)
 deploy:
-	./scripts/deploy-sandbox.sh
+	./scripts/deploy.sh
 
 ## Virtualenv, Docker engine and images (idempotent)
 setup:

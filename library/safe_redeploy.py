@@ -54,30 +54,33 @@ options:
     choices: [deploy, rollback, migrate]
     default: deploy
   name:
-    description: Name of the bot container.
+    description: Name of the bot container (a Docker container name).
     type: str
     default: soulnear_bot
   image:
     description:
       - Image of the version to deploy (required with O(action=deploy)). When it is not O(image_name)C(:)O(version),
-        it is tagged so, so that every kept version is an image of O(image_name).
+        it is tagged so, so that every kept version is an image of O(image_name). A Docker image reference.
     type: str
   image_name:
-    description: Repository of the kept images (default the repository of O(image)); required to roll back.
+    description: Repository of the kept images (default the repository of O(image)), without a tag; required to roll
+      back.
     type: str
   version:
     description:
       - The version to deploy (the name of its release directory below O(releases_dir) and the tag of its image),
         or with O(action=rollback) the kept version to roll back to (default V(previous), the one deployed before
         the running one). With O(action=migrate), default the release O(current_link) points at.
+      - A Docker tag - a letter, digit or C(_), then letters, digits, C(_), C(.) or C(-), at most 128 characters.
     type: str
   releases_dir:
     description: Directory of the releases on the host, one directory per version holding its source or at least
-      its migrations, and the deploy history (C(.history.json)).
+      its migrations, and the deploy history (C(.history.json)). An absolute path of a directory.
     type: path
     default: /opt/soulnear/app/releases
   current_link:
-    description: Symbolic link to the release that runs; switched only after a successful swap.
+    description: Symbolic link to the release that runs; switched only after a successful swap. An absolute path
+      that is a symbolic link, or nothing yet.
     type: path
     default: /opt/soulnear/app/current
   migrations:
@@ -106,7 +109,8 @@ options:
     type: raw
     default: []
   migration_timeout:
-    description: Seconds O(migration_command) may run; longer, its container is removed and the deploy rolls back.
+    description: Seconds O(migration_command) may run; longer, its container is removed and the deploy rolls back
+      (1 or more).
     type: int
     default: 3600
   rehearsal:
@@ -122,16 +126,16 @@ options:
     choices: [auto, always, never]
     default: auto
   rehearsal_max_mb:
-    description: With O(rehearsal=auto), the database size (MB) above which the rehearsal is skipped.
+    description: With O(rehearsal=auto), the database size (MB) above which the rehearsal is skipped (0 or more).
     type: int
     default: 1024
   max_migration_seconds:
     description: Refuse the deploy, before the old bot stops, when the rehearsed migrations took longer than this
-      (the predicted downtime). V(0) sets no limit.
+      (the predicted downtime). V(0) sets no limit (0 or more).
     type: float
     default: 0
   migrations_subdir:
-    description: The migrations directory inside a release (O(migrations=sql)).
+    description: The migrations directory inside a release (O(migrations=sql)), a relative path without C(..).
     type: str
     default: database/migrations
   migrations_table:
@@ -142,44 +146,50 @@ options:
     description:
       - Further C(pg_migrate) options for the migrations of a deploy, by their C(pg_migrate) names - C(format),
         C(placeholders), C(takeover), C(takeover_table), C(drift), C(baseline), C(out_of_order), C(lock_timeout),
-        C(ddl_lock_timeout), C(ddl_lock_retries), C(statement_timeout) (see C(ansible-doc -M library pg_migrate)).
+        C(ddl_lock_timeout), C(ddl_lock_retries), C(statement_timeout), C(lint), C(lint_min_rows), C(lint_min_mb)
+        (see C(ansible-doc -M library pg_migrate)).
       - A team coming from another migration tool sets C(format) and C(takeover) here for its first deploy.
+      - C(ddl_lock_timeout) and C(statement_timeout) from 0 to 2147483 seconds (PostgreSQL keeps them as 32-bit
+        milliseconds), C(lock_timeout) 0 or more, C(ddl_lock_retries) 0 to 100, C(out_of_order) a boolean.
     type: dict
     default: {}
   applied_by:
     description: Recorded as who applied the migrations (default user@host of the module).
     type: str
   env_file:
-    description: The bot's environment file on the host; part of the configuration compared with the running bot.
+    description: The bot's environment file on the host, an absolute path of a file; part of the configuration
+      compared with the running bot.
     type: path
   network:
-    description: Docker network the bot joins.
+    description: Docker network the bot joins (a Docker network name).
     type: str
   restart_policy:
-    description: Docker restart policy of the bot container.
+    description: Docker restart policy of the bot container - V(no), V(always), V(unless-stopped) or
+      C(on-failure[:N]).
     type: str
     default: unless-stopped
   stop_timeout:
-    description: Seconds the bot gets to exit cleanly when it is stopped.
+    description: Seconds the bot gets to exit cleanly when it is stopped (1 or more).
     type: int
     default: 30
   labels:
-    description: Further labels of the container (the module adds C(soulnear.version) and C(soulnear.config)).
+    description: Further labels of the container (the module adds C(soulnear.version) and C(soulnear.config)); names
+      without C(=) or white space, values strings or numbers.
     type: dict
     default: {}
   healthy_timeout:
     description: Seconds the new container (and, after a failure, the previous one) gets to become healthy and log
-      every marker.
+      every marker (1 or more).
     type: int
     default: 120
   rollback_timeout:
     description: Seconds the previous bot gets to become healthy again after a failed deploy (its own wait, at least
-      O(healthy_timeout) - a slow but healthy old bot on a loaded host is not a failed rollback).
+      O(healthy_timeout) - a slow but healthy old bot on a loaded host is not a failed rollback); 1 or more.
     type: int
     default: 300
   settle_seconds:
     description: Seconds the new container is watched after it became healthy (still running, no restart, no error
-      pattern in its log). V(0) skips it.
+      pattern in its log). V(0) skips it (0 or more).
     type: float
     default: 10.0
   markers:
@@ -187,21 +197,25 @@ options:
       - Regular expressions that must all appear in the new container's log (success markers). None by default,
         so the bot is ready when it runs (and is healthy, when its image or O(healthcheck) has a healthcheck) without
         a restart or an error pattern for O(settle_seconds).
+      - Each a Python regular expression that compiles and is not empty.
     type: list
     elements: str
     default: []
   error_patterns:
-    description: Regular expressions that fail the deploy when a line of the new container's log matches one.
+    description: Regular expressions that fail the deploy when a line of the new container's log matches one (each
+      compiles and is not empty - an empty one matches every line).
     type: list
     elements: str
     default: [Traceback, does not exist, FATAL, PANIC, terminated by other getUpdates request]
   conflicting_containers:
-    description: Containers of an older setup that must not run next to the bot (Telegram answers 409).
+    description: Containers of an older setup that must not run next to the bot (Telegram answers 409); Docker
+      container names.
     type: list
     elements: str
     default: []
   db_container:
-    description: The database container; the pre-deploy backup runs C(pg_dump) inside it.
+    description: The database container (a Docker container name, or empty); the pre-deploy backup runs C(pg_dump)
+      inside it.
     type: str
   backup_client_image:
     description: For a database this host does not own (external, or on the database host of a two-host
@@ -210,7 +224,7 @@ options:
     type: str
   mounts:
     description: Host files or directories mounted read-only, at the same path, into the bot's container (the
-      database's CA certificate for C(sslmode=verify-full)).
+      database's CA certificate for C(sslmode=verify-full)); absolute paths.
     type: list
     elements: path
     default: []
@@ -239,7 +253,7 @@ options:
     default: []
   healthcheck:
     description: The container's healthcheck instead of its image's, with C(test) (a shell command, or V(NONE) for
-      none), C(interval), C(timeout), C(start_period) (e.g. V(10s)) and C(retries).
+      none), C(interval), C(timeout), C(start_period) (Docker durations, e.g. V(10s)) and C(retries) (0 to 1000).
     type: dict
     default: {}
   backup:
@@ -249,12 +263,12 @@ options:
     choices: [always, when_migrations, never]
     default: when_migrations
   backup_dir:
-    description: Directory of the backups on the host.
+    description: Directory of the backups on the host (an absolute path of a directory).
     type: path
     default: /var/backups/soulnear
   backup_keep:
     description: Pre-deploy backups (C(pre_deploy_*), C(pre_rollback_*), C(pre_migrate_*)) kept; older ones are
-      removed.
+      removed (1 or more).
     type: int
     default: 5
   backup_login_user:
@@ -265,17 +279,19 @@ options:
     type: str
     no_log: true
   keep_images:
-    description: Previous versions kept (images and release directories) besides the running one.
+    description: Previous versions kept (images and release directories) besides the running one (0 or more).
     type: int
     default: 3
   lock_path:
-    description: The deploy lock this run holds (deploy_lock's O(ignore:path)); renewed while the module works.
+    description: The deploy lock this run holds (deploy_lock's O(ignore:path)); renewed while the module works. An
+      absolute path.
     type: path
   lock_run_id:
     description: The run id that holds the lock (deploy_lock's RV(ignore:run_id)).
     type: str
   audit_log:
-    description: The audit log on the host (one JSON line per run that changed something or failed).
+    description: The audit log on the host (one JSON line per run that changed something or failed); an absolute
+      path of a file.
     type: path
   audit_event:
     description: The event written to the audit log (default the action; the clean redeploy passes
@@ -418,6 +434,13 @@ downtime:
   returned: always
   type: float
   sample: 1.4
+lint:
+  description: The locking DDL the preflight found in the pending migrations (pg_migrate's RV(pg_migrate#module:lint) -
+    file, line, rule, table, its size and rows, the fix); warned before anything stops, refused with
+    C(migration_options.lint=refuse).
+  returned: always
+  type: list
+  elements: dict
 predicted_downtime:
   description: Seconds the pending migrations took when rehearsed on a copy of the database (O(rehearsal)); the
     swap's downtime is about this plus the bot's restart. Null without a rehearsal.
@@ -460,11 +483,16 @@ duration:
   type: float
 '''
 
+import os
+import re
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.containers import DockerError
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 from ansible.module_utils.soulnear.redeploy import (
-    ACTIONS, BACKUP_MODES, DEFAULTS, MIGRATION_MODES, MIGRATION_OPTIONS, REHEARSAL_MODES, RedeployError, Redeployer)
+    ACTIONS, BACKUP_MODES, DEFAULTS, MIGRATION_MODES, MIGRATION_OPTIONS, PREVIOUS, REHEARSAL_MODES, RedeployError,
+    Redeployer, container_options)
+from ansible.module_utils.soulnear import validate
 
 _TYPES = dict(
     action=dict(type='str', choices=list(ACTIONS)), name=dict(type='str'), image=dict(type='str'),
@@ -503,6 +531,110 @@ def argument_spec():
     return spec
 
 
+RESTART_POLICY = re.compile(r'^(?:no|always|unless-stopped|on-failure(?::[0-9]+)?)$')
+DURATION = re.compile(r'^(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|ms|s|m|h))+$')
+
+
+def _link(value):
+    """current_link: an absolute path that is a symbolic link when it exists (the switch replaces only a link,
+    after the new bot runs)."""
+    validate.nonempty_path(value)
+    if os.path.lexists(value) and not os.path.islink(value):
+        raise validate.Invalid('an absolute path that is a symbolic link, or nothing yet', why='it exists and is not '
+                               'a symbolic link', fix='move it away (the releases live in releases_dir)')
+
+
+def _subdir(value):
+    parts = str(value).split('/')
+    if not value or os.path.isabs(value) or '..' in parts:
+        raise validate.Invalid('a relative path inside the release, without ".." (for example database/migrations)')
+
+
+def _command(value):
+    if not isinstance(value, (str, list)) or (isinstance(value, list) and any(
+            isinstance(v, (dict, list)) for v in value)):
+        raise validate.Invalid('a command: a string (split like a shell would) or a list of words')
+
+
+def _pattern(value, pattern, allowed):
+    if not pattern.match(str(value)):
+        raise validate.Invalid(allowed)
+
+
+def _labels(value):
+    for key, item in value.items():
+        if not key or '=' in key or any(c.isspace() for c in key) or isinstance(item, (dict, list)):
+            raise validate.Invalid('a dict of label -> value: names without "=" or white space, values strings or '
+                                   'numbers', why='label %s does not follow that' % validate.show(key))
+
+
+CONTAINER_OPTIONS = dict(
+    volumes='a list of source:/path/in/container[:ro|rw], the source a named volume or an absolute host path',
+    published_ports='a list of [address:]host_port:container_port', extra_hosts='a list of name:address',
+    healthcheck='a dict of test, interval, timeout, start_period and retries')
+
+
+def _container_option(options, option, p):
+    """volumes, published_ports, extra_hosts and healthcheck as redeploy.container_options reads them."""
+    try:
+        container_options({option: p[option]})
+    except (ValueError, TypeError) as exc:
+        options.add(option, p[option], validate.Invalid(CONTAINER_OPTIONS[option], why=str(exc)))
+
+
+def check_options(module):
+    """Every option checked before the preflight starts (validate.py); fails naming each bad one."""
+    p = module.params
+    options = validate.Options(p, argument_spec())
+    validate.connection(options, database=True)
+    options.check('name', validate.name, 'container')
+    options.check('image', validate.name, 'image')
+    options.check('image_name', validate.name, 'repository')
+    if p['version'] != PREVIOUS or p['action'] != 'rollback':
+        options.check('version', validate.name, 'tag')
+    options.check(('releases_dir', 'backup_dir', 'lock_path'), validate.nonempty_path, 'directory')
+    options.check('current_link', _link)
+    options.check(('env_file', 'audit_log'), validate.nonempty_path, 'file')
+    options.each('mounts', validate.nonempty_path)
+    options.check('migrations_subdir', _subdir)
+    options.check('migrations_table', validate.pg_name, 'table')
+    unknown = sorted(set(p['migration_options']) - set(MIGRATION_OPTIONS))
+    if unknown:
+        options.add('migration_options', p['migration_options'], validate.Invalid(
+            'a dict of the options a deploy can pass to pg_migrate: %s' % ', '.join(MIGRATION_OPTIONS),
+            why='it has unknown option(s) %s' % ', '.join(unknown)))
+    validate.migration_options(options, p['migration_options'], 'migration_options.')
+    options.check(('migration_command', 'migration_check_command', 'command'), _command)
+    if p['migrations'] == 'command' and not p['migration_command']:
+        options.require('migration_command', 'the bot\'s own migration command (for example alembic upgrade head), '
+                        'run in a one-off container of the new image', why='migrations=command needs it')
+    options.check(('migration_timeout', 'stop_timeout', 'healthy_timeout', 'rollback_timeout'), validate.seconds)
+    options.check(('settle_seconds', 'max_migration_seconds'), validate.seconds, zero=True)
+    options.check('rehearsal_max_mb', validate.in_range, 0)
+    options.check('backup_keep', validate.in_range, 1)
+    options.check('keep_images', validate.in_range, 0)
+    options.check(('markers', 'error_patterns'), validate.regexes)
+    options.check('network', validate.name, 'network')
+    options.each('conflicting_containers', validate.name, 'container')
+    options.check('db_container', validate.name, 'container', empty=True)
+    options.check('backup_client_image', validate.name, 'image', empty=True)
+    options.check('backup_login_user', validate.pg_name, 'role')
+    options.check('restart_policy', _pattern, RESTART_POLICY, 'a Docker restart policy: no, always, unless-stopped '
+                  'or on-failure[:N]')
+    options.check('labels', _labels)
+    for option in CONTAINER_OPTIONS:
+        _container_option(options, option, p)
+    health = p['healthcheck'] or {}
+    for key in ('interval', 'timeout', 'start_period'):
+        if health.get(key):
+            options.value('healthcheck.%s' % key, health[key], _pattern, DURATION, 'a Docker duration such as 10s, '
+                          '1m30s or 500ms')
+    if health.get('retries') is not None:
+        options.value('healthcheck.retries', health['retries'], validate.in_range, 0, 1000)
+    options.check('lock_run_id', validate.nonempty, 'the run id deploy_lock returned')
+    options.fail(module)
+
+
 def describe(result):
     return ''.join('version: %s\nimage: %s\n' % (result.get('version'), result.get('image'))
                    + ''.join('pending: %s\n' % name for name in result.get('pending', [])))
@@ -513,10 +645,7 @@ def main():
                            required_if=[('action', 'deploy', ('image', 'version'))])
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
-    unknown = sorted(set(module.params['migration_options']) - set(MIGRATION_OPTIONS))
-    if unknown:
-        module.fail_json(msg='migration_options: unknown option(s) %s; the options a deploy can pass to pg_migrate are '
-                         '%s' % (', '.join(unknown), ', '.join(MIGRATION_OPTIONS)))
+    check_options(module)
     try:
         redeployer = Redeployer(module.params, check_mode=module.check_mode, warn=module.warn)
         result = redeployer.run()

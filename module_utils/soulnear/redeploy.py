@@ -83,7 +83,8 @@ DEFAULT_ERROR_PATTERNS = ['Traceback', 'does not exist', 'FATAL', 'PANIC',
 # pg_migrate options a deploy may pass on (the app role's app_migration_options): layouts of other tools,
 # placeholders, taking over another tool's history, lock and statement timeouts.
 MIGRATION_OPTIONS = ('format', 'placeholders', 'takeover', 'takeover_table', 'drift', 'baseline', 'out_of_order',
-                     'lock_timeout', 'ddl_lock_timeout', 'ddl_lock_retries', 'statement_timeout')
+                     'lock_timeout', 'ddl_lock_timeout', 'ddl_lock_retries', 'statement_timeout', 'lint',
+                     'lint_min_rows', 'lint_min_mb')
 
 # The module's options besides the connection ones (pg.connection_argument_spec): type and default, once.
 DEFAULTS = dict(
@@ -290,7 +291,7 @@ class Redeployer:
         self.started = clock()
         self.steps = []
         self.result = dict(changed=False, action=self.action, from_version=None, to_version=None, pending=[],
-                           applied=[], backup=None, rolled_back=False, downtime=None, predicted_downtime=None,
+                           applied=[], lint=[], backup=None, rolled_back=False, downtime=None, predicted_downtime=None,
                            rehearsal=None, failed_step=None,
                            log_tail=[], pruned_images=[], pruned_releases=[], kept_versions=[], steps=self.steps)
         self._renewed = clock()
@@ -528,7 +529,9 @@ class Redeployer:
             state = migration_status(self.conn, migrations_dir, self.params['migrations_table'],
                                      self.params['migration_options'].get('format') or 'auto')
             if state['pending'] or state['failed'] or state['drift']:
-                Migrator(self.migrate_params(migrations_dir), check_mode=True, warn=self.warn).run()
+                # The one lint of this deploy (locking DDL named with the tables' sizes, before anything stops).
+                checked = Migrator(self.migrate_params(migrations_dir), check_mode=True, warn=self.warn).run()
+                self.result['lint'] = checked.get('lint') or []
         except MigrationError as exc:
             raise _StepFailed('preflight', 'the migrations cannot run: %s' % exc) from None
         except ConnectError as exc:
@@ -638,7 +641,7 @@ class Redeployer:
                     raise MigrationError('%s exited %d on the copy: %s' % (
                         ' '.join(argv_of(p['migration_command'])), rc, ' | '.join(text.splitlines()[-8:])))
             else:
-                Migrator(dict(self.migrate_params(migrations_dir), login_db=scratch), warn=self.warn).run()
+                Migrator(dict(self.migrate_params(migrations_dir), login_db=scratch, lint='off'), warn=self.warn).run()
         with self.step('rehearse') as entry:
             try:
                 done = rehearse(self.backup_settings('rehearsal_%Y%m%d_%H%M%S.dump'), r['backup'], apply)
@@ -676,7 +679,7 @@ class Redeployer:
 
     def apply(self, migrations_dir):
         try:
-            result = Migrator(self.migrate_params(migrations_dir), warn=self.warn).run()
+            result = Migrator(dict(self.migrate_params(migrations_dir), lint='off'), warn=self.warn).run()
         except MigrationError as exc:
             self.result['applied'] = list(exc.result.get('applied') or [])
             raise _StepFailed('migrate', str(exc)) from None

@@ -20,4 +20,5 @@ def test_migration_options_reach_pg_migrate():
     built = Redeployer.migrate_params(deploy, '/opt/soulnear/app/releases/v1/database/migrations')
     assert built['format'] == 'dbmate' and built['takeover'] == 'dbmate' and built['table'] == 'schema_migrations'
     assert built['path'].endswith('v1/database/migrations') and built['login_db'] == 'soul_bot'
-    assert set(MIGRATION_OPTIONS) >= {'format', 'placeholders', 'takeover'}
+    assert set(MIGRATION_OPTIONS) >= {'format', 'placeholders', 'takeover', 'statement_timeout', 'lint',
+                                      'lint_min_rows', 'lint_min_mb'}
