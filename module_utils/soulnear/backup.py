@@ -5,7 +5,7 @@
 
 - pg_dump runs inside the database container (`docker exec`), so the client
   is the server's own version - or, for a database the deployment does not own
-  (postgres_mode external), in a throwaway client container over TCP/TLS
+  (soulnear_db_mode external), in a throwaway client container over TCP/TLS
   (pgtools.tool_command); its custom-format output is streamed to the
   host and hashed while it is written, so the sha256 costs no second read.
 - A dump is written to a hidden temporary name, fsynced, checked with

@@ -40,7 +40,7 @@ DEFAULTS = dict(
     migrations_format='auto',
     connections_warn_percent=80,
     db_container=None,
-    # A database this deployment does not own (postgres_mode external): its address, for the report. Its container
+    # A database this deployment does not own (soulnear_db_mode external): its address, for the report. Its container
     # is not checked and never restarted; its provider or cluster manager does that.
     db_external=None,
     # Patroni's REST API (any member, e.g. http://10.0.0.5:8008): the patroni check reports the leader, the members

@@ -181,7 +181,6 @@ class Monitor:
         self.clock = clock
         self.state = self._load_state()
         self.events = []       # what this run did, appended to the log line
-        self.alert_errors = []
 
     # -- state ---------------------------------------------------------------
     def _load_state(self):
@@ -204,7 +203,6 @@ class Monitor:
             self.events.append('alert not sent (no alert channel configured; set soulnear_alert_*): %s' % subject)
             return
         errors = alert.send(channels, subject, text)
-        self.alert_errors += errors
         self.events.append('alert sent: %s' % subject if not errors else 'alert FAILED: %s' % '; '.join(errors))
 
     def _alert_due(self, key):
@@ -461,7 +459,7 @@ class Monitor:
             self.events.append('the external database at %s is down; this deployment does not own it, so nothing is '
                                'restarted' % self.config.db_external)
             self._alert_once('database-down', 'the external database at %s is down' % self.config.db_external,
-                             'The database failed its health check. This deployment does not own it (postgres_mode '
+                             'The database failed its health check. This deployment does not own it (soulnear_db_mode '
                              'external), so the monitor does not restart anything: check the network path to it and '
                              'its provider or cluster (a Patroni cluster elects a new leader by itself).\n%s' % text)
             return

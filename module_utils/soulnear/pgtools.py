@@ -5,7 +5,7 @@
 
 Where the tools run:
 - the database container of the deployment (`docker exec`): the client is the server's own version;
-- a database the deployment does not own (postgres_mode external: a managed service, a Patroni cluster, the
+- a database the deployment does not own (soulnear_db_mode external: a managed service, a Patroni cluster, the
   database host of a two-host deployment), with settings['client_image'] set: a throwaway client container of that
   image on the host's network (`docker run --rm --network host`), reaching the server over TCP with the
   connection's TLS settings (PGSSLMODE, PGSSLROOTCERT, the CA file mounted read-only). The image's pg_dump must be of

@@ -94,3 +94,24 @@ def test_module_documentation_renders(module):
         assert section in proc.stdout, section
     # The module says which existing collection module it complements and what it adds.
     assert re.search(r'community\.(postgresql|docker)\.|ansible\.builtin\.|community\.postgresql', proc.stdout)
+
+
+def test_the_where_things_live_map_names_only_files_that_exist():
+    """README's map (issue 21): every task file is in a role of its row, every module in library/, every Python
+    file in module_utils/soulnear/ - a renamed or deleted file fails here, not in a reader's hands."""
+    text = read('README.md')
+    section = text[text.index('## Where things live'):text.index('## Documentation')]
+    missing = []
+    for row in [line for line in section.splitlines() if line.startswith('| ') and '[' in line]:
+        cells = [c.strip() for c in row.strip('|').split('|')]
+        roles = re.findall(r'\[(\w+)\]\(roles/', cells[1])
+        for name in re.findall(r'`([\w.]+\.yml)`', cells[2]):
+            if not any(os.path.exists(os.path.join(ROOT, 'roles', r, 'tasks', name)) for r in roles):
+                missing.append('%s (tasks of %s)' % (name, ', '.join(roles)))
+        for name in re.findall(r'`(\w+)`', cells[3]):
+            if not os.path.exists(os.path.join(ROOT, 'library', name + '.py')):
+                missing.append('%s (module)' % name)
+        for name in re.findall(r'`([\w.]+\.py)`', cells[4]):
+            if not os.path.exists(os.path.join(ROOT, 'module_utils', 'soulnear', name)):
+                missing.append('%s (module_utils/soulnear)' % name)
+    assert missing == [], 'README\'s "Where things live" names what is not there: %s' % missing

@@ -7,7 +7,6 @@ required; an option that looks like a secret must set no_log. RETURN and EXAMPLE
 examples must use the module.
 """
 
-import ast
 import glob
 import importlib.util
 import os
@@ -22,7 +21,6 @@ FRAGMENTS = os.path.join(ROOT, 'plugins', 'doc_fragments')
 MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(LIBRARY, '*.py')))
 
 # Modules someone else is rewriting right now, and so may lack argument_spec() for a while.
-BEING_REWRITTEN = {'pg_migrate': 'pg_migrate is being rewritten (issue 11)'}
 
 # ansible-test validate-modules' rule: an option whose name looks like a secret must set no_log (True or False).
 SECRET_NAME = re.compile(r'(?:pass(?!ive)|secret|token|key)', re.I)
@@ -32,11 +30,6 @@ def source(name):
     with open(os.path.join(LIBRARY, name + '.py')) as handle:
         return handle.read()
 
-
-def has_argument_spec(name):
-    """True when the module defines argument_spec() at module level (read from its source, nothing run)."""
-    return any(isinstance(node, ast.FunctionDef) and node.name == 'argument_spec'
-               for node in ast.parse(source(name)).body)
 
 
 def load(name):
@@ -72,10 +65,7 @@ def documented_options(name):
 
 def spec_cases():
     for name in MODULES:
-        marks = ()
-        if name in BEING_REWRITTEN and not has_argument_spec(name):
-            marks = pytest.mark.xfail(reason=BEING_REWRITTEN[name], strict=True)
-        yield pytest.param(name, marks=marks, id=name)
+        yield pytest.param(name, id=name)
 
 
 def differences(documented, spec):
