@@ -63,7 +63,6 @@ ACTIONS = ('deploy', 'rollback', 'migrate')
 BACKUP_MODES = ('always', 'when_migrations', 'never')
 PREVIOUS = 'previous'
 HISTORY_FILE = '.history.json'
-RELEASE_MARKER = '.soulnear-source-hash'
 VERSION_LABEL = 'soulnear.version'
 CONFIG_LABEL = 'soulnear.config'
 PRE_BACKUP = re.compile(r'^pre_(deploy|rollback|migrate)_.*\.dump$')
