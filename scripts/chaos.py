@@ -522,7 +522,7 @@ def fault_hung_database(lab, limit=240):
     lines = lab.monitor_runs_after(before, minimum=2)
     result = _result(name, seconds is not None, seconds)
     hung = [line for line in lines if 'database HUNG' in line]
-    killed = [line for line in lines if 'as HUNG' in line and 'recovered: restarted' in line]
+    killed = [line for line in lines if 'stopping it with' in line and 'recovered: restarted' in line]
     result['notes'].append('said HUNG at the first check: %s; killed after the grace at the second: %s'
                            % (bool(hung), bool(killed)))
     result['notes'].append('alerts: %s' % lab.alerts(lines))

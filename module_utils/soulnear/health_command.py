@@ -108,79 +108,96 @@ def _guard(config, args):
 def main(argv=None, config_path=DEFAULT_CONFIG, monitoring_config_path=DEFAULT_MONITORING_CONFIG):
     args = _parser(config_path, monitoring_config_path).parse_args(argv)
     config = Config(args.config, args.monitoring_config)
-    command = args.command or 'report'
-    if command == 'report':
-        report = run_checks(config.health_options(update_guard=False))
-        if getattr(args, 'json', False):
-            print(json.dumps(report, indent=2, default=str))
-        else:
-            print('\n'.join(report_lines(report) + ['', report['msg']]))
-        return 0 if report['ok'] else 1
-    if command == 'monitor':
-        held = _locked(config.monitoring['state_file'])
-        if held is None:
-            return 0  # the previous run (waiting for a restarted container) is still going
-        try:
-            _report, line = Monitor(config).run()
-        except Exception as exc:  # noqa: BLE001 - recorded where operators look, then raised for the journal
-            append_line(config.monitoring['log_file'], '%s ERROR monitor run failed: %s: %s'
-                        % (local_now(), exc.__class__.__name__, ' '.join(str(exc).split())))
-            raise
-        finally:
-            held.close()
-        if args.verbose:
-            print(line)
+    return COMMANDS[args.command or 'report'](config, args)
+
+
+def _report(config, args):
+    report = run_checks(config.health_options(update_guard=False))
+    if getattr(args, 'json', False):
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print('\n'.join(report_lines(report) + ['', report['msg']]))
+    return 0 if report['ok'] else 1
+
+
+def _monitor(config, args):
+    held = _locked(config.monitoring['state_file'])
+    if held is None:
+        return 0  # the previous run (waiting for a restarted container) is still going
+    try:
+        _report_, line = Monitor(config).run()
+    except Exception as exc:  # noqa: BLE001 - recorded where operators look, then raised for the journal
+        append_line(config.monitoring['log_file'], '%s ERROR monitor run failed: %s: %s'
+                    % (local_now(), exc.__class__.__name__, ' '.join(str(exc).split())))
+        raise
+    finally:
+        held.close()
+    if args.verbose:
+        print(line)
+    return 0
+
+
+def _snapshot(config, _args):
+    append_line(config.monitoring['resources_log'], snapshot_line(config))
+    return 0
+
+
+def _watch(config, _args):
+    names = [n for n in (config.db_container, config.bot_container) if n]
+    if not names:
+        print('soulnear-health watch: no container of this host to watch (soulnear.json names none)')
         return 0
-    if command == 'snapshot':
-        append_line(config.monitoring['resources_log'], snapshot_line(config))
-        return 0
-    if command == 'watch':
-        names = [n for n in (config.db_container, config.bot_container) if n]
-        if not names:
-            print('soulnear-health watch: no container of this host to watch (soulnear.json names none)')
-            return 0
-        watch.follow(names, watch.start_monitor_unit(), log=lambda m: print(m, flush=True))
-        print('soulnear-health watch: the Docker event stream ended (the daemon restarted?); systemd starts the '
-              'watcher again', flush=True)
-        return 1
-    if command == 'diagnose':
-        overrides = dict(disk_threshold_percent=args.disk_threshold_percent, since_hours=args.since_hours,
-                         memory_min_available_percent=args.memory_min_available_percent)
-        dconfig = config.diagnose_config(overrides)
-        result = diagnose(dconfig)
-        output = args.output or os.path.join(config.base.get('log_dir') or '.', 'diagnose-%s.txt'
-                                             % datetime.now().strftime('%Y%m%d-%H%M%S'))
-        result['report_file'] = write_diagnosis(result, output, keep=dconfig.get('keep_reports'))
-        if args.json:
-            print(json.dumps(result, indent=1, sort_keys=True))
-        else:
-            print('\n'.join(result['summary'] + ['', 'report: %s' % result['report_file']]))
-        return 0
-    if command == 'pause':
-        data = pause(config.monitoring['maintenance_file'], args.minutes, args.reason)
-        print('monitor paused until %s (%s)' % (datetime.fromtimestamp(data['until']).astimezone().isoformat(
-            timespec='seconds'), data['reason']))
-        return 0
-    if command == 'resume':
-        remove(config.monitoring['maintenance_file'])
-        print('monitor active')
-        return 0
-    if command == 'guard':
-        return _guard(config, args)
-    if command == 'acknowledge':
-        data = acknowledge(config.diagnose_config())
-        held = _locked(config.monitoring['state_file'], wait=True)
-        try:
-            monitor = Monitor(config)
-            monitor.state['restarts'] = {}
-            monitor.state['alerted'] = dict((k, v) for k, v in monitor.state['alerted'].items()
-                                            if not k.startswith('restart-limit'))
-            monitor._save_state()
-        finally:
-            held.close()
-        print('acknowledged at %s: diagnose looks back no further than now (container restart counts %s), and the '
-              'monitor may restart containers again' % (data['at'], data['restart_counts']))
-        return 0
+    watch.follow(names, watch.start_monitor_unit(), log=lambda m: print(m, flush=True))
+    print('soulnear-health watch: the Docker event stream ended (the daemon restarted?); systemd starts the '
+          'watcher again', flush=True)
+    return 1
+
+
+def _diagnose(config, args):
+    overrides = dict(disk_threshold_percent=args.disk_threshold_percent, since_hours=args.since_hours,
+                     memory_min_available_percent=args.memory_min_available_percent)
+    dconfig = config.diagnose_config(overrides)
+    result = diagnose(dconfig)
+    output = args.output or os.path.join(config.base.get('log_dir') or '.', 'diagnose-%s.txt'
+                                         % datetime.now().strftime('%Y%m%d-%H%M%S'))
+    result['report_file'] = write_diagnosis(result, output, keep=dconfig.get('keep_reports'))
+    if args.json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+    else:
+        print('\n'.join(result['summary'] + ['', 'report: %s' % result['report_file']]))
+    return 0
+
+
+def _pause(config, args):
+    data = pause(config.monitoring['maintenance_file'], args.minutes, args.reason)
+    print('monitor paused until %s (%s)' % (datetime.fromtimestamp(data['until']).astimezone().isoformat(
+        timespec='seconds'), data['reason']))
+    return 0
+
+
+def _resume(config, _args):
+    remove(config.monitoring['maintenance_file'])
+    print('monitor active')
+    return 0
+
+
+def _acknowledge(config, _args):
+    data = acknowledge(config.diagnose_config())
+    held = _locked(config.monitoring['state_file'], wait=True)
+    try:
+        monitor = Monitor(config)
+        monitor.state['restarts'] = {}
+        monitor.state['alerted'] = dict((k, v) for k, v in monitor.state['alerted'].items()
+                                        if not k.startswith('restart-limit'))
+        monitor._save_state()
+    finally:
+        held.close()
+    print('acknowledged at %s: diagnose looks back no further than now (container restart counts %s), and the '
+          'monitor may restart containers again' % (data['at'], data['restart_counts']))
+    return 0
+
+
+def _restart(config, args):
     held = _locked(config.monitoring['state_file'], wait=True)  # never while the monitor is recovering
     try:
         monitor = Monitor(config)
@@ -196,6 +213,10 @@ def main(argv=None, config_path=DEFAULT_CONFIG, monitoring_config_path=DEFAULT_M
         return 0
     finally:
         held.close()
+
+
+COMMANDS = dict(report=_report, monitor=_monitor, snapshot=_snapshot, watch=_watch, diagnose=_diagnose, pause=_pause,
+                resume=_resume, acknowledge=_acknowledge, restart=_restart, guard=_guard)
 
 
 if __name__ == '__main__':  # pragma: no cover - the installed wrapper calls main()

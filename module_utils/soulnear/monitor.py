@@ -408,36 +408,10 @@ class Monitor:
             self.state['failures']['bot_container'] = 0
             self.events.append('the host booted recently: waiting for the bot to come back')
         elif 'bot_container' in failed:
-            count = self.state['failures']['bot_container']
-            exited = self._exited_unexpectedly(checks, 'bot_container')
-            if exited and self.mon['recover_exited_at_once']:
-                name = self.config.bot_container
-                self.events.append('%s exited with code %s without a stop by a deploy or an operator: restarting it '
-                                   'at once' % (name, exited))
-                self._alert_once('bot-down', '%s exited (code %s): restarting it' % (name, exited),
-                                 'The bot exited with code %s although no deploy or operator stopped it (a kill from '
-                                 'outside, or a stop Docker counts as manual), so Docker does not restart it. The '
-                                 'monitor restarts it now and says when it is healthy again.\n%s' % (exited, text))
-                self._recover('bot', text, why='at once: it had exited with code %s without a stop by a deploy or an '
-                                               'operator' % exited)
-            elif count >= threshold:
-                self._recover('bot', text)
-            else:
-                self.events.append('bot failing (%d/%d failures before recovery)' % (count, threshold))
+            self._bot_failing(checks, text, threshold)
         elif 'database' in failed:
             self._alert_once('database-login', 'the database refuses the health check', checks['database']['message'])
-        stalled = 'wal_archiving' in failed and (checks['wal_archiving'].get('value') or {}).get('stalled')
-        if stalled and not data_loss and self.config.db_container:
-            self._wake_checkpointer()
-        for name in report['failed']:
-            if data_loss or name in ('database', 'db_container', 'bot_container'):
-                continue  # the data-loss alert (with the whole report) or the recovery speaks for these
-            # A corrupt newest backup, and commits that already wait longer than archive_timeout to reach the
-            # repositories (a lost disk would take them), are said at the first failed check.
-            at_once = (name == 'backup_age' and checks[name]['value'].get('corrupt')) or \
-                (name == 'wal_archiving' and stalled)
-            if at_once or self.state['failures'][name] >= threshold:
-                self._alert_once(name, 'health check %s failing' % name, checks[name]['message'])
+        self._other_checks(report, data_loss, threshold)
         self._alert_restarts(report)
         self._report_reboot(report)
         if report['ok'] and not data_loss:
@@ -454,6 +428,43 @@ class Monitor:
         self._save_state()
         return report, line
 
+    def _bot_failing(self, checks, text, threshold):
+        """The bot's container fails: restarted at once when it exited nobody asked it to, else after threshold
+        failed checks."""
+        count = self.state['failures']['bot_container']
+        exited = self._exited_unexpectedly(checks, 'bot_container')
+        if exited and self.mon['recover_exited_at_once']:
+            name = self.config.bot_container
+            self.events.append('%s exited with code %s without a stop by a deploy or an operator: restarting it '
+                               'at once' % (name, exited))
+            self._alert_once('bot-down', '%s exited (code %s): restarting it' % (name, exited),
+                             'The bot exited with code %s although no deploy or operator stopped it (a kill from '
+                             'outside, or a stop Docker counts as manual), so Docker does not restart it. The '
+                             'monitor restarts it now and says when it is healthy again.\n%s' % (exited, text))
+            self._recover('bot', text, why='at once: it had exited with code %s without a stop by a deploy or an '
+                                           'operator' % exited)
+        elif count >= threshold:
+            self._recover('bot', text)
+        else:
+            self.events.append('bot failing (%d/%d failures before recovery)' % (count, threshold))
+
+    def _other_checks(self, report, data_loss, threshold):
+        """The failing checks no recovery speaks for are alerted: after threshold runs, or at once for a corrupt
+        newest backup and a stalled recovery point (which also wakes the checkpointer)."""
+        checks = report['checks']
+        stalled = 'wal_archiving' in report['failed'] and (checks['wal_archiving'].get('value') or {}).get('stalled')
+        if stalled and not data_loss and self.config.db_container:
+            self._wake_checkpointer()
+        for name in report['failed']:
+            if data_loss or name in ('database', 'db_container', 'bot_container'):
+                continue  # the data-loss alert (with the whole report) or the recovery speaks for these
+            # A corrupt newest backup, and commits that already wait longer than archive_timeout to reach the
+            # repositories (a lost disk would take them), are said at the first failed check.
+            at_once = (name == 'backup_age' and checks[name]['value'].get('corrupt')) or \
+                (name == 'wal_archiving' and stalled)
+            if at_once or self.state['failures'][name] >= threshold:
+                self._alert_once(name, 'health check %s failing' % name, checks[name]['message'])
+
     def _database_is_down(self, checks, text, threshold):
         if self.config.db_external:
             self.events.append('the external database at %s is down; this deployment does not own it, so nothing is '
@@ -469,6 +480,8 @@ class Monitor:
         hung = self._database_hung(checks)
         if hung and count >= threshold:
             grace = int(self.mon['hung_grace_seconds'])
+            self.events.append('database HUNG at %d checks in a row: stopping it with %d s of grace, then starting it'
+                               % (count, grace))
             self._recover('database', text, grace=grace, why='as HUNG: running but not answering within the '
                           'connect timeout at %d checks in a row; stopped with %d s of grace (a frozen process cannot '
                           'honour a clean stop), then started' % (count, grace))

@@ -466,7 +466,7 @@ def test_a_hung_database_is_told_apart_alerted_and_killed_after_a_short_grace(ow
         assert health_command.main(args + ['monitor']) == 0
         took = time.time() - second
         line = log_lines(tmp_path)[-1]
-        assert 'recovered: restarted %s' % own_pg.name in line, line
+        assert 'recovered: restarted %s' % own_pg.name in line and 'stopping it with 5 s of grace' in line, line
         assert took <= 30, 'back %.1f s after the second check' % took
     finally:
         docker('kill', '--signal', 'CONT', own_pg.name, check=False)
