@@ -40,6 +40,7 @@ import time
 import zlib
 
 from .ddl_lint import Linter
+from .migrate_checks import missing_folder_files, refuse_other_history, same_versions
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
 from .sql import (WATCHED_WORDS, Facts, SqlSplitError, begin_modes, dbmate_section, down_marker, first_word_upper,
                   goose_section, has_atomic_body, is_commit, is_rollback, iter_statements, line_of_position,
@@ -266,7 +267,8 @@ def _read(full, label, problems):
         with open(full, 'rb') as handle:
             raw = handle.read()
     except OSError as exc:
-        problems.append('%s cannot be read: %s' % (label, exc.strerror or exc))
+        problems.append('%s cannot be read: %s; make it readable by the user pg_migrate runs as' % (
+            label, exc.strerror or exc))
         return None
     try:
         return read_text(raw)
@@ -310,7 +312,8 @@ def _folder_entry(name, full, problems):
     try:
         inside = sorted(os.listdir(full))
     except OSError as exc:
-        problems.append('folder %s cannot be read: %s' % (name, exc.strerror or exc))
+        problems.append('folder %s cannot be read: %s; make it readable by the user pg_migrate runs as'
+                        % (name, exc.strerror or exc))
         return None
     files = dict((f, os.path.join(full, f)) for f in inside if not f.startswith('.'))
     if 'migration.sql' in files and 'up.sql' in files:
@@ -320,6 +323,9 @@ def _folder_entry(name, full, problems):
         return _Entry(name, 'prisma', 'folder', full, files=files)
     if 'up.sql' in files:
         return _Entry(name, 'diesel', 'folder', full, files=files)
+    if 'down.sql' in files:  # a Diesel migration that lost its up.sql
+        problems.extend(missing_folder_files([name + '/'], 'diesel'))
+        return None
     sql_inside = []
     for root, dirs, names in os.walk(full):
         dirs[:] = [d for d in dirs if not d.startswith('.')]
@@ -340,8 +346,12 @@ def _classify(path):
         raise MigrationError('migrations directory %s does not exist or is not a directory; set path to the '
                              'directory holding the migrations' % path)
     entries, ignored, problems = [], [], []
-    with os.scandir(path) as listing:
-        listed = sorted(listing, key=lambda e: e.name)
+    try:
+        with os.scandir(path) as listing:
+            listed = sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        raise MigrationError('migrations directory %s cannot be read: %s; make it readable by the user pg_migrate '
+                             'runs as' % (path, exc.strerror or exc)) from None
     for entry in listed:  # DirEntry answers from the directory listing: no stat per file unless a symlink
         name, full = entry.name, entry.path
         if name.startswith('.'):
@@ -367,7 +377,7 @@ def _classify(path):
             continue
         if not entry.is_file():
             if is_sql:
-                problems.append('%s is not a regular file' % name)
+                problems.append('%s is not a regular file; replace it with one or move it out of path' % name)
             else:
                 ignored.append(name)
             continue
@@ -416,12 +426,13 @@ def _classify_file(name, full, problems):
         style = _numbered_style(text)
         strict = _NUMBERED.match(name)
         if strict is None and style != 'dbmate':
-            problems.append('%s: a version must be followed by _, - or . (NNN_description.sql)' % name)
+            problems.append('%s: a version must be followed by _, - or .; rename it NNN_description.sql' % name)
             return None
         return _Entry(name, style, 'versioned', full, text, strict or match)
     problems.append('%s has no version pg_migrate understands, so it would never run. Expected names: '
                     'NNN_description.sql, V<version>__description.sql, R__description.sql (repeatable), '
-                    'N_name.up.sql / N_name.down.sql, or one folder per migration' % name)
+                    'N_name.up.sql / N_name.down.sql, or one folder per migration. Rename it, or move it out of '
+                    'path' % name)
     return None
 
 
@@ -508,45 +519,48 @@ def _refusal(entry, layout):
         return ('%s is not a Flyway migration name (V<version>__<description>.sql), so Flyway would never run it; '
                 'format: plain runs numbered and V files together' % name)
     if layout in ('golang-migrate', 'sqlx'):
-        return ('%s is not an up/down file (N_name.up.sql), so %s would never run it' % (name, layout))
+        return ('%s is not an up/down file (N_name.up.sql), so %s would never run it; rename it N_name.up.sql, or '
+                'move it out of path' % (name, layout))
     if layout in ('dbmate', 'goose', 'sql-migrate'):
-        return ('%s has no %s up section, so %s would refuse it' % (name, layout, layout))
-    return '%s is not a %s migration' % (name, layout)
+        return ('%s has no %s up section, so %s would refuse it; add the section marker, or move it out of path'
+                % (name, layout, layout))
+    return '%s is not a %s migration; move it into a migration folder, or out of path' % (name, layout)
 
 
 def discover(path, layout='auto', placeholders=None):
     """The migrations of a directory, read with a layout (auto: detected); raises MigrationError listing every
-    file or folder that would be skipped or misread. `placeholders` (Flyway) enter the checksum of the repeatable
-    migrations that use them, so a changed value re-applies them (as Flyway does)."""
+    problem of the directory at once, each with its fix (a file or folder that would be skipped or misread, a file
+    of another layout, a duplicate version, an unreadable file ...). `placeholders` (Flyway) enter the checksum of
+    the repeatable migrations that use them, so a changed value re-applies them (as Flyway does)."""
     if layout not in FORMATS:
         raise MigrationError('format must be one of %s, not %r' % (', '.join(FORMATS), layout))
     entries, ignored, problems = _classify(path)
-    if problems:
-        raise MigrationError(_numbered_problems(problems, 'migrations in %s that pg_migrate would skip or misread; '
-                                                          'nothing was applied' % path))
-    chosen = _resolve_layout(entries) if layout == 'auto' else layout
-    if chosen is None:
+    chosen = layout
+    if layout == 'auto':
+        try:
+            chosen = _resolve_layout(entries)
+        except MigrationError as exc:  # mixed styles: one more problem, the others are listed with it
+            chosen = None
+            problems.append(str(exc))
+        if chosen is None and 'migration_lock.toml' in ignored and any(n.endswith('/') for n in ignored):
+            chosen = 'prisma'  # Prisma folders, none with its migration.sql
+    if chosen is None and not problems:
         raise MigrationError('migrations directory %s holds no migration pg_migrate understands%s, so a run would '
                              'apply nothing and report success. Point path at the directory with the migrations '
                              '(NNN_description.sql, V1__x.sql, N_name.up.sql, or one folder per migration)'
                              % (path, ' (ignored: %s)' % _listing(ignored) if ignored else ''))
     catalog = Catalog(chosen)
     catalog.ignored = ignored
-    refused = [_refusal(e, chosen) for e in entries if e.style not in _ACCEPTS[chosen]]
-    if refused:
-        raise MigrationError(_numbered_problems(refused, 'files in %s that format: %s would skip or misread; nothing '
-                                                         'was applied' % (path, chosen)))
-    build = _BUILDERS[chosen]
-    problems = build(catalog, entries)
-    seen = {}
-    for mfile in catalog.versioned:
-        if mfile.key in seen:
-            problems.append('migrations %s and %s have the same version %s; each version must belong to one '
-                            'migration' % (seen[mfile.key], mfile.label, version_text(mfile.key)))
-        seen[mfile.key] = mfile.label
+    if chosen in _ACCEPTS:
+        problems.extend(_refusal(e, chosen) for e in entries if e.style not in _ACCEPTS[chosen])
+        problems.extend(_BUILDERS[chosen](catalog, [e for e in entries if e.style in _ACCEPTS[chosen]]))
+        problems.extend(missing_folder_files(ignored, chosen) + same_versions(catalog.versioned)
+                        + same_versions(catalog.baselines))
     if problems:
-        raise MigrationError(_numbered_problems(problems, 'migrations in %s that pg_migrate cannot run as they are; '
-                                                          'nothing was applied' % path))
+        raise MigrationError(_numbered_problems(problems, 'migrations in %s%s that pg_migrate would skip, misread or '
+                                                          'cannot run as they are, each with its fix; nothing was '
+                                                          'applied' % (path, ' (format: %s)' % chosen if chosen
+                                                                       else '')))
     if not catalog.versioned and not catalog.repeatable and not catalog.baselines:
         raise MigrationError('migrations directory %s holds no migration that runs forward (%s only), so a run would '
                              'apply nothing and report success' % (path, _listing(catalog.down or catalog.ignored)))
@@ -587,7 +601,7 @@ def _read_conf(path, name, problems):
         with open(path) as handle:
             lines = handle.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append('%s cannot be read: %s' % (name, exc))
+        problems.append('%s cannot be read: %s; make it readable (UTF-8) by the user pg_migrate runs as' % (name, exc))
         return conf
     for number, line in enumerate(lines, 1):
         line = line.strip()
@@ -612,7 +626,8 @@ def _build_flyway(catalog, entries):
     confs = dict((e.name[:-len('.conf')], e) for e in entries if e.kind == 'conf')
     scripts = set(e.name for e in entries if e.kind != 'conf')
     for script in sorted(set(confs) - scripts):
-        problems.append('%s configures %s, which is not in path' % (confs[script].name, script))
+        problems.append('%s configures %s, which is not in path; restore the script, or remove the .conf'
+                        % (confs[script].name, script))
     for e in entries:
         if e.kind == 'conf':
             continue
@@ -649,19 +664,21 @@ def _build_flyway(catalog, entries):
 def _build_pairs(layout):
     def build(catalog, entries):
         problems = []
-        ups = dict((e.match.group('version'), e) for e in entries if e.style == 'pair' and e.kind == 'up')
+        # A list, not a dict by version: two up files of one version are both named (same_versions), not one lost.
+        ups = [(e.match.group('version'), e) for e in entries if e.style == 'pair' and e.kind == 'up']
         downs = [e for e in entries if e.style == 'pair' and e.kind == 'down']
         simple = [e for e in entries if e.style != 'pair']
-        up_keys = set(parse_version(v) for v in ups)
+        up_keys = set(parse_version(v) for v, _ in ups)
         for e in downs:
             if parse_version(e.match.group('version')) not in up_keys:
                 problems.append('%s has no matching up file (%s_*.up.sql); a down file never runs forward, so this '
-                                'version would do nothing' % (e.name, e.match.group('version')))
+                                'version would do nothing. Restore its up file, or remove it'
+                                % (e.name, e.match.group('version')))
             catalog.down.append(e.name)
         if ups and simple:
             problems.append('sqlx does not mix reversible (up/down) and simple migrations: %s' %
                             _listing(e.name for e in simple))
-        for version, e in sorted(ups.items()):
+        for version, e in ups:
             no_tx = _directive_off(e.text) or (layout == 'sqlx' and bool(_SQLX_NO_TX.match(_first_line(e.text))))
             catalog.versioned.append(MigrationFile(e.path, e.name, 'versioned', parse_version(version), e.text,
                                                    layout, version_label=version, no_transaction=no_tx))
@@ -693,14 +710,14 @@ def _build_folders(layout):
         for e in entries:
             match = pattern.match(e.name)
             if match is None:
-                problems.append('folder %s has no version in its name (%s), so its order is unknown'
+                problems.append('folder %s has no version in its name, so its order is unknown; rename it %s'
                                 % (e.name, '<timestamp>_<name>' if layout == 'prisma' else
                                    '<version>_<name>, e.g. 2024-01-31-120000_create_users'))
                 continue
             extra = sorted(f for f in e.files if f.lower().endswith('.sql') and f not in known)
             if extra:
-                problems.append('folder %s holds SQL files %s would never run (%s); only %s runs'
-                                % (e.name, layout.capitalize(), _listing(extra), main))
+                problems.append('folder %s holds SQL files %s would never run (%s); only %s runs. Merge them into it, '
+                                'or move them out of path' % (e.name, layout.capitalize(), _listing(extra), main))
             label = '%s/%s' % (e.name, main)
             text = _read(e.files[main], label, problems)
             if text is None:
@@ -1553,6 +1570,8 @@ class Migrator:
             if owner is not None:
                 raise _refuse_foreign(self.table, *owner)
         records = self.table.read(cur) if exists else []
+        if not records and not self.takeover and self.params.get('baseline') is None:
+            refuse_other_history(cur, self.table, self.catalog)  # a first run must not repeat another tool's work
         if self.check_mode:
             if not exists:
                 self.notes.append('would create table %s' % self.table.qualified)
