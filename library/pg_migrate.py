@@ -30,7 +30,10 @@ description:
     C(<version>_name/migration.sql) and V(diesel) C(<version>_name/up.sql), one folder per migration."
   - "Never a silent success: a wrong O(path), a directory without migrations, a file or subfolder the layout does
     not explain (it would be skipped), a dangling C(*.sql) symlink or a directory named C(*.sql) fail the run and
-    are listed. With V(auto), a directory that mixes styles fails and names them."
+    are listed. With V(auto), a directory that mixes styles fails and names them. So do a Prisma or Diesel folder
+    without its C(migration.sql) / C(up.sql) (Prisma itself stops, P3015), versions that are equal once normalised
+    (C(V1__a.sql) and C(V1.0__b.sql), C(001_x.sql) and C(1_y.sql): every file of the version is named) and a file or
+    folder that cannot be read. One refusal lists every problem of the directory, each with its fix."
   - "Every pending migration is read and checked before the first one is applied, and all problems are reported
     together with nothing applied (also in check mode): an unparseable file, a psql meta-command (C(\\i),
     C(\\set)), C(COPY ... FROM STDIN), a transaction statement in the middle of a file, a file wrapped in
@@ -81,7 +84,18 @@ description:
     in the same transaction that creates pg_migrate's table: a refused takeover (golang-migrate dirty, a failed
     Flyway, sqlx or Prisma migration) changes nothing. It happens once, when pg_migrate's table holds no records;
     later runs refuse when the other tool applied more since. Flyway checksums are not compared (they are CRC32
-    of another text); repeatable migrations run once after a takeover."
+    of another text); repeatable migrations run once after a takeover. Forgetting O(takeover) is refused: a first
+    run (pg_migrate's table records nothing) on a database holding one of those history tables (its default name,
+    the tool's columns, in any schema), without O(takeover) or O(baseline), fails before anything runs - check mode
+    too - naming the table and the O(takeover) (and O(takeover_table)) to set, instead of applying the whole history
+    again."
+  - "Every option is checked before the directory is read or the database touched, and one message names each bad
+    value with what is allowed (RV(invalid_options) lists them): O(path) an absolute path of an existing, readable
+    directory; O(lock_timeout) 0 to ten years; O(ddl_lock_timeout) and O(statement_timeout) 0 to 2147483 s (what
+    PostgreSQL keeps); O(ddl_lock_retries) 0 to 100; O(lint_min_rows) 0 to 10^12; O(lint_min_mb) 0 to 33554432;
+    O(table) and O(takeover_table) PostgreSQL names (O(takeover_table) only with O(takeover)); O(baseline) and
+    O(target) versions; O(applied_by) not empty; O(placeholders) values that are text, numbers or booleans; the
+    connection options."
   - Connection-class failures (SQLSTATE class 08 except 08007, 57P01, 57P03, 53300, connection errors without a
     code) are retried O(retries) times with 0.5 s, 1 s, 2 s backoff, also mid-run (the interrupted file was rolled
     back by the server); authentication, permission, syntax and data errors are never retried.
@@ -122,6 +136,8 @@ options:
     description:
       - Record the migrations another tool applied as applied, without running them, when pg_migrate's table holds
         no records yet. V(pg_migrate) reads an older pg_migrate table named by O(takeover_table).
+      - Without it (and without O(baseline)), a first run on a database holding one of these tools' history tables is
+        refused before anything runs, naming the table and the value to set.
     type: str
     choices: [flyway, golang-migrate, dbmate, goose, sql-migrate, sqlx, prisma, diesel, pg_migrate]
   takeover_table:
@@ -395,6 +411,12 @@ lint:
             effect: "rewrites the table and all its indexes, computing the default for every row",
             detail: "column score DEFAULT (random()*1000)::int is volatile: random()", note: null,
             fix: "add the column without a default, SET DEFAULT for new rows (no rewrite), then backfill ..."}]
+invalid_options:
+  description: The options whose values were refused before anything ran (the message names each).
+  returned: when an option's value is not allowed
+  type: list
+  elements: str
+  sample: [ddl_lock_timeout, ddl_lock_retries]
 duration_ms:
   description: Wall time of the run in milliseconds.
   returned: always
@@ -402,9 +424,17 @@ duration_ms:
   sample: 84
 '''
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.soulnear import validate
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
-from ansible.module_utils.soulnear.migrate import MigrationError, Migrator
+from ansible.module_utils.soulnear.migrate import MigrationError, Migrator, parse_version
+
+# Upper bounds validate.migration_options leaves open: a larger lint_min_rows overflows the bigint of the lint's
+# bounded count, a larger lint_min_mb the byte count (1e308 was a traceback); 32 TB is PostgreSQL's largest table.
+LINT_MAX_ROWS = 10 ** 12
+LINT_MAX_MB = 32 * 1024 * 1024
 
 
 def summary(result, check_mode):
@@ -450,10 +480,57 @@ def argument_spec():
     return spec
 
 
+def migrations_directory(value):
+    """path: an absolute path of a directory that exists and that the module's user can read."""
+    validate.nonempty_path(value, 'directory')
+    allowed = 'an absolute path of an existing directory the module can read'
+    if not os.path.isdir(value):
+        raise validate.Invalid(allowed, why='it does not exist' if not os.path.lexists(value) else 'it is not a '
+                               'directory', fix='set path to the directory that holds the migrations')
+    if not os.access(value, os.R_OK | os.X_OK):
+        raise validate.Invalid(allowed, why='the user the module runs as cannot read it', fix='make it readable by '
+                               'that user (chmod o+rx, or the owner), or run the task as a user who can (become)')
+
+
+def version(value):
+    if parse_version(value) is None:
+        raise validate.Invalid('a version: digits, parts separated by . or _, optionally after V (5, 20251105, 1.2)')
+
+
+def check_options(module):
+    """Every option checked before the directory is read or the database touched (validate.py); fails naming each
+    bad one, nothing changed."""
+    p = module.params
+    options = validate.Options(p, argument_spec())
+    validate.connection(options)
+    validate.migration_options(options, p)  # timeouts, retries, lint thresholds, choices, table names
+    flagged = set(problem['option'] for problem in options.problems)
+    for option, high, unit in (('lint_min_rows', LINT_MAX_ROWS, 'rows'), ('lint_min_mb', LINT_MAX_MB, 'MB')):
+        if option not in flagged:
+            options.check(option, validate.in_range, 0, high, unit)
+    options.check('path', migrations_directory)
+    options.check(('baseline', 'target'), version)
+    options.check('applied_by', validate.nonempty)
+    for name, value in sorted(p['placeholders'].items(), key=lambda item: str(item[0])):
+        if value is None or isinstance(value, (dict, list)):
+            options.add('placeholders.%s' % name, value, validate.Invalid(
+                'a text, number or boolean (what replaces ${%s})' % name, fix='give placeholders.%s a value, quoted '
+                'when it is meant as text' % name))
+    if p['takeover_table'] and not p['takeover']:
+        options.add('takeover_table', p['takeover_table'], validate.Invalid(
+            'left out without takeover', why='takeover is not set, so nothing would read it', fix='set takeover to '
+            'the tool whose history table it is, or remove takeover_table'))
+    if p['takeover'] == 'pg_migrate':
+        options.require('takeover_table', 'the older pg_migrate table to read', why='takeover=pg_migrate reads an '
+                        'older pg_migrate table under another name, and it is not set')
+    options.fail(module)
+
+
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+    check_options(module)
 
     migrator = Migrator(module.params, check_mode=module.check_mode, warn=module.warn)
     try:
