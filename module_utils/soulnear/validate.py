@@ -401,13 +401,17 @@ def _whole_or_number(value, whole):
 def migration_options(options, values, prefix=''):
     """pg_migrate's options found in values - the pg_migrate module's parameters, or safe_redeploy's
     migration_options that it passes on (prefix 'migration_options.' names them so): PostgreSQL timeouts within what
-    the server keeps (whole milliseconds in 32 bits), bounded retries, the choices, table names, booleans."""
+    the server keeps (whole milliseconds in 32 bits), bounded retries and lint thresholds, the choices, table names,
+    booleans."""
+    from .ddl_lint import MODES as LINT_MODES
     from .migrate import DRIFT_POLICIES, FORMATS, TAKEOVER_TOOLS
 
+    # lint_min_rows and lint_min_mb: a larger one overflows the lint's bounded count or byte count; 32 TB is
+    # PostgreSQL's largest table.
     numbers = (('lock_timeout', False, TEN_YEARS, 'seconds'), ('ddl_lock_timeout', False, PG_TIMEOUT_MAX_SECONDS,
                                                                   'seconds'),
                ('statement_timeout', False, PG_TIMEOUT_MAX_SECONDS, 'seconds'), ('ddl_lock_retries', True, 100, ''),
-               ('lint_min_rows', True, None, 'rows'), ('lint_min_mb', False, None, 'MB'))
+               ('lint_min_rows', True, 10 ** 12, 'rows'), ('lint_min_mb', False, 32 * 1024 * 1024, 'MB'))
     for key, whole, high, unit in numbers:
         if values.get(key) is None:
             continue
@@ -416,7 +420,8 @@ def migration_options(options, values, prefix=''):
             options.add(prefix + key, values[key], Invalid('a whole number' if whole else 'a number'))
         else:
             options.value(prefix + key, value, in_range, 0, high, unit)
-    for key, choices in (('format', FORMATS), ('takeover', TAKEOVER_TOOLS), ('drift', DRIFT_POLICIES)):
+    for key, choices in (('format', FORMATS), ('takeover', TAKEOVER_TOOLS), ('drift', DRIFT_POLICIES),
+                         ('lint', LINT_MODES)):
         if values.get(key) is not None and values[key] not in choices:
             options.add(prefix + key, values[key], Invalid('one of %s' % ', '.join(choices)))
     for key in ('table', 'takeover_table'):
