@@ -150,7 +150,8 @@ options:
         (see C(ansible-doc -M library pg_migrate)).
       - A team coming from another migration tool sets C(format) and C(takeover) here for its first deploy.
       - C(ddl_lock_timeout) and C(statement_timeout) from 0 to 2147483 seconds (PostgreSQL keeps them as 32-bit
-        milliseconds), C(lock_timeout) 0 or more, C(ddl_lock_retries) 0 to 100, C(out_of_order) a boolean.
+        milliseconds), C(lock_timeout) 0 to ten years, C(ddl_lock_retries) 0 to 100, C(lint_min_rows) 0 to 10^12,
+        C(lint_min_mb) 0 to 33554432, C(out_of_order) a boolean (unquoted).
     type: dict
     default: {}
   applied_by:
@@ -220,7 +221,7 @@ options:
   backup_client_image:
     description: For a database this host does not own (external, or on the database host of a two-host
       deployment) - the image the pre-deploy backup runs C(pg_dump) in, over the connection's TLS settings (see
-      pg_backup's O(pg_backup#module:client_image)). O(db_container) is then not used.
+      pg_backup's O(pg_backup#module:client_image)). O(db_container) is then not used. A Docker image reference.
     type: str
   mounts:
     description: Host files or directories mounted read-only, at the same path, into the bot's container (the
