@@ -39,21 +39,24 @@ version_added: "1.0.0"
 author: SoulNear operations contributors
 options:
   backup_dir:
-    description: Directory on the host for the backups; created with mode 0700 when missing. Files are mode 0600.
+    description: Directory on the host for the backups, an absolute path (not a file); created with mode 0700 when
+      missing. Files are mode 0600.
     type: path
     required: true
   container:
-    description: Name of the running database container C(pg_dump) runs in.
+    description: Name of the running database container C(pg_dump) runs in (a Docker container name).
     type: str
     default: soulnear_postgres
   exec_user:
-    description: Operating-system user inside the container that runs C(pg_dump) (C(docker exec -u)).
+    description: Operating-system user inside the container that runs C(pg_dump) (C(docker exec -u) - a user or uid,
+      optionally C(:group)).
     type: str
     default: postgres
   name_pattern:
     description:
       - File name of a backup, with C(%Y %m %d) (required) and C(%H %M %S) (optional) replaced by the local time.
       - Retention parses the date back from the name, so only files following this pattern are pruned.
+      - A plain file name - no C(/), not hidden, not ending in C(.sha256).
     type: str
     default: backup_%Y%m%d_%H%M%S.dump
   compression:
@@ -64,7 +67,9 @@ options:
     choices: [auto, gzip, zstd, lz4, none]
     default: auto
   compression_level:
-    description: Compression level (gzip 1-9, zstd 1-22, lz4 1-12). Default is pg_dump's own.
+    description:
+      - Compression level (gzip 0-9, zstd 1-22, lz4 1-12; with V(auto), 1-9, valid whichever it picks; none with
+        V(none)). Default is pg_dump's own.
     type: int
   verify:
     description:
@@ -78,6 +83,7 @@ options:
       - The backup is refused unless O(backup_dir) has at least the database size (C(pg_database_size)) times this
         factor free. Dumps are usually much smaller than the database; the margin protects the disk the database
         may share with the backups.
+      - From 0 to 100; 0 skips the check.
     type: float
     default: 1.2
   prune:
@@ -85,15 +91,15 @@ options:
     type: bool
     default: true
   keep_daily:
-    description: Number of most recent days whose newest backup is kept.
+    description: Number of most recent days whose newest backup is kept (0 or more).
     type: int
     default: 7
   keep_weekly:
-    description: Number of most recent ISO weeks whose newest backup is kept.
+    description: Number of most recent ISO weeks whose newest backup is kept (0 or more).
     type: int
     default: 4
   keep_monthly:
-    description: Number of most recent months whose newest backup is kept.
+    description: Number of most recent months whose newest backup is kept (0 or more).
     type: int
     default: 6
   keep_last:
@@ -102,14 +108,14 @@ options:
     default: 2
   keep_safety_backups:
     description: Safety backups a restore takes (C(pre_restore_*.dump)) are pruned too; the newest this many of
-      O(login_db) are kept.
+      O(login_db) are kept (at least 1).
     type: int
     default: 3
   offsite:
     description:
       - Second location for a copy of each verified backup and its sidecar. A directory path (for example a mounted
         disk; the same retention is applied there) or an rsync target (C(user@host:/path/) or C(rsync://...); no
-        retention is applied there). Empty disables it.
+        retention is applied there). Empty disables it. A path must be absolute.
       - A failed copy is a warning and C(offsite.ok=false) in the result; the local backup is still good.
     type: str
     default: ''
@@ -306,6 +312,7 @@ from ansible.module_utils.soulnear.backup_files import FAILURES, describe_failur
 from ansible.module_utils.soulnear.backup_settings import settings_argument_spec, settings_from_params
 from ansible.module_utils.soulnear.files import human
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
+from ansible.module_utils.soulnear import validate
 
 # The backup settings this module takes; types, defaults and choices come from backup_settings.
 SETTINGS = ('backup_dir', 'container', 'exec_user', 'client_image', 'name_pattern', 'compression', 'compression_level',
@@ -317,6 +324,14 @@ def argument_spec():
     spec = connection_argument_spec()
     spec.update(settings_argument_spec(SETTINGS))
     return spec
+
+
+def check_options(module):
+    """Every option checked before anything is written (validate.py); fails naming each bad one."""
+    options = validate.Options(module.params, argument_spec())
+    validate.connection(options, database=True)
+    validate.backup_settings(options, SETTINGS)
+    options.fail(module)
 
 
 def summary(result, check_mode):
@@ -332,6 +347,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+    check_options(module)
 
     steps = []
     try:

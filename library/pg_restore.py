@@ -46,7 +46,8 @@ version_added: "1.0.0"
 author: SoulNear operations contributors
 options:
   backup:
-    description: V(latest) (the newest backup with a sidecar), a file name in O(backup_dir), or an absolute path.
+    description: V(latest) (the newest backup with a sidecar), a file name in O(backup_dir), or an absolute path; a
+      file, not a directory.
     type: str
     default: latest
   confirm:
@@ -60,7 +61,7 @@ options:
     type: bool
     default: false
   backup_dir:
-    description: Directory holding the backups (and where the safety backup is written).
+    description: Directory holding the backups (and where the safety backup is written), an absolute path.
     type: path
     required: true
   name_pattern:
@@ -81,7 +82,7 @@ options:
     type: str
     default: ''
   bot_stop_timeout:
-    description: Seconds C(docker stop) gives the bot to exit cleanly.
+    description: Seconds C(docker stop) gives the bot to exit cleanly (1 or more).
     type: int
     default: 30
   safety_backup:
@@ -105,7 +106,7 @@ options:
     default: true
   space_margin:
     description: The database container must have the live database size times this factor free for the second
-      copy; the safety backup needs the same in O(backup_dir).
+      copy; the safety backup needs the same in O(backup_dir). From 0 to 100; 0 skips the check.
     type: float
     default: 1.2
   compression:
@@ -114,7 +115,7 @@ options:
     choices: [auto, gzip, zstd, lz4, none]
     default: auto
   largest_tables:
-    description: Number of largest tables whose exact row counts are reported before and after.
+    description: Number of largest tables whose exact row counts are reported before and after (0 to 1000).
     type: int
     default: 5
   analyze:
@@ -128,7 +129,7 @@ options:
     description:
       - maintenance_work_mem of the pg_restore session (with synchronous_commit=off), so index builds sort in memory.
         The restored database is not in use yet, so neither setting affects the live one. Empty keeps the server's
-        setting; lower it on a host with little memory.
+        setting; lower it on a host with little memory. A PostgreSQL size (a whole number with B, kB, MB, GB or TB).
     type: str
     default: 256MB
   maintenance_db:
@@ -137,13 +138,14 @@ options:
     default: postgres
   keep_safety_backups:
     description: The newest this many C(pre_restore_*) safety backups of O(login_db) are kept; older ones are
-      deleted after a restore took a new one (and by every backup run's retention).
+      deleted after a restore took a new one (and by every backup run's retention). At least 1.
     type: int
     default: 3
   data_guard_file:
     description:
       - The data-loss guard's record (see the C(data_guard) module). After a completed restore the restored
-        database is recorded there as the real one and the guard's flag is lowered. Empty disables it.
+        database is recorded there as the real one and the guard's flag is lowered. Empty disables it; else an
+        absolute path of a file.
       - Not touched by O(test_only) or in check mode.
     type: path
     default: /var/lib/soulnear/data-guard.json
@@ -303,12 +305,15 @@ steps:
   sample: [checksum of backup_20250105_020001.dump OK (9f86...), taking a safety backup of soul_bot]
 '''
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.backup_files import FAILURES, describe_failure
 from ansible.module_utils.soulnear.backup_settings import settings_argument_spec, settings_from_params
 from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD_FILE
 from ansible.module_utils.soulnear.restore import LATEST, restore_database, restore_test
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
+from ansible.module_utils.soulnear import validate
 
 # The backup settings this module takes; types, defaults and choices come from backup_settings.
 SETTINGS = ('backup_dir', 'name_pattern', 'container', 'exec_user', 'client_image', 'bot_container', 'bot_stop_timeout',
@@ -329,10 +334,30 @@ def argument_spec():
     return spec
 
 
+def _backup(value, directory):
+    """latest, or a file: a name (or path) in backup_dir or an absolute path - never a directory."""
+    if value in ('', LATEST):
+        return
+    path = os.path.join(directory or '', value)
+    if os.path.isdir(path):
+        raise validate.Invalid('latest, a file name in backup_dir or an absolute path of a file',
+                               why='%s is a directory' % path)
+
+
+def check_options(module):
+    """Every option checked before anything is touched (validate.py); fails naming each bad one."""
+    options = validate.Options(module.params, argument_spec())
+    validate.connection(options, database=True)
+    validate.backup_settings(options, SETTINGS)
+    options.check('backup', _backup, module.params['backup_dir'])
+    options.fail(module)
+
+
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+    check_options(module)
 
     steps = []
     try:
