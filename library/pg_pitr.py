@@ -50,15 +50,18 @@ options:
     choices: [setup, backup, verify, check, info, restore]
     default: info
   container:
-    description: The database container pgBackRest runs in (its image, network and bind mounts are reused).
+    description: The database container pgBackRest runs in (its image, network and bind mounts are reused); a Docker
+      container name.
     type: str
     default: soulnear_postgres
   stanza:
-    description: pgBackRest's stanza of the cluster.
+    description: pgBackRest's stanza of the cluster - letters, digits, C(_), C(.) and C(-), starting with a letter or
+      digit (it is a directory of the repository and a section of C(pgbackrest.conf)).
     type: str
     default: soulnear
   repo_dir:
-    description: The local repository's directory on the host, for its free space in RV(repositories).
+    description: The local repository's directory on the host, for its free space in RV(repositories); empty, or an
+      absolute path of a directory.
     type: path
     default: ''
   backup_type:
@@ -80,11 +83,11 @@ options:
     type: bool
     default: false
   retention_full:
-    description: Full backups kept per repository after a backup.
+    description: Full backups kept per repository after a backup (1 to 9999999, as pgBackRest allows).
     type: int
     default: 2
   retention_diff:
-    description: Differential backups kept per repository after a backup.
+    description: Differential backups kept per repository after a backup (1 to 9999999, as pgBackRest allows).
     type: int
     default: 7
   target:
@@ -98,34 +101,37 @@ options:
   repo:
     description: Only this repository (1 the local one, 2 the offsite one). Without it a restore takes the first
       repository whose window holds the target (for V(latest) the one whose archive reaches furthest).
+      Only with O(operation=backup) and O(operation=restore); one of the repositories C(pgbackrest.conf) configures
+      (pgBackRest numbers them 1 to 256).
     type: int
   bot_container:
     description: The bot's container, stopped during a restore and started again after it.
     type: str
     default: ''
   bot_stop_timeout:
-    description: Seconds C(docker stop) gives the bot.
+    description: Seconds C(docker stop) gives the bot (1 or more).
     type: int
     default: 30
   bot_healthy_timeout:
-    description: Seconds the restarted bot gets to become healthy.
+    description: Seconds the restarted bot gets to become healthy (1 or more).
     type: int
     default: 120
   db_stop_timeout:
-    description: Seconds C(docker stop) gives PostgreSQL for its clean stop (which archives its last WAL).
+    description: Seconds C(docker stop) gives PostgreSQL for its clean stop (which archives its last WAL); 1 or more.
     type: int
     default: 60
   recovery_timeout:
-    description: Seconds to wait for the recovery to the target and the promotion.
+    description: Seconds to wait for the recovery to the target and the promotion (1 or more).
     type: int
     default: 1800
   space_margin:
     description: A restore needs the backup's database size times this factor free on the disk of the Docker
-      volumes (the restored copy sits next to the kept one).
+      volumes (the restored copy sits next to the kept one). From 0 to 100; 0 skips the check.
     type: float
     default: 1.2
   data_guard_file:
-    description: The data-loss guard's record, updated after a restore (empty disables).
+    description: The data-loss guard's record, updated after a restore (empty disables; else an absolute path of a
+      file).
     type: path
     default: /var/lib/soulnear/data-guard.json
   login_user:
@@ -279,6 +285,7 @@ from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 from ansible.module_utils.soulnear import pitr
 from ansible.module_utils.soulnear.pitr_restore import restore
+from ansible.module_utils.soulnear import validate
 
 OPERATIONS = ('setup', 'backup', 'verify', 'check', 'info', 'restore')
 SETTINGS = ('container', 'stanza', 'repo_dir', 'retention_full', 'retention_diff', 'bot_container',
@@ -311,6 +318,52 @@ def argument_spec():
         data_guard_file=dict(type='path', default=DATA_GUARD_FILE),
     )
     return spec
+
+
+REPO_OPERATIONS = ('backup', 'restore')
+
+
+def _target(value):
+    try:
+        pitr.parse_target(value)
+    except pitr.PitrError as exc:
+        raise validate.Invalid('latest, or a time with its zone such as 2026-11-29 14:05:00+00', why=str(exc)) from None
+
+
+def _configured(repo, settings):
+    """repo is one of the repositories pgbackrest.conf configures (asked of pgBackRest in the container: it only
+    reads); None when pgBackRest cannot tell, which the operation itself then reports."""
+    try:
+        configured = sorted(pitr.repositories(pitr.info(settings, pitr.Runner(settings['container']))))
+    except pitr.FAILURES:
+        return
+    if configured and repo not in configured:
+        raise validate.Invalid('one of the repositories pgbackrest.conf configures: %s' % ', '.join(
+            str(k) for k in configured), why='repo%d is not configured' % repo)
+
+
+def check_options(module, settings):
+    """Every option checked before anything runs (validate.py); fails naming each bad one."""
+    p = module.params
+    options = validate.Options(p, argument_spec())
+    validate.connection(options, database=p['operation'] == 'restore')
+    options.check('container', validate.name, 'container')
+    options.check('bot_container', validate.name, 'container', empty=True)
+    options.check('stanza', validate.name, 'stanza')
+    options.check('repo_dir', validate.nonempty_path, 'directory', empty=True)
+    options.check('data_guard_file', validate.nonempty_path, 'file', empty=True)
+    options.check(('retention_full', 'retention_diff'), validate.in_range, 1, 9999999)
+    options.check(('bot_stop_timeout', 'bot_healthy_timeout', 'db_stop_timeout', 'recovery_timeout'), validate.seconds)
+    options.check('space_margin', validate.in_range, 0, 100)
+    if p['operation'] == 'restore':
+        options.check('target', _target)
+    if p['repo'] is not None and p['operation'] not in REPO_OPERATIONS:
+        options.add('repo', p['repo'], validate.Invalid(
+            'left out with operation=%s, which works on every repository' % p['operation'],
+            why='only operation=backup and operation=restore take one repository', fix='leave repo out'))
+    elif options.check('repo', validate.in_range, 1, 256) and not options.problems:
+        options.check('repo', _configured, settings)
+    options.fail(module)
 
 
 def _jsonable_windows(windows):
@@ -352,6 +405,7 @@ def main():
     steps = []
     conn = dict((k, module.params[k]) for k in connection_argument_spec())
     settings = pitr.make_settings(conn, **dict((k, module.params[k]) for k in SETTINGS))
+    check_options(module, settings)
     try:
         result = run(module, settings, steps.append)
     except pitr.FAILURES as exc:
