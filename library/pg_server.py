@@ -36,26 +36,30 @@ extends_documentation_fragment:
   - soulnear_connection
 options:
   settings:
-    description: Server settings, name -> value (booleans become C(on)/C(off)).
+    description: Server settings, name -> value (booleans become C(on)/C(off)). A name is a PostgreSQL setting name,
+      a value a string, a number or a boolean.
     type: dict
     default: {}
   app_role:
-    description: The application's login role to create or converge.
+    description: The application's login role to create or converge; not O(login_user) nor O(monitor_role), and not
+      a name PostgreSQL reserves (C(pg_*), C(public), ...).
     type: str
   app_password:
-    description: Its password.
+    description: Its password (not empty).
     type: str
   monitor_role:
-    description: A monitoring login role (for postgres_exporter) to create or converge, member of C(pg_monitor).
+    description: A monitoring login role (for postgres_exporter) to create or converge, member of C(pg_monitor); not
+      O(login_user), and not a name PostgreSQL reserves.
     type: str
   monitor_password:
-    description: Its password.
+    description: Its password (not empty).
     type: str
   container:
     description: The database container, used only to set a refused superuser password over the local socket.
     type: str
   superuser_password_file:
-    description: Path, inside O(container), of the file holding the superuser password.
+    description: Path, inside O(container), of the file holding the superuser password - absolute, of letters,
+      digits, C(_), C(.), C(-) and C(/) (psql reads it through a shell there).
     type: str
     default: /run/secrets/soulnear/superuser_password
   report_only:
@@ -163,10 +167,13 @@ msg:
   sample: "Reloaded PostgreSQL: tcp_keepalives_idle changed (no restart needed)."
 '''
 
+import re
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.pg import (
     HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, ConnectError, connection_argument_spec, is_retryable, psycopg2)
 from ansible.module_utils.soulnear.pgserver import ServerConfigError, converge, report
+from ansible.module_utils.soulnear import validate
 
 
 def argument_spec():
@@ -183,6 +190,54 @@ def argument_spec():
         report_only=dict(type='bool', default=False),
     )
     return spec
+
+
+# The password file is read inside the container by psql's \set pw `cat FILE` (a shell runs it): a plain path only.
+_SECRET_FILE = re.compile(r'^/[A-Za-z0-9_./-]+$')
+
+
+def _secret_file(value):
+    if not _SECRET_FILE.match(value) or '/../' in value + '/':
+        raise validate.Invalid('an absolute path of letters, digits, "_", ".", "-" and "/" (psql reads it through a '
+                               'shell inside the container)')
+
+
+def _setting_value(value):
+    if isinstance(value, (dict, list, tuple)) or value is None or (isinstance(value, str) and '\0' in value):
+        raise validate.Invalid('a string, a number or a boolean')
+
+
+def _role(options, option, others):
+    """A role this module creates or converges: a name PostgreSQL does not reserve, and none of the others (the
+    app role made NOSUPERUSER would be the superuser itself), with its password."""
+    p = options.params
+    if not p[option]:
+        return
+    if options.value(option, p[option], validate.pg_name, 'role', create=True):
+        clash = [other for other in others if p[other] and p[other] == p[option]]
+        if clash:
+            options.add(option, p[option], validate.Invalid(
+                'a role of its own', why='it is also %s - converging it would change that role' % clash[0]))
+    password = option.replace('_role', '_password')
+    if p[password] is not None and p[password] == '':
+        options.add(password, p[password], validate.Invalid(
+            'a password that is not empty (PostgreSQL takes an empty one as no password: the role could not log in '
+            'with one)', why='it is empty'))
+
+
+def check_options(module):
+    """Every option checked before anything is set (validate.py); fails naming each bad one."""
+    p = module.params
+    options = validate.Options(p, argument_spec())
+    validate.connection(options)
+    for setting in sorted(p['settings']):
+        options.value('settings', setting, validate.name, 'setting')
+        options.value('settings.%s' % setting, p['settings'][setting], _setting_value)
+    _role(options, 'app_role', ('login_user', 'monitor_role'))
+    _role(options, 'monitor_role', ('login_user',))
+    options.check('container', validate.name, 'container')
+    options.check('superuser_password_file', _secret_file)
+    options.fail(module)
 
 
 def server_unreachable(exc):
@@ -208,6 +263,7 @@ def main():
                            required_by=dict(app_role='app_password', monitor_role='monitor_password'))
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+    check_options(module)
     p = module.params
     if p['report_only']:
         try:
