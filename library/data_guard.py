@@ -52,7 +52,8 @@ options:
     choices: [check, clear, query]
     default: check
   state_file:
-    description: The guard's record on the managed host (the host monitor and C(db_health) read the same file).
+    description: The guard's record on the managed host (the host monitor and C(db_health) read the same file); an
+      absolute path of a file, not a directory.
     type: path
     default: /var/lib/soulnear/data-guard.json
   required_tables:
@@ -60,6 +61,7 @@ options:
       - Optional tables to observe in addition to the database's own (optionally schema-qualified), observed even
         when missing. When set, every one of them missing or empty also means the database is empty.
       - None by default; the tables the bot uses are found without naming them.
+      - Each a PostgreSQL table name of at most 63 bytes (per part of C(schema.table)).
     type: list
     elements: str
     default: []
@@ -82,7 +84,8 @@ options:
     type: str
     default: ''
   backup_dir:
-    description: Backups directory, to name the newest verified backup of O(login_db) in the refusal.
+    description: Backups directory, to name the newest verified backup of O(login_db) in the refusal (an absolute
+      path of a directory).
     type: path
     default: /var/backups/soulnear
   backup_name_pattern:
@@ -94,12 +97,12 @@ options:
       - The database container, where C(pg_restore) reads a backup. With no record of the database on this host and
         the database empty, the newest verified backup of it in O(backup_dir) is read (until its first row); when it
         holds data, the database is refused like any other data loss (a rebuilt host pointed at the old backup
-        disk). Not used with O(client_image).
+        disk). Not used with O(client_image). A Docker container name.
     type: str
     default: soulnear_postgres
   client_image:
     description: For a database this host does not own, the image C(pg_restore) runs in (see pg_backup's
-      O(pg_backup#module:client_image)).
+      O(pg_backup#module:client_image)); a Docker image reference.
     type: str
   pitr:
     description:
@@ -225,6 +228,7 @@ from ansible.module_utils.soulnear.backup_settings import make_settings
 from ansible.module_utils.soulnear.checks import DEFAULTS as CHECK_DEFAULTS
 from ansible.module_utils.soulnear.pg import (
     HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, ConnectError, connect, connection_argument_spec)
+from ansible.module_utils.soulnear import validate
 
 
 def argument_spec():
@@ -246,6 +250,21 @@ def argument_spec():
     return spec
 
 
+def check_options(module):
+    """Every option checked before the record is read or written (validate.py); fails naming each bad one."""
+    options = validate.Options(module.params, argument_spec())
+    validate.connection(options, database=True)
+    options.check('state_file', validate.nonempty_path, 'file')
+    options.each('required_tables', validate.pg_name, 'table')
+    options.check('migrations_table', validate.pg_name, 'table')
+    options.check('backup_dir', validate.nonempty_path, 'directory')
+    options.check('backup_name_pattern', validate.file_pattern)
+    if not module.params['client_image']:
+        options.check('db_container', validate.name, 'container')
+    options.check('client_image', validate.name, 'image', empty=True)
+    options.fail(module)
+
+
 def observe(module, params):
     try:
         conn = connect(params, application_name='soulnear data_guard')
@@ -263,11 +282,10 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+    check_options(module)
     params = module.params
     path = params['state_file']
     actor = params['actor'] or guard.default_actor()
-    if not params['login_db']:
-        module.fail_json(msg='login_db is required: the application database the guard watches (e.g. soul_bot)')
     try:
         if params['operation'] == 'query':
             found = guard.status(path, params['login_db'])

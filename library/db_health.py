@@ -47,12 +47,13 @@ options:
         volume was probably re-initialised (suspected data loss).
       - None by default; the data-loss guard (O(data_guard_file)) watches the database's own tables, whatever the
         bot calls them. With O(data_guard_file), every one of them missing or empty also counts as an empty database.
+      - Each a PostgreSQL table name of at most 63 bytes (per part of C(schema.table)).
     type: list
     elements: str
     default: []
   migrations_path:
-    description: Directory of the C(*.sql) migrations on the managed host. When set, the C(migrations) check
-      compares it with the tracking table, with the same rules as the C(pg_migrate) module.
+    description: Directory of the C(*.sql) migrations on the managed host (an absolute path, not a file). When set,
+      the C(migrations) check compares it with the tracking table, with the same rules as the C(pg_migrate) module.
     type: path
   migrations_mode:
     description:
@@ -65,7 +66,8 @@ options:
     default: sql
   migrations_probe:
     description: With O(migrations_mode=command), the probe - C(command) (the deploy's app_migration_check_command),
-      C(container) (the bot's container, whose image it runs in), C(env_file), C(network), C(mounts).
+      C(container) (the bot's container, whose image it runs in), C(env_file), C(network), C(mounts) (absolute
+      paths); no other key.
     type: dict
   migrations_table:
     description: Migration tracking table (pg_migrate's O(migrations_table); the deploy's C(soulnear_migrations_table)).
@@ -79,12 +81,12 @@ options:
     default: auto
   connections_warn_percent:
     description: Warn when the client connections in use reach this share of the slots a non-superuser can use
-      (C(max_connections) minus the reserved ones).
+      (C(max_connections) minus the reserved ones); 0 to 100.
     type: int
     default: 80
   db_container:
-    description: Name of the database container to check (running, health status, restart count). Needs the
-      docker CLI on the managed host.
+    description: Name of the database container to check (running, health status, restart count), a Docker
+      container name. Needs the docker CLI on the managed host.
     type: str
   db_external:
     description:
@@ -99,14 +101,15 @@ options:
         check reads C(/cluster) and reports the leader, the members, their state and replication lag; it fails with
         no leader, a member that is not running or streaming, or the REST API not answering, and warns in
         maintenance mode (paused).
-      - An C(https) URL is verified with O(patroni_ca_cert).
+      - An C(http) or C(https) URL with a host (no other scheme); an C(https) one is verified with
+        O(patroni_ca_cert).
     type: str
   patroni_ca_cert:
     description: CA certificate (a file on the managed host) that signed the certificate of Patroni's REST API, for
       an C(https) O(patroni_url); the system's CAs when not set.
     type: path
   patroni_max_lag_bytes:
-    description: Replication lag of a replica, in bytes, above which the C(patroni) check reports it.
+    description: Replication lag of a replica, in bytes, above which the C(patroni) check reports it (0 or more).
     type: int
     default: 16777216
   bot_container:
@@ -117,7 +120,7 @@ options:
       - JSON file on the managed host that remembers the containers' restart counts between runs, so a count
         that grew since the last run is reported as a warning. Without it, any restart count above 0 is a
         warning (Docker resets the count when a container is started by hand).
-      - Not written in check mode.
+      - Not written in check mode. An absolute path of a file, not a directory.
     type: path
   backup_dir:
     description:
@@ -126,6 +129,7 @@ options:
       - Only the backups of O(login_db) count (the sidecar or the archive names the database). The newest one's
         sha256 is compared with its sidecar; the file's checksum is computed once and cached in the directory
         (C(.soulnear-checksums.json)), so later runs cost a stat. Not written in check mode.
+      - An absolute path of a directory.
     type: path
   backup_name_pattern:
     description: File name pattern of the backups (the backup role's C(backup_name_pattern)); the age comes from
@@ -133,7 +137,8 @@ options:
     type: str
     default: backup_%Y%m%d_%H%M%S.dump
   backup_max_age_hours:
-    description: The C(backup_age) check fails when the newest verified backup is older than this.
+    description: The C(backup_age) check fails when the newest verified backup is older than this (above 0, at most
+      87600 - ten years).
     type: float
     default: 26
   require_backup:
@@ -142,15 +147,16 @@ options:
     type: bool
     default: false
   disk_paths:
-    description: Paths whose file system must not be fuller than O(disk_max_used_percent).
+    description: Paths whose file system must not be fuller than O(disk_max_used_percent); absolute paths.
     type: list
     elements: path
     default: []
   db_volume:
-    description: Docker volume of the database; its mount point on the host is added to the disk check.
+    description: Docker volume of the database (a Docker volume name); its mount point on the host is added to the
+      disk check.
     type: str
   disk_max_used_percent:
-    description: The C(disk) check fails above this used share of a file system.
+    description: The C(disk) check fails above this used share of a file system (0 to 100).
     type: int
     default: 90
   pitr_stanza:
@@ -158,24 +164,27 @@ options:
       - pgBackRest's stanza of point-in-time recovery. Enables the C(wal_archiving) check (needs the database
         connection; the segments waiting are counted in O(db_volume)'s C(pg_wal/archive_status)) and the
         C(physical_backup) check (C(pgbackrest info) in O(db_container)).
+      - Letters, digits, C(_), C(.) and C(-), starting with a letter or digit.
     type: str
   pitr_repo_dir:
-    description: The local pgBackRest repository on the host. Its free space is checked against the newest full
-      backup, and it joins the disk check.
+    description: The local pgBackRest repository on the host (an absolute path of a directory). Its free space is
+      checked against the newest full backup, and it joins the disk check.
     type: path
   pitr_backup_max_age_hours:
-    description: The C(physical_backup) check fails when the newest physical backup of a repository is older.
+    description: The C(physical_backup) check fails when the newest physical backup of a repository is older (above
+      0, at most 87600 - ten years).
     type: float
     default: 26
   pitr_archive_ready_max:
-    description: The C(wal_archiving) check fails when more finished WAL segments than this wait to be archived.
+    description: The C(wal_archiving) check fails when more finished WAL segments than this wait to be archived (0 or
+      more).
     type: int
     default: 8
   pitr_archive_slack_seconds:
     description:
       - The C(wal_archiving) check fails when the oldest commit not yet archived (read with pg_waldump in the
         database container) is older than archive_timeout plus this many seconds - the recovery point is stalled,
-        whatever the archiver's statistics say (PostgreSQL not switching segments, archive-push hanging).
+        whatever the archiver's statistics say (PostgreSQL not switching segments, archive-push hanging). 0 or more.
     type: float
     default: 15
   pitr_check:
@@ -185,7 +194,8 @@ options:
   data_guard_file:
     description:
       - The data-loss guard's record on the managed host (see the C(data_guard) module). When it exists, the
-        C(tables) check fails while its flag is raised or when the database does not match it. Empty disables.
+        C(tables) check fails while its flag is raised or when the database does not match it. Empty disables;
+        else an absolute path of a file.
     type: path
     default: /var/lib/soulnear/data-guard.json
   fail_on_unhealthy:
@@ -319,6 +329,9 @@ from ansible.module_utils.soulnear.checks import DEFAULTS, report_lines, run_che
 from ansible.module_utils.soulnear.files import write_private
 from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD_FILE
 from ansible.module_utils.soulnear.migrate import FORMATS
+from ansible.module_utils.soulnear import validate
+
+PROBE_KEYS = ('command', 'container', 'env_file', 'network', 'mounts')
 
 
 def read_state(path):
@@ -331,6 +344,50 @@ def read_state(path):
 
 def write_state(path, restart_counts):
     write_private(path, json.dumps(dict(restart_counts=restart_counts), sort_keys=True))
+
+
+def _probe(options, probe):
+    """migrations_probe: the keys the probe takes, each checked."""
+    unknown = sorted(set(probe) - set(PROBE_KEYS))
+    if unknown:
+        options.add('migrations_probe', probe, validate.Invalid('a dict of %s' % ', '.join(PROBE_KEYS),
+                                                                why='it has %s' % ', '.join(unknown)))
+    if not isinstance(probe.get('command') or [], (str, list)):
+        options.add('migrations_probe.command', probe['command'], 'a command: a string or a list')
+    for key, check, args in (('container', validate.name, ('container',)), ('network', validate.name, ('network',)),
+                             ('env_file', validate.nonempty_path, ('file',))):
+        if probe.get(key):
+            options.value('migrations_probe.%s' % key, probe[key], check, *args)
+    for index, path in enumerate(probe.get('mounts') or []):
+        options.value('migrations_probe.mounts[%d]' % index, path, validate.nonempty_path)
+
+
+def check_options(module):
+    """Every option checked before a check runs (validate.py); fails naming each bad one."""
+    p = module.params
+    options = validate.Options(p, argument_spec())
+    validate.connection(options)
+    options.each('required_tables', validate.pg_name, 'table')
+    options.check('migrations_table', validate.pg_name, 'table')
+    options.check('migrations_path', validate.nonempty_path, 'directory')
+    if p['migrations_probe']:
+        _probe(options, p['migrations_probe'])
+    options.check(('connections_warn_percent', 'disk_max_used_percent'), validate.percent)
+    options.check(('db_container', 'bot_container'), validate.name, 'container')
+    options.check('db_volume', validate.name, 'volume')
+    options.check('patroni_url', validate.url)
+    options.check('patroni_ca_cert', validate.nonempty_path, 'file')
+    options.check('patroni_max_lag_bytes', validate.in_range, 0)
+    options.check('state_file', validate.nonempty_path, 'file')
+    options.check(('backup_dir', 'pitr_repo_dir'), validate.nonempty_path, 'directory')
+    options.each('disk_paths', validate.nonempty_path)
+    options.check('backup_name_pattern', validate.file_pattern)
+    options.check(('backup_max_age_hours', 'pitr_backup_max_age_hours'), validate.positive, 87600, 'hours')
+    options.check('pitr_stanza', validate.name, 'stanza')
+    options.check('pitr_archive_ready_max', validate.in_range, 0)
+    options.check('pitr_archive_slack_seconds', validate.seconds, zero=True)
+    options.check('data_guard_file', validate.nonempty_path, 'file', empty=True)
+    options.fail(module)
 
 
 def argument_spec():
@@ -374,6 +431,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(PSYCOPG2_IMPORT_ERROR))
+    check_options(module)
 
     params = dict(module.params)
     state_file = params.pop('state_file')
