@@ -28,7 +28,8 @@ version_added: "1.1.0"
 author: SoulNear operations contributors
 options:
   path:
-    description: The lock directory on the managed host.
+    description: The lock directory on the managed host - an absolute path, not C(/), and when it exists a
+      directory holding nothing but the lock's record.
     type: path
     default: /var/lib/soulnear/deploy.lock
   state:
@@ -40,18 +41,19 @@ options:
     description:
       - Identifies this run. With O(state=present) and no value, a new one is made and returned in RV(run_id);
         pass it back to renew and release.
-      - Required with O(state=absent) unless O(force=true).
+      - Required with O(state=absent) unless O(force=true). Not empty.
     type: str
   holder:
-    description: Who takes the lock, for the refusal message of the next run (e.g. C(alice@laptop)).
+    description: Who takes the lock, for the refusal message of the next run (e.g. C(alice@laptop)); not empty.
     type: str
     default: unknown
   operation:
-    description: What the holder does (deploy, redeploy, restore, rollback, ...), shown to others.
+    description: What the holder does (deploy, redeploy, restore, rollback, ...), shown to others; not empty.
     type: str
     default: deploy
   ttl_minutes:
-    description: Minutes without a heartbeat after which a held lock counts as stale and may be taken over.
+    description: Minutes without a heartbeat after which a held lock counts as stale and may be taken over (1 to
+      525600, a year).
     type: int
     default: 60
   force:
@@ -119,10 +121,12 @@ msg:
   sample: "deploy lock /var/lib/soulnear/deploy.lock taken by alice@laptop (deploy, run 3f9c2a1b7d4e)"
 '''
 
+import os
 import uuid
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.soulnear import lock
+from ansible.module_utils.soulnear import validate
 
 
 def argument_spec():
@@ -137,9 +141,36 @@ def argument_spec():
     )
 
 
+def _lock_dir(value):
+    """An absolute path that is not / and, when it exists, a lock directory: a directory holding nothing but the
+    holder record (a release, state=absent force=true, removes the whole directory)."""
+    validate.nonempty_path(value, 'directory')
+    path = os.path.abspath(value)
+    allowed = 'an absolute path of the lock directory, not / (for example %s)' % lock.DEFAULT_PATH
+    if path == '/':
+        raise validate.Invalid(allowed, why='it is the root directory')
+    if os.path.isdir(path) and not os.path.islink(path):
+        others = sorted(set(os.listdir(path)) - {lock.RECORD})
+        if others:
+            raise validate.Invalid(allowed + ' that holds nothing but the lock\'s %s record' % lock.RECORD,
+                                   why='it is a directory holding other files (%s%s), not a lock' % (
+                                       ', '.join(others[:3]), ', ...' if len(others) > 3 else ''))
+
+
+def check_options(module):
+    """Every option checked before the lock is read or written (validate.py); fails naming each bad one."""
+    options = validate.Options(module.params, argument_spec())
+    options.check('path', _lock_dir)
+    options.check('run_id', validate.nonempty, 'the run id this module returned when it took the lock')
+    options.check(('holder', 'operation'), validate.nonempty)
+    options.check('ttl_minutes', validate.in_range, 1, 525600, 'minutes')
+    options.fail(module)
+
+
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
                            required_if=[('state', 'absent', ('run_id', 'force'), True)])
+    check_options(module)
     p = module.params
     path = p['path']
     try:

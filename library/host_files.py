@@ -31,7 +31,7 @@ options:
     required: true
     suboptions:
       path:
-        description: Absolute path on the host.
+        description: Absolute path on the host (not C(/), no C(..)).
         type: path
         required: true
       state:
@@ -42,22 +42,23 @@ options:
         default: file
       content:
         description: The file's content (text). Without it, an existing file keeps its content and only its
-          mode and owner converge; a missing one is created empty.
+          mode and owner converge; a missing one is created empty. Only with O(entries[].state=file).
         type: str
       src:
-        description: Target of a link.
+        description: Target of a link (required with O(entries[].state=link), only then).
         type: str
       mode:
-        description: Mode as an octal string (files default to C(0644) when created).
+        description: Mode as an octal string, at most C(07777) (files default to C(0644) when created).
         type: raw
       owner:
-        description: User name or numeric uid.
+        description: User name (that exists on the host, checked outside check mode) or numeric uid.
         type: str
       group:
-        description: Group name or numeric gid.
+        description: Group name (that exists on the host, checked outside check mode) or numeric gid.
         type: str
       validate:
-        description: Command run on the new content before it replaces the file; C(%s) is the temporary file.
+        description: Command run on the new content before it replaces the file; C(%s) is the temporary file (it
+          must be there, and outside check mode the program must exist). Only with O(entries[].state=file).
         type: str
       secret:
         description: The content is secret - never shown in the diff.
@@ -72,27 +73,27 @@ options:
     default: []
     suboptions:
       dest:
-        description: The directory on the host.
+        description: The directory on the host (absolute, not C(/), no C(..)).
         type: path
         required: true
       files:
-        description: File name (relative to O(trees[].dest)) -> content.
+        description: File name (relative to O(trees[].dest), without C(..)) -> content (text).
         type: dict
         required: true
       mode:
-        description: Mode of the files.
+        description: Mode of the files, an octal string (at most C(07777)).
         type: raw
         default: "0644"
       directory_mode:
-        description: Mode of O(trees[].dest).
+        description: Mode of O(trees[].dest), an octal string (at most C(07777)).
         type: raw
         default: "0755"
       owner:
-        description: Owner of the directory and the files.
+        description: Owner of the directory and the files (a user that exists on the host, or a uid).
         type: str
         default: root
       group:
-        description: Group of the directory and the files.
+        description: Group of the directory and the files (a group that exists on the host, or a gid).
         type: str
         default: root
 attributes:
@@ -139,8 +140,15 @@ msg:
   sample: 1 of 23 path(s) changed
 '''
 
+import grp
+import os
+import pwd
+import re
+import shutil
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.soulnear import hostfiles
+from ansible.module_utils.soulnear import validate
 
 
 def argument_spec():
@@ -164,6 +172,86 @@ def argument_spec():
     )))
 
 
+def _host_path(value):
+    """An absolute path that is not / and has no .. (a path built from a name must stay where it was meant to be)."""
+    validate.nonempty_path(value)
+    if os.path.normpath(value) == '/' or '..' in value.split('/'):
+        raise validate.Invalid('an absolute path below /, without ".."')
+
+
+def _mode(value):
+    """An octal mode: a string of octal digits (0644) or the number it stands for, at most 07777."""
+    text = str(value)
+    number = value if isinstance(value, int) and not isinstance(value, bool) else (
+        int(text, 8) if re.match(r'^0?[0-7]{1,4}$', text) else None)
+    if number is None or not 0 <= number <= 0o7777:
+        raise validate.Invalid('an octal mode as a string, such as "0644" or "0750" (at most 07777)')
+
+
+def _account(value, database, kind):
+    """A user or group that exists on this host, or a numeric id."""
+    if str(value).isdigit():
+        return
+    try:
+        database(str(value))
+    except KeyError:
+        raise validate.Invalid('a %s that exists on this host, or a numeric id' % kind,
+                               why='there is no %s %s here' % (kind, value)) from None
+
+
+def _command(value, check_mode):
+    """validate: a command with %s for the temporary file, whose program exists (outside check mode)."""
+    argv = value.split()
+    if not argv or '%s' not in value:
+        raise validate.Invalid('a command with %s for the temporary file, for example "visudo -cf %s"')
+    if not check_mode and not shutil.which(argv[0]):
+        raise validate.Invalid('a command whose program exists on this host', why='%s is not found' % argv[0])
+
+
+def _common(options, label, item, mode_keys, check_mode):
+    """Modes, owner and group. In check mode a user, group or validate program that an earlier task of a real run
+    would install may be missing yet: they are checked when the files are really written."""
+    for key in mode_keys:
+        if item.get(key) is not None:
+            options.value('%s.%s' % (label, key), item[key], _mode)
+    for key, database, kind in (('owner', pwd.getpwnam, 'user'), ('group', grp.getgrnam, 'group')):
+        if item.get(key) is not None and not check_mode:
+            options.value('%s.%s' % (label, key), item[key], _account, database, kind)
+
+
+def check_options(module):
+    """Every entry and tree checked before any path changes (validate.py); fails naming each bad one."""
+    options = validate.Options(module.params, argument_spec())
+    for index, entry in enumerate(module.params['entries']):
+        label = 'entries[%d]' % index
+        options.value(label + '.path', entry['path'], _host_path)
+        if entry['state'] == 'link':
+            options.value(label + '.src', entry['src'] or '', validate.nonempty, 'the target of the link')
+        for key, state in (('content', 'file'), ('src', 'link'), ('validate', 'file')):
+            if entry.get(key) is not None and entry['state'] != state:
+                options.add('%s.%s' % (label, key), '(given)' if key == 'content' else entry[key],
+                            validate.Invalid('left out with state=%s' % entry['state'],
+                                             why='%s goes with state=%s only' % (key, state)))
+        if entry.get('validate') is not None:
+            options.value(label + '.validate', entry['validate'], _command, module.check_mode)
+        _common(options, label, entry, ('mode',), module.check_mode)
+    for index, tree in enumerate(module.params['trees']):
+        label = 'trees[%d]' % index
+        options.value(label + '.dest', tree['dest'], _host_path)
+        for name, content in sorted(tree['files'].items()):
+            options.value(label + '.files', name, _host_path_name)
+            if not isinstance(content, str):
+                options.add('%s.files[%s]' % (label, name), '(given)', validate.Invalid('text (the file\'s content)'))
+        _common(options, label, tree, ('mode', 'directory_mode'), module.check_mode)
+    options.fail(module)
+
+
+def _host_path_name(value):
+    """A file name relative to a tree's dest: not empty, not absolute, no .. (it must stay below dest)."""
+    if not value or value.startswith('/') or '..' in value.split('/') or '\0' in value:
+        raise validate.Invalid('a path relative to dest, without ".." (for example lib/checks.py)')
+
+
 def _before(path):
     try:
         with open(path, 'rb') as handle:
@@ -174,6 +262,7 @@ def _before(path):
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    check_options(module)
     entries = list(module.params['entries'])
     for tree in module.params['trees']:
         owner = dict(owner=tree['owner'], group=tree['group'])
@@ -182,8 +271,6 @@ def main():
             entries.append(dict(owner, path='%s/%s' % (tree['dest'].rstrip('/'), name), state='file',
                                 content=content, mode=tree['mode'], secret=False, validate=None))
     for entry in entries:
-        if entry['state'] == 'link' and not entry.get('src'):
-            module.fail_json(msg='entry %s has state link but no src' % entry['path'])
         if entry.get('secret') and entry.get('content'):
             module.no_log_values.add(entry['content'])
     try:

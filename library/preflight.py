@@ -32,11 +32,11 @@ options:
     default: []
     suboptions:
       path:
-        description: A path on the host (it need not exist yet).
+        description: An absolute path on the host (it need not exist yet).
         type: path
         required: true
       min_mb:
-        description: Megabytes that must be free there.
+        description: Megabytes that must be free there (0 or more).
         type: int
         required: true
       why:
@@ -50,7 +50,8 @@ options:
     default: []
     suboptions:
       name:
-        description: Image name with tag, e.g. C(postgres:15) or C(registry.example.com/bot:1.2).
+        description: Image name with tag, e.g. C(postgres:15) or C(registry.example.com/bot:1.2) (a Docker image
+          reference).
         type: str
         required: true
       archive:
@@ -62,7 +63,7 @@ options:
         type: str
         default: ""
   registry_timeout:
-    description: Seconds to wait for a registry to answer.
+    description: Seconds to wait for a registry to answer (1 to 600).
     type: int
     default: 5
 attributes:
@@ -107,6 +108,7 @@ from urllib import request
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.soulnear.files import disk_usage
+from ansible.module_utils.soulnear import validate
 
 
 def argument_spec():
@@ -123,6 +125,18 @@ def argument_spec():
         )),
         registry_timeout=dict(type='int', default=5),
     )
+
+
+def check_options(module):
+    """Every option checked before a question is asked (validate.py); fails naming each bad one."""
+    options = validate.Options(module.params, argument_spec())
+    for index, item in enumerate(module.params['free_space']):
+        options.value('free_space[%d].path' % index, item['path'], validate.nonempty_path)
+        options.value('free_space[%d].min_mb' % index, item['min_mb'], validate.in_range, 0, None, 'MB')
+    for index, image in enumerate(module.params['images']):
+        options.value('images[%d].name' % index, image['name'], validate.name, 'image')
+    options.check('registry_timeout', validate.in_range, 1, 600, 'seconds')
+    options.fail(module)
 
 
 def registry_of(image):
@@ -154,6 +168,7 @@ def image_present(name):
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    check_options(module)
     problems, checks = [], dict(free_mb={}, images={})
     for item in module.params['free_space']:
         usage = disk_usage(item['path'])
