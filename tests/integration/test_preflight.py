@@ -96,3 +96,33 @@ def test_an_unencrypted_or_unverified_offsite_repository_is_warned_about(tmp_pat
     assert 'WARNING: the offsite pgBackRest repository (soulnear-backups) is NOT encrypted' in output, output
     assert 'its TLS certificate is NOT verified' in output
     assert 'key-secret-value' not in output
+
+
+def test_a_secret_encrypted_with_another_vault_password_is_named(tmp_path):
+    """One example secret left encrypted with another vault password used to end in "can only concatenate list (not
+    VaultExceptionMarker)" (issue 23): the preflight names the variable and says the vault password differs."""
+    vault = os.path.join(BIN, 'ansible-vault')
+    (tmp_path / 'right').write_text('the-right-vault-password\n')
+    (tmp_path / 'other').write_text('another-vault-password\n')
+
+    def encrypted(password_file, value, name):
+        return subprocess.run([vault, 'encrypt_string', '--vault-password-file', str(tmp_path / password_file),
+                               value, '--name', name], capture_output=True, text=True, check=True).stdout
+    text = (encrypted('right', SECRETS['vault_postgres_password'], 'vault_postgres_password')
+            + encrypted('right', SECRETS['vault_app_db_password'], 'vault_app_db_password')
+            + encrypted('other', 'a-token-from-the-old-vault', 'vault_bot_token'))
+    (tmp_path / 'vault.yml').write_text(text)
+    inventory = tmp_path / 'hosts.yml'
+    host = dict(ansible_connection='local', ansible_python_interpreter=sys.executable, ansible_become=False)
+    inventory.write_text(yaml.safe_dump({'soulnear': {'hosts': {'preflight-test': host}}}))
+    env = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'))
+    for password, expected in (('right', 'vault_bot_token cannot be decrypted with the vault password given (it was '
+                                          'encrypted with another vault password)'),
+                               ('other', 'vault_app_db_password, vault_postgres_password cannot be decrypted')):
+        proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', str(inventory), 'deploy.yml',
+                               '--tags', 'preflight-test-no-step', '-e', '@%s' % (tmp_path / 'vault.yml'),
+                               '--vault-password-file', str(tmp_path / password)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        output = ' '.join((proc.stdout + proc.stderr).split())
+        assert proc.returncode != 0 and expected in output, output[-2000:]
+        assert 'VaultExceptionMarker' not in output and 'a-token-from-the-old-vault' not in output
