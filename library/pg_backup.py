@@ -83,7 +83,7 @@ options:
       - The backup is refused unless O(backup_dir) has at least the database size (C(pg_database_size)) times this
         factor free. Dumps are usually much smaller than the database; the margin protects the disk the database
         may share with the backups.
-      - From 0 to 100; 0 skips the check.
+      - From 0 to 1000000; 0 skips the check.
     type: float
     default: 1.2
   prune:

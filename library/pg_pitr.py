@@ -126,7 +126,7 @@ options:
     default: 1800
   space_margin:
     description: A restore needs the backup's database size times this factor free on the disk of the Docker
-      volumes (the restored copy sits next to the kept one). From 0 to 100; 0 skips the check.
+      volumes (the restored copy sits next to the kept one). From 0 to 1000000; 0 skips the check.
     type: float
     default: 1.2
   data_guard_file:
@@ -354,7 +354,7 @@ def check_options(module, settings):
     options.check('data_guard_file', validate.nonempty_path, 'file', empty=True)
     options.check(('retention_full', 'retention_diff'), validate.in_range, 1, 9999999)
     options.check(('bot_stop_timeout', 'bot_healthy_timeout', 'db_stop_timeout', 'recovery_timeout'), validate.seconds)
-    options.check('space_margin', validate.in_range, 0, 100)
+    options.check('space_margin', validate.in_range, 0, validate.MAX_SPACE_MARGIN)
     if p['operation'] == 'restore':
         options.check('target', _target)
     if p['repo'] is not None and p['operation'] not in REPO_OPERATIONS:

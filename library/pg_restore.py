@@ -106,7 +106,7 @@ options:
     default: true
   space_margin:
     description: The database container must have the live database size times this factor free for the second
-      copy; the safety backup needs the same in O(backup_dir). From 0 to 100; 0 skips the check.
+      copy; the safety backup needs the same in O(backup_dir). From 0 to 1000000; 0 skips the check.
     type: float
     default: 1.2
   compression:

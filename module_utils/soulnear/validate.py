@@ -32,6 +32,9 @@ TEN_YEARS = 10 * 365 * 24 * 3600
 # PostgreSQL keeps its timeouts (lock_timeout, statement_timeout) as whole milliseconds in a 32-bit integer.
 PG_TIMEOUT_MAX_SECONDS = 2147483
 NAMEDATALEN = 63  # bytes of a PostgreSQL identifier; a longer one is cut silently
+# space_margin: the free space a backup or restore needs is the database size times it (a million times is still a
+# number: a test asks for it to see a refusal; 1e308 times is infinity).
+MAX_SPACE_MARGIN = 1000000
 RESERVED_ROLES = ('public', 'none', 'current_user', 'session_user', 'current_role')
 
 
@@ -363,7 +366,7 @@ def backup_settings(options, names):
     """The backup settings (backup_settings.DEFAULTS) a module takes, named in names."""
     rules = dict(
         backup_dir=(nonempty_path, 'directory'), exec_user=(name, 'user'), client_image=(name, 'image', True),
-        name_pattern=(file_pattern,), space_margin=(in_range, 0, 100), keep_daily=(in_range, 0, 100000),
+        name_pattern=(file_pattern,), space_margin=(in_range, 0, MAX_SPACE_MARGIN), keep_daily=(in_range, 0, 100000),
         keep_weekly=(in_range, 0, 100000), keep_monthly=(in_range, 0, 100000), keep_last=(in_range, 1, 100000),
         keep_safety_backups=(in_range, 1, 100000), offsite=(_offsite,), bot_container=(name, 'container', True),
         bot_stop_timeout=(seconds,), largest_tables=(in_range, 0, 1000), maintenance_db=(pg_name, 'database'),
