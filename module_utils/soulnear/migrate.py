@@ -2197,6 +2197,10 @@ def status(params, path, table='schema_migrations', layout='auto'):
                 if owner is not None:
                     raise _refuse_foreign(tracking, *owner)
             records = tracking.read(cur) if exists else []
+            if not records:
+                # Another tool migrated this database and pg_migrate recorded nothing: the health check says what a
+                # deploy would refuse, instead of listing the tool's whole history as pending.
+                refuse_other_history(cur, tracking, catalog)
         plan = Plan(catalog, records, out_of_order=True, text_only=True)
         return dict(exists=bool(tracking.columns), pending=[f.name for f in plan.todo()],
                     failed=[r.name or r.version for r in plan.failed], drift=[f.name for f in plan.drift],

@@ -21,7 +21,7 @@ import shutil
 
 import pytest
 
-from ansible.module_utils.soulnear.migrate import MigrationError, Migrator
+from ansible.module_utils.soulnear.migrate import MigrationError, Migrator, status
 from ansible.module_utils.testing import patch_module_args
 from ansiblerun import ROOT, run_module
 from migration_tools import apply_like, fixture, record_history, schema, table_dump
@@ -94,6 +94,9 @@ def test_a_database_another_tool_migrated_is_refused_without_takeover(pg_server,
     assert 'pg_migrate has recorded nothing in public.%s yet' % table in message and 'nothing was changed' in message
     assert 'Fix the file' not in message
     assert state(pg_server, pg_db, history) == before and not exists(pg_db, table)
+    # The health check (db_health, the monitor) says the same instead of listing the history as pending.
+    with pytest.raises(MigrationError, match='set takeover: %s' % tool):
+        status(pg_db, fixture(tool), table)
 
     # With takeover it runs; afterwards pg_migrate's table records the takeover, and a run without takeover is
     # no first run: not refused.
