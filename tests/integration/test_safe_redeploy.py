@@ -153,6 +153,22 @@ def test_a_crash_at_start_rolls_back_within_seconds(env, tmp_path):
     assert env.container(env.bot + '-previous') is None
 
 
+def test_a_bot_that_crashes_after_starting_is_seen_through_its_restart_count(env, tmp_path):
+    """A bot that starts, then exits 2 s later, and Docker's restart policy starts it again (issue 23: a mutant that
+    ignored the restart count survived - the container keeps looking "running"): the deploy fails on the restart
+    and rolls back."""
+    ensure(tmp_path, env, 'v2')
+    running = env.container()
+    crash_later = ('bot/__main__.py', lambda text: 'import os as _os, threading as _t\n'
+                   '_t.Timer(2, lambda: _os._exit(3)).start()\n' + text)
+    env.version('v8', edits=[crash_later])
+    code, result = deploy(tmp_path, env, 'v8', settle_seconds=15)
+    assert code != 0
+    assert result['failed_step'] in ('wait_healthy', 'settle'), result['msg']
+    assert 'Docker restarts it (restart count' in result['msg'] or 'exited' in result['msg'], result['msg']
+    assert_rolled_back(env, result, result['failed_step'], running)
+
+
 def test_a_health_timeout_rolls_back(env, tmp_path):
     ensure(tmp_path, env, 'v2')
     running = env.container()

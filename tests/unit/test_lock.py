@@ -124,3 +124,48 @@ def test_module_takes_refuses_checks_and_releases(tmp_path):
     assert rc == 0 and other['result'] == 'not held' and os.path.isdir(path)
     rc, released, out = run_module(tmp_path, 'deploy_lock', dict(path=path, state='absent', run_id=taken['run_id']))
     assert rc == 0 and released['result'] == 'released' and not os.path.exists(path)
+
+
+def test_the_configured_ttl_decides_for_a_holder_on_another_host(tmp_path):
+    """A holder on another host is judged by its heartbeat against the TTL the caller configures (issue 23: a mutant
+    ignoring it survived): silent 10 minutes is stale with a 5-minute TTL and held with a 60-minute one."""
+    path = str(tmp_path / 'deploy.lock')
+    now = time.time()
+    plant(path, run_id='other-run', holder='bob@laptop', host='another-host', pid=1, since=now - 3600,
+          heartbeat=now - 600, operation='deploy')
+    assert lock.status(path, ttl_minutes=5, now=now)['stale'] is True
+    assert lock.status(path, ttl_minutes=60, now=now)['stale'] is False
+    with pytest.raises(lock.LockHeld):
+        lock.acquire(path, 'my-run', 'alice@laptop', ttl_minutes=60, now=now)
+    result, record = lock.acquire(path, 'my-run', 'alice@laptop', ttl_minutes=5, now=now)
+    assert result == 'taken over' and record['took_over']['holder'] == 'bob@laptop'
+
+
+def test_a_long_deploy_renews_its_lock(tmp_path):
+    """The deploy's heartbeat (issue 23: a mutant that never renewed survived): while safe_redeploy works, its
+    renew() writes a fresh heartbeat every RENEW_SECONDS of its clock, so a deploy longer than the TTL is never
+    taken over; a lock it no longer holds is warned about once, not re-taken."""
+    from ansible.module_utils.soulnear.deploy_common import RENEW_SECONDS
+    from ansible.module_utils.soulnear.redeploy import Redeployer
+    path = str(tmp_path / 'deploy.lock')
+    clock = [1000.0]
+    lock.acquire(path, 'run-1', 'alice@laptop', now=clock[0])
+    warnings = []
+    redeployer = Redeployer(dict(lock_path=path, lock_run_id='run-1', login_db='soul_bot'), warn=warnings.append,
+                            clock=lambda: clock[0])
+    beats = []
+    for _ in range(5):
+        clock[0] += RENEW_SECONDS + 1
+        redeployer.renew()
+        beats.append(lock.read(path)['heartbeat'])
+    assert len(set(beats)) == 5 and beats == sorted(beats), beats
+    # Within RENEW_SECONDS of the last beat nothing is written (no write per poll).
+    before = lock.read(path)['heartbeat']
+    clock[0] += 1
+    redeployer.renew()
+    assert lock.read(path)['heartbeat'] == before
+    lock.release(path, force=True)
+    clock[0] += RENEW_SECONDS + 1
+    redeployer.renew()
+    redeployer.renew(force=True)
+    assert lock.read(path) is None and len(warnings) == 1 and 'not held by run run-1' in warnings[0]

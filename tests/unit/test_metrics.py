@@ -249,3 +249,21 @@ def test_garbage_in_an_existing_file_is_replaced(textdir):
     (textdir / 'soulnear_restore.prom').write_text('garbage {{\nsoulnear_restore_test_runs_total{x="1" 2\n')
     assert metrics.record_restore_test('soul_bot', True, duration=1)
     promtool_check(read(textdir, 'restore'))
+
+
+def test_a_reader_never_sees_a_half_written_file(textdir):
+    """node_exporter may read the file while a run rewrites it (issue 23: a mutant writing in place survived): the
+    new content replaces the file atomically, so a handle opened before still reads the whole old text and a new
+    open reads the whole new one - never a truncated or mixed file."""
+    metrics.update('backup', values=[('soulnear_backup_last_success_timestamp_seconds', {'database': 'a'}, 1.0)])
+    path = metrics.path_of('backup')
+    with open(path) as before:
+        old = before.read()
+        before.seek(0)
+        inode = os.fstat(before.fileno()).st_ino
+        metrics.update('backup', values=[('soulnear_backup_last_success_timestamp_seconds', {'database': 'b'}, 2.0)])
+        assert before.read() == old, 'the file was rewritten in place under an open reader'
+        assert os.stat(path).st_ino != inode
+    with open(path) as after:
+        text = after.read()
+    assert 'database="a"' in text and 'database="b"' in text and text.endswith('\n')
