@@ -328,178 +328,221 @@ def restore(settings, target=LATEST, confirm=None, repo=None, check_mode=False, 
         raise PitrError('a point-in-time restore replaces the whole database server of %s (every database in it) '
                         'with its state at %s; confirm it by passing confirm=%s (you passed %s). Nothing was changed'
                         % (live_db, target or LATEST, live_db, 'nothing' if confirm in (None, '') else repr(confirm)))
-    decided = plan(settings, target, repo)
-    runner, when, win = decided['runner'], decided['target'], decided['window']
-    try:
-        # The lost server's last known progress (the monitor's samples), read before the restore rewrites it.
-        guard_record = guard.entry(settings['data_guard_file'], live_db) if settings.get('data_guard_file') else None
-    except guard.GuardError as exc:
-        guard_record = None
-        log('the data-loss guard record cannot be read, so the recovery point is checked against the archive '
-            'only: %s' % exc)
-    volume, stamp = runner.volume, _stamp()
-    new_volume, kept_volume = '%s__pitr_%s' % (volume, stamp), '%s__pre_pitr_%s' % (volume, stamp)
-    backup = win['newest_backup'] if when is None else \
-        ([b for b in decided['repositories'][decided['repo']]['backups'] if utc(b['stop']) <= when] or
-         [win['newest_backup']])[-1]
-    result = dict(changed=not check_mode, database=live_db, target=decided['target_text'], repo=decided['repo'],
-                  backup=backup['label'], backup_type=backup['type'],
-                  window=dict((k, None if w is None else dict(
-                      start=show(w['start']), end=show(w['end']) if w['end'] else 'archived WAL up to %s' % (
-                          w['archive_max'] or 'none')))
-                              for k, w in decided['windows'].items()),
-                  volume=volume, kept_volume=None, restored_volume=None, recovered_to=None, timeline=None,
-                  recovery_point=None,
-                  steps={}, bot=dict(container=settings['bot_container'] or None, was_running=False, stopped=False,
-                                     started=False))
-    log('target %s from repo%d (backup %s, %s); window %s' % (result['target'], decided['repo'], backup['label'],
-                                                               backup['type'], describe_window(win)))
+    job = _Restore(settings, plan(settings, target, repo), log, started)
     if check_mode:
-        result['msg'] = 'Would restore %s to %s from repo%d (backup %s), keeping the current data as volume %s' % (
-            live_db, result['target'], decided['repo'], backup['label'], kept_volume)
-        result['duration'] = round(time.time() - started, 3)
-        return result
-
-    need = int((backup.get('size') or 0) * float(settings['space_margin']))
-    free = disk_usage(os.path.dirname(_volume_data(volume)))['free']
-    if need and free < need:
-        raise PitrError('not enough free space for the restored copy next to the current data: %s free on the disk of '
-                        'the Docker volumes, about %s needed (the backup\'s database size x %s); nothing was changed'
-                        % (human(free), human(need), settings['space_margin']), result)
-
-    def step(name, since):
-        result['steps'][name] = round(time.time() - since, 3)
-
-    bot = settings['bot_container'] or None
-    bot_state = containers.container_state(bot) if bot else None
-    result['bot']['was_running'] = bool(bot_state and bot_state['running'])
-    db_was_running = runner.running
-    swapped = put_back = False
-    data_dir = _volume_data(volume)
+        return job.would()
+    job.check_space()
     try:
+        job.stop_services()
+        job.restore_files()
+        job.swap()
+        job.recover()
+    except BaseException as exc:
+        job.failed(exc)
+        raise
+    finally:
+        _start_bot(settings, job.result, log)
+    return job.finish()
+
+
+class _Restore:
+    """One restore's state through its phases (restore() calls them in order)."""
+
+    def __init__(self, settings, decided, log, started):
+        self.settings, self.decided, self.log, self.started = settings, decided, log, started
+        self.runner, self.when, self.win = decided['runner'], decided['target'], decided['window']
+        self.live_db = settings['conn'].get('login_db')
+        try:
+            # The lost server's last known progress (the monitor's samples), read before the restore rewrites it.
+            self.guard_record = guard.entry(settings['data_guard_file'], self.live_db) \
+                if settings.get('data_guard_file') else None
+        except guard.GuardError as exc:
+            self.guard_record = None
+            log('the data-loss guard record cannot be read, so the recovery point is checked against the archive '
+                'only: %s' % exc)
+        self.volume, stamp = self.runner.volume, _stamp()
+        self.new_volume = '%s__pitr_%s' % (self.volume, stamp)
+        self.kept_volume = '%s__pre_pitr_%s' % (self.volume, stamp)
+        self.backup = self.win['newest_backup'] if self.when is None else \
+            ([b for b in decided['repositories'][decided['repo']]['backups'] if utc(b['stop']) <= self.when] or
+             [self.win['newest_backup']])[-1]
+        self.result = dict(
+            changed=True, database=self.live_db, target=decided['target_text'], repo=decided['repo'],
+            backup=self.backup['label'], backup_type=self.backup['type'],
+            window=dict((k, None if w is None else dict(
+                start=show(w['start']), end=show(w['end']) if w['end'] else 'archived WAL up to %s' % (
+                    w['archive_max'] or 'none'))) for k, w in decided['windows'].items()),
+            volume=self.volume, kept_volume=None, restored_volume=None, recovered_to=None, timeline=None,
+            recovery_point=None, steps={},
+            bot=dict(container=settings['bot_container'] or None, was_running=False, stopped=False, started=False))
+        self.db_was_running = self.runner.running
+        self.swapped = self.put_back = False
+        self.data_dir = self.kept_dir = None
+        self.archive = {}
+        self.replayed = None
+        log('target %s from repo%d (backup %s, %s); window %s' % (
+            self.result['target'], decided['repo'], self.backup['label'], self.backup['type'],
+            describe_window(self.win)))
+
+    def step(self, name, since):
+        self.result['steps'][name] = round(time.time() - since, 3)
+
+    def would(self):
+        self.result.update(changed=False, duration=round(time.time() - self.started, 3), msg=(
+            'Would restore %s to %s from repo%d (backup %s), keeping the current data as volume %s' % (
+                self.live_db, self.result['target'], self.decided['repo'], self.backup['label'], self.kept_volume)))
+        return self.result
+
+    def check_space(self):
+        need = int((self.backup.get('size') or 0) * float(self.settings['space_margin']))
+        free = disk_usage(os.path.dirname(_volume_data(self.volume)))['free']
+        if need and free < need:
+            raise PitrError('not enough free space for the restored copy next to the current data: %s free on the '
+                            'disk of the Docker volumes, about %s needed (the backup\'s database size x %s); nothing '
+                            'was changed' % (human(free), human(need), self.settings['space_margin']), self.result)
+        self.data_dir = _volume_data(self.volume)
+
+    def stop_services(self):
+        """The bot stops; the live server (when it runs) writes a marker commit for a restore to a time and stops
+        cleanly, which archives its last segments; a segment that could not be archived stops the restore."""
+        settings, result, when, live = self.settings, self.result, self.when, self.decided['live']
+        bot = settings['bot_container'] or None
+        bot_state = containers.container_state(bot) if bot else None
+        result['bot']['was_running'] = bool(bot_state and bot_state['running'])
         if result['bot']['was_running']:
-            log('stopping the bot (%s)' % bot)
+            self.log('stopping the bot (%s)' % bot)
             since = time.time()
             containers.stop(bot, timeout=settings['bot_stop_timeout'])
-            result['bot']['stopped'] = True
-            result['bot']['stopped_at'] = time.time()
-            step('stop_bot', since)
-        live = decided['live']
-        if db_was_running:
+            result['bot'].update(stopped=True, stopped_at=time.time())
+            self.step('stop_bot', since)
+        if self.db_was_running:
             since = time.time()
             if live and live['ours'] and not live['in_recovery'] and when is not None:
                 _write_marker(settings)
-            log('stopping the database server cleanly (it archives its last WAL segments)')
+            self.log('stopping the database server cleanly (it archives its last WAL segments)')
             containers.stop(settings['container'], timeout=settings['db_stop_timeout'])
-            step('stop_database', since)
+            self.step('stop_database', since)
         if live and live['ours']:
-            ready = waiting_segments(volume)
+            ready = waiting_segments(self.volume)
+            if ready and when is None:
+                raise PitrError('%d WAL segment(s) of the stopped server could not be archived (WAL archiving '
+                                'fails: see the health report): their commits are only on this disk, and a '
+                                'restore to the latest archived commit would lose them. Fix archiving first; '
+                                'nothing was changed' % ready, result)
             if ready:
-                if when is None:
-                    raise PitrError('%d WAL segment(s) of the stopped server could not be archived (WAL archiving '
-                                    'fails: see the health report): their commits are only on this disk, and a '
-                                    'restore to the latest archived commit would lose them. Fix archiving first; '
-                                    'nothing was changed' % ready, result)
                 # Only the segments after the last archived one are missing: the target must lie before them.
                 stopped = Runner(settings['container'], settings['exec_user'])
-                refreshed = window(settings, stopped, repositories(info(settings, stopped))[decided['repo']])
+                refreshed = window(settings, stopped, repositories(info(settings, stopped))[self.decided['repo']])
                 if refreshed['end'] is None or when > refreshed['end']:
                     raise PitrError('%s lies after the last archived commit (%s): %d WAL segment(s) of the stopped '
                                     'server could not be archived. Fix WAL archiving, or choose an earlier time; '
                                     'nothing was changed' % (show(when), show(refreshed['end']), ready), result)
-        archive = _archive_end(settings, decided['repo'], log) if when is None else {}
+
+    def restore_files(self):
+        """pgbackrest restore into a new volume (the end of the archive read first, for a restore to latest)."""
+        settings, when = self.settings, self.when
+        self.archive = _archive_end(settings, self.decided['repo'], self.log) if when is None else {}
         since = time.time()
-        log('restoring into the new volume %s' % new_volume)
-        _create_volume(new_volume, like=data_dir)
-        result['restored_volume'] = new_volume
-        args = ['--repo=%d' % decided['repo']]
+        self.log('restoring into the new volume %s' % self.new_volume)
+        _create_volume(self.new_volume, like=self.data_dir)
+        self.result['restored_volume'] = self.new_volume
+        args = ['--repo=%d' % self.decided['repo']]
         args += ['--type=time', '--target=%s' % show(when), '--target-action=promote'] if when else ['--type=default']
         helper = Runner(settings['container'], settings['exec_user'])
-        pgbackrest(settings, helper, args + ['restore'], volume=new_volume, what='restore')
-        step('restore_files', since)
+        pgbackrest(settings, helper, args + ['restore'], volume=self.new_volume, what='restore')
+        self.step('restore_files', since)
 
+    def swap(self):
+        """The volumes change places: two renames on the host, nothing copied."""
         since = time.time()
-        previous = os.listdir(data_dir)
-        kept_dir = None
+        previous = os.listdir(self.data_dir)
         if previous:
-            kept_dir = _create_volume(kept_volume)
-            os.rename(data_dir, kept_dir)  # replaces the new volume's empty directory
-            result['kept_volume'] = kept_volume
+            self.kept_dir = _create_volume(self.kept_volume)
+            os.rename(self.data_dir, self.kept_dir)  # replaces the new volume's empty directory
+            self.result['kept_volume'] = self.kept_volume
         else:
-            os.rmdir(data_dir)
-        os.rename(_volume_data(new_volume), data_dir)
-        swapped = True
-        _remove_volume(new_volume)
-        result['restored_volume'] = None
-        log('the restored data is in %s%s' % (volume, '; the previous data is kept as volume %s' % kept_volume
-                                              if previous else ''))
-        step('swap', since)
+            os.rmdir(self.data_dir)
+        os.rename(_volume_data(self.new_volume), self.data_dir)
+        self.swapped = True
+        _remove_volume(self.new_volume)
+        self.result['restored_volume'] = None
+        self.log('the restored data is in %s%s' % (self.volume, '; the previous data is kept as volume %s'
+                                                   % self.kept_volume if previous else ''))
+        self.step('swap', since)
 
+    def recover(self):
+        """PostgreSQL replays and promotes (the previous data put back when it cannot); the recovery point proved
+        for a restore to latest; the recovery settings removed; the guard records the restored database."""
+        settings, result = self.settings, self.result
         since = time.time()
         containers.start(settings['container'])
         try:
-            seconds, replayed, timeline = _wait_promoted(settings, runner, int(settings['recovery_timeout']), log)
+            seconds, replayed, timeline = _wait_promoted(settings, self.runner, int(settings['recovery_timeout']),
+                                                         self.log)
         except FAILURES as exc:
-            _put_back(settings, volume, data_dir, kept_dir, new_volume, result, log)
-            swapped, put_back = False, True  # the failed attempt's volume stays for inspection
+            _put_back(settings, self.volume, self.data_dir, self.kept_dir, self.new_volume, result, self.log)
+            self.swapped, self.put_back = False, True  # the failed attempt's volume stays for inspection
             raise PitrError('the recovery to %s failed: %s. The previous data is back in %s and started again; the '
-                            'failed attempt is kept as volume %s' % (result['target'], describe_failure(exc), volume,
-                                                                     new_volume), result) from None
+                            'failed attempt is kept as volume %s' % (result['target'], describe_failure(exc),
+                                                                     self.volume, self.new_volume), result) from None
         result.update(recovered_to=show(replayed) if replayed else None, timeline=timeline)
-        step('recovery', since)
-        log('recovered%s and promoted (timeline %s) in %.1f s' % (
+        self.step('recovery', since)
+        self.log('recovered%s and promoted (timeline %s) in %.1f s' % (
             ' to %s' % result['recovered_to'] if replayed else '', timeline, seconds))
-        if when is None:
+        if self.when is None:
             next_xid, archive_timeout = _restored_progress(settings)
             result['recovery_point'] = recovery_point(
-                replayed, archive.get('end'), next_xid, guard_record, archive.get('system_id'),
-                archive.get('timeline'), archive_timeout)
-            result['recovery_point'].update(archive_last_segment=archive.get('segment'))
+                replayed, self.archive.get('end'), next_xid, self.guard_record, self.archive.get('system_id'),
+                self.archive.get('timeline'), archive_timeout)
+            result['recovery_point'].update(archive_last_segment=self.archive.get('segment'))
             for problem in result['recovery_point']['problems']:
-                log('RECOVERY POINT BEHIND: %s' % problem)
+                self.log('RECOVERY POINT BEHIND: %s' % problem)
         result['reset_settings'], postmaster = _finish_recovery(settings)
         if postmaster:
             # recovery_target_time and recovery_target_action hold until a restart: one now, while the bot is
             # stopped, rather than an unexplained one at the next deploy (pg_server would see them pending).
             since = time.time()
-            log('restarting PostgreSQL once to drop %s' % ', '.join(postmaster))
+            self.log('restarting PostgreSQL once to drop %s' % ', '.join(postmaster))
             containers.restart(settings['container'], timeout=settings['db_stop_timeout'])
-            _wait_promoted(settings, runner, 120, log)
-            step('restart', since)
+            _wait_promoted(settings, self.runner, 120, self.log)
+            self.step('restart', since)
         result['data_guard'] = _record_guard(settings, 'point-in-time restore of %s to %s (repo%d, backup %s) '
-                                             'completed' % (live_db, result['target'], decided['repo'],
-                                                            backup['label']), log)
-    except BaseException as exc:
-        if not swapped and not put_back:
-            _cleanup_before_swap(settings, result, db_was_running, log)
+                                             'completed' % (self.live_db, result['target'], self.decided['repo'],
+                                                            self.backup['label']), self.log)
+
+    def failed(self, exc):
+        """Before the swap: the new volume goes and the server starts again. A failure that is not one of ours is
+        said with what became of the live data."""
+        if not self.swapped and not self.put_back:
+            _cleanup_before_swap(self.settings, self.result, self.db_was_running, self.log)
         if isinstance(exc, FAILURES) and not isinstance(exc, PitrError):
-            raise PitrError('%s. %s' % (describe_failure(exc), 'The live data was not changed' if not swapped else
-                                        'The restored data is in place'), result) from None
-        raise
-    finally:
-        _start_bot(settings, result, log)
-    result['duration'] = round(time.time() - started, 3)
-    if result['kept_volume']:
-        result['drop_previous_command'] = 'docker volume rm %s' % result['kept_volume']
-    result['msg'] = ('Restored %s to %s from repo%d (backup %s) in %.1f s: recovered to the commit of %s, timeline '
-                     '%s' % (live_db, result['target'], decided['repo'], backup['label'], result['duration'],
-                             result['recovered_to'] or 'the backup\'s end', result['timeline']))
-    point = result.get('recovery_point')
-    if point is not None:
-        if point['ok']:
+            raise PitrError('%s. %s' % (describe_failure(exc), 'The live data was not changed' if not self.swapped
+                                        else 'The restored data is in place'), self.result) from None
+
+    def finish(self):
+        result = self.result
+        result['duration'] = round(time.time() - self.started, 3)
+        if result['kept_volume']:
+            result['drop_previous_command'] = 'docker volume rm %s' % result['kept_volume']
+        result['msg'] = ('Restored %s to %s from repo%d (backup %s) in %.1f s: recovered to the commit of %s, '
+                         'timeline %s' % (self.live_db, result['target'], self.decided['repo'], self.backup['label'],
+                                          result['duration'], result['recovered_to'] or 'the backup\'s end',
+                                          result['timeline']))
+        point = result.get('recovery_point')
+        if point is not None and point['ok']:
             result['msg'] += ('; the last commit in the archive (%s) is back%s' % (
                 point['archive_last_commit'] or 'none', ', and every transaction begun by %s (archive_timeout + '
                 'slack before the database was last seen, %s)' % (point['promised_before'], point['last_seen'])
                 if point['expected_next_xid'] is not None else ''))
-        else:
+        elif point is not None:
             result['msg'] = ('RESTORED, BUT COMMITS THAT POINT-IN-TIME RECOVERY PROMISES ARE MISSING: %s. %s'
                              % ('; '.join(point['problems']), result['msg']))
-    if result['bot']['started']:
-        result['msg'] += '; the bot runs again'
-    if result['kept_volume']:
-        result['msg'] += ('; the previous data is kept as volume %s (drop it once the restored data is confirmed '
-                          'good: %s)' % (result['kept_volume'], result['drop_previous_command']))
-    return result
+        if result['bot']['started']:
+            result['msg'] += '; the bot runs again'
+        if result['kept_volume']:
+            result['msg'] += ('; the previous data is kept as volume %s (drop it once the restored data is '
+                              'confirmed good: %s)' % (result['kept_volume'], result['drop_previous_command']))
+        return result
 
 
 def _archive_end(settings, repo, log):
@@ -543,6 +586,11 @@ def _put_back(settings, volume, data_dir, kept_dir, failed_volume, result, log):
         os.makedirs(data_dir, mode=0o700)
     result['restored_volume'] = failed_volume
     problem = _start_container(settings['container'])
+    if problem is None:
+        try:  # serving again before the failure is reported, not only started
+            _wait_promoted(settings, Runner(settings['container'], settings['exec_user']), 120, log)
+        except FAILURES as exc:
+            problem = 'it does not answer yet: %s' % describe_failure(exc)
     log('put the previous data back and started the database%s' % ('' if problem is None else ': %s' % problem))
 
 
