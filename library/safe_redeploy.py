@@ -492,7 +492,7 @@ from ansible.module_utils.soulnear.containers import DockerError
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 from ansible.module_utils.soulnear.redeploy import (
     ACTIONS, BACKUP_MODES, DEFAULTS, MIGRATION_MODES, MIGRATION_OPTIONS, PREVIOUS, REHEARSAL_MODES, RedeployError,
-    Redeployer, container_options)
+    Redeployer)
 from ansible.module_utils.soulnear import validate
 
 _TYPES = dict(
@@ -569,22 +569,10 @@ def _labels(value):
                                    'numbers', why='label %s does not follow that' % validate.show(key))
 
 
-CONTAINER_OPTIONS = dict(
-    volumes='a list of source:/path/in/container[:ro|rw], the source a named volume or an absolute host path',
-    published_ports='a list of [address:]host_port:container_port', extra_hosts='a list of name:address',
-    healthcheck='a dict of test, interval, timeout, start_period and retries')
-
-
-def _container_option(options, option, p):
-    """volumes, published_ports, extra_hosts and healthcheck as redeploy.container_options reads them."""
-    try:
-        container_options({option: p[option]})
-    except (ValueError, TypeError) as exc:
-        options.add(option, p[option], validate.Invalid(CONTAINER_OPTIONS[option], why=str(exc)))
-
-
 def check_options(module):
-    """Every option checked before the preflight starts (validate.py); fails naming each bad one."""
+    """Every option checked before the preflight starts (validate.py); fails naming each bad one. volumes,
+    published_ports, extra_hosts and healthcheck's keys are read by redeploy.container_options when the Redeployer is
+    made, before anything either."""
     p = module.params
     options = validate.Options(p, argument_spec())
     validate.connection(options, database=True)
@@ -623,8 +611,6 @@ def check_options(module):
     options.check('restart_policy', _pattern, RESTART_POLICY, 'a Docker restart policy: no, always, unless-stopped '
                   'or on-failure[:N]')
     options.check('labels', _labels)
-    for option in CONTAINER_OPTIONS:
-        _container_option(options, option, p)
     health = p['healthcheck'] or {}
     for key in ('interval', 'timeout', 'start_period'):
         if health.get(key):

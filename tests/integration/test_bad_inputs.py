@@ -434,14 +434,15 @@ def test_safe_redeploy(deployment, tmp_path):
         ('at once: rollback_timeout=0 settle_seconds=-1 stop_timeout=-1 migration_options={out_of_order: "false", '
          'statement_timeout: -1} name="bad name" env_file=<a directory> backup_dir=relative backup_keep=0 '
          'keep_images=-1 image=Bad/Image:v1 restart_policy=sometimes db_container="x y" migrations_subdir=../../etc '
-         'labels={"a=b": c} volumes=[nowhere]',
+         'labels={"a=b": c} healthcheck={interval: soon}',
          ('rollback_timeout', 'settle_seconds', 'stop_timeout', 'out_of_order', 'statement_timeout', 'name',
           'env_file', 'backup_dir', 'backup_keep', 'keep_images', 'image', 'restart_policy', 'db_container',
-          'migrations_subdir', 'labels', 'volumes'),
+          'migrations_subdir', 'labels', 'healthcheck.interval'),
          dict(rollback_timeout=0, settle_seconds=-1, stop_timeout=-1,
               migration_options={'out_of_order': 'false', 'statement_timeout': -1}, name='bad name', env_file=work,
               backup_dir='backups', backup_keep=0, keep_images=-1, image='Bad/Image:v1', restart_policy='sometimes',
-              db_container='x y', migrations_subdir='../../etc', labels={'a=b': 'c'}, volumes=['nowhere'])),
+              db_container='x y', migrations_subdir='../../etc', labels={'a=b': 'c'},
+              healthcheck={'interval': 'soon'})),
         ('migrations=command without migration_command', 'migration_command', dict(migrations='command')),
     ]
 
