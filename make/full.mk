@@ -7,7 +7,7 @@
 
 .PHONY: test-full images-trixie images-pg17
 
-## Every test, the slow ones too (make test plus about 10 min; docs/pitr.md, docs/debian.md)
+## Every test, the slow ones too (make test plus 10-25 min: the 60 s PITR test, molecule/trixie; docs/debian.md)
 test-full:
 	SOULNEAR_TEST_FULL=1 IMAGES_TRIXIE=1 MOLECULE_SCENARIOS="$${MOLECULE_SCENARIOS-default trixie}" ./scripts/test.sh
 
