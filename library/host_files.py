@@ -42,10 +42,11 @@ options:
         default: file
       content:
         description: The file's content (text). Without it, an existing file keeps its content and only its
-          mode and owner converge; a missing one is created empty. Only with O(entries[].state=file).
+          mode and owner converge; a missing one is created empty. Only with O(entries[].state=file); O(entries[].state=absent) ignores it
+          (a role switches one entry between file and absent).
         type: str
       src:
-        description: Target of a link (required with O(entries[].state=link), only then).
+        description: Target of a link (required with O(entries[].state=link); only then, or ignored with C(absent)).
         type: str
       mode:
         description: Mode as an octal string, at most C(07777) (files default to C(0644) when created).
@@ -58,7 +59,8 @@ options:
         type: str
       validate:
         description: Command run on the new content before it replaces the file; C(%s) is the temporary file (it
-          must be there, and outside check mode the program must exist). Only with O(entries[].state=file).
+          must be there, and outside check mode the program must exist). Only with O(entries[].state=file) (or
+          ignored with C(absent)).
         type: str
       secret:
         description: The content is secret - never shown in the diff.
@@ -228,7 +230,8 @@ def check_options(module):
         if entry['state'] == 'link':
             options.value(label + '.src', entry['src'] or '', validate.nonempty, 'the target of the link')
         for key, state in (('content', 'file'), ('src', 'link'), ('validate', 'file')):
-            if entry.get(key) is not None and entry['state'] != state:
+            # state=absent ignores them: a role toggles one entry between file and absent
+            if entry.get(key) is not None and entry['state'] not in (state, 'absent'):
                 options.add('%s.%s' % (label, key), '(given)' if key == 'content' else entry[key],
                             validate.Invalid('left out with state=%s' % entry['state'],
                                              why='%s goes with state=%s only' % (key, state)))
