@@ -62,3 +62,14 @@ def test_absent_and_wrong_type(tmp_path):
     assert rc == 0 and result['changed'] and not (tmp_path / 'old').exists(), out
     rc, result, out = run_module(tmp_path, 'host_files', dict(entries=[dict(path=str(tmp_path / 'dir'), content='x')]))
     assert rc != 0 and 'is not a regular file' in result['msg']
+
+
+def test_absent_ignores_what_a_file_would_take(tmp_path):
+    """A role switches one entry between file and absent with the same content, validate and mode."""
+    target = tmp_path / 'unit.timer'
+    target.write_text('[Timer]\n')
+    toggled = dict(path=str(target), state='absent', content='[Timer]\n', validate='test -s %s', mode='0644')
+    rc, result, out = run_module(tmp_path, 'host_files', dict(entries=[toggled]))
+    assert rc == 0 and result['changed'] and not target.exists(), out
+    rc, result, out = run_module(tmp_path, 'host_files', dict(entries=[toggled]))
+    assert rc == 0 and not result['changed'], out
