@@ -431,12 +431,6 @@ from ansible.module_utils.soulnear import validate
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 from ansible.module_utils.soulnear.migrate import MigrationError, Migrator, parse_version
 
-# Upper bounds validate.migration_options leaves open: a larger lint_min_rows overflows the bigint of the lint's
-# bounded count, a larger lint_min_mb the byte count (1e308 was a traceback); 32 TB is PostgreSQL's largest table.
-LINT_MAX_ROWS = 10 ** 12
-LINT_MAX_MB = 32 * 1024 * 1024
-
-
 def summary(result, check_mode):
     count = len(result['applied'])
     warnings = len([f for f in result.get('lint') or [] if f['severity'] == 'warning'])
@@ -504,10 +498,6 @@ def check_options(module):
     options = validate.Options(p, argument_spec())
     validate.connection(options)
     validate.migration_options(options, p)  # timeouts, retries, lint thresholds, choices, table names
-    flagged = set(problem['option'] for problem in options.problems)
-    for option, high, unit in (('lint_min_rows', LINT_MAX_ROWS, 'rows'), ('lint_min_mb', LINT_MAX_MB, 'MB')):
-        if option not in flagged:
-            options.check(option, validate.in_range, 0, high, unit)
     options.check('path', migrations_directory)
     options.check(('baseline', 'target'), version)
     options.check('applied_by', validate.nonempty)

@@ -41,6 +41,7 @@ import zlib
 
 from .ddl_lint import Linter
 from .migrate_checks import missing_folder_files, refuse_other_history, same_versions
+from . import validate
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
 from .sql import (WATCHED_WORDS, Facts, SqlSplitError, begin_modes, dbmate_section, down_marker, first_word_upper,
                   goose_section, has_atomic_body, is_commit, is_rollback, iter_statements, line_of_position,
@@ -1438,6 +1439,10 @@ class Migrator:
         self.warn = warn or (lambda msg: None)
         self.log = log or (lambda msg: None)
         self.sleep = sleep
+        checked = validate.Options(params)  # a library caller (the rehearsal, a bench) skips the module's checks
+        validate.migration_options(checked, params)
+        if checked.problems:
+            raise MigrationError(' '.join(problem['msg'] for problem in checked.problems))
         self.layout = params.get('format') or 'auto'
         if self.layout not in FORMATS:
             raise MigrationError('format must be one of %s' % ', '.join(FORMATS))

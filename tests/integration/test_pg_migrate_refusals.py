@@ -353,3 +353,12 @@ def test_bad_option_values_fail_named_before_anything_changes(pg_server, pg_db, 
         lint_min_rows=10 ** 12, lint_min_mb=32 * 1024 * 1024))
     assert code == 0 and result['applied'] == ['001_users.sql'], output[-2000:]
     assert exists(pg_db, 'users')
+
+
+def test_a_library_caller_gets_the_same_option_checks(pg_db):
+    """The rehearsal and the benches make a Migrator without the module: a huge timeout or negative retries is
+    refused naming the option, not a traceback or a silent clamp to 0."""
+    for option, value in (('ddl_lock_timeout', 1e308), ('ddl_lock_retries', -3), ('lint_min_mb', 10 ** 9)):
+        with pytest.raises(MigrationError) as info:
+            Migrator(dict(pg_db, path=fixture('plain'), **{option: value}))
+        assert str(info.value).startswith('%s=' % option) and 'Fix:' in str(info.value), str(info.value)
