@@ -338,7 +338,7 @@ def connection(options, database=False):
     else:
         options.check('login_db', pg_name, 'database', empty=not database)
     options.check('login_unix_socket', nonempty_path, 'directory', empty=True)
-    options.check('ca_cert', nonempty_path, 'file')
+    options.check('ca_cert', nonempty_path, 'file', empty=True)  # empty: libpq's default root certificate
 
 
 def compression_level(value, method, low, high):

@@ -48,8 +48,8 @@ options:
     default: prefer
     choices: [allow, disable, prefer, require, verify-ca, verify-full]
   ca_cert:
-    description: Root certificate file for O(ssl_mode=verify-ca) or O(ssl_mode=verify-full). An absolute path of a
-      file.
+    description: Root certificate file for O(ssl_mode=verify-ca) or O(ssl_mode=verify-full). Empty, or an
+      absolute path of a file.
     type: str
     aliases: [ssl_rootcert]
   retries:

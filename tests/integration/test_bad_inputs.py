@@ -567,3 +567,20 @@ def test_a_message_names_option_value_allowed_and_fix_never_a_secret(tmp_path):
     assert result['invalid_options'] == ['connect_timeout', 'app_password']
     assert 'never-shown-secret' not in output
     assert json.dumps(result)  # the result is plain data
+
+
+def test_the_empty_values_the_roles_pass_are_accepted():
+    """The roles pass '' for what is not used (no CA file, no socket directory, no password, no host): the checks
+    take those - a refusal here refuses every deploy (ca_cert='' did, before Molecule's converge caught it)."""
+    from ansible.module_utils.soulnear import validate
+    from ansible.module_utils.soulnear.pg import connection_argument_spec
+
+    params = dict(login_user='bot', login_password='', login_host='', login_unix_socket='', login_port=5432,
+                  login_db='bot', connect_timeout=10, ssl_mode='prefer', ca_cert='', retries=3)
+    options = validate.Options(params, connection_argument_spec())
+    validate.connection(options, database=True)
+    assert options.problems == []
+    relative = dict(params, ca_cert='relative.crt', login_unix_socket='run')
+    options = validate.Options(relative, connection_argument_spec())
+    validate.connection(options)
+    assert [problem['option'] for problem in options.problems] == ['login_unix_socket', 'ca_cert']
