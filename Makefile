@@ -18,7 +18,7 @@ PLAY = scripts/play.sh
 
 ## Show the targets
 help:
-	@awk '/^## /{doc=substr($$0,4); next} /^[a-z][a-z-]*:/{if (doc) printf "  %-14s %s\n", $$1, doc; doc=""}' $(MAKEFILE_LIST)
+	@awk '/^## /{doc=substr($$0,4); next} /^[a-z][a-z0-9-]*:/{if (doc) printf "  %-14s %s\n", $$1, doc; doc=""}' $(MAKEFILE_LIST)
 	@printf '%s\n' '' 'Variables:' \
 	  '  INVENTORY=path          the inventory (default: the local sandbox)' \
 	  '  VAULT_PASSWORD_FILE=f   the vault password for targets that need secrets (health, backup, restore, ...)' \

@@ -11,12 +11,12 @@
 test-full:
 	SOULNEAR_TEST_FULL=1 IMAGES_TRIXIE=1 MOLECULE_SCENARIOS="$${MOLECULE_SCENARIOS-default trixie}" ./scripts/test.sh
 
-# The images of a Debian 13 host besides the default ones: soulnear/debian:trixie, soulnear/sandbox:trixie
-# (SANDBOX_SUITE=trixie scripts/sandbox.sh, molecule/trixie). About 1 min on a fresh machine.
+## Images of a Debian 13 host: soulnear/debian:trixie, soulnear/sandbox:trixie (about 1 min)
+# For SANDBOX_SUITE=trixie scripts/sandbox.sh and molecule/trixie.
 images-trixie:
 	IMAGES_TRIXIE=1 ./scripts/images.sh
 
-# PostgreSQL 17 from trixie's packages: soulnear/postgres:17 and .cache/images/soulnear-postgres-17.tar
-# (docs/debian.md). About 1.5 min on a fresh machine, 1 min when soulnear/debian:trixie is there.
+## PostgreSQL 17 from trixie's packages: soulnear/postgres:17 and its archive (about 1.5 min)
+# .cache/images/soulnear-postgres-17.tar (docs/debian.md); 1 min when soulnear/debian:trixie is there.
 images-pg17:
 	IMAGES_PG17=1 ./scripts/images.sh
