@@ -17,7 +17,8 @@ import uuid
 import psycopg2
 import pytest
 
-from ansible.module_utils.soulnear.ddl_lint import Finding, LiveFacts, lint_sql
+from ansible.module_utils.soulnear.ddl_facts import LiveFacts
+from ansible.module_utils.soulnear.ddl_lint import Finding, lint_sql
 from ansible.module_utils.soulnear.migrate import MigrationError, Migrator
 from ansiblerun import run_module
 from pgclient import connect, query, wait_until

@@ -8,9 +8,10 @@ import re
 
 import pytest
 
-from ansible.module_utils.soulnear.ddl_lint import (
-    ACCEPTED_TYPE_CHANGES, MIN_MB, MIN_ROWS, RULE_NAMES, RULES, Facts, Linter, Rel, RunState, allowed_rules,
-    lint_sql, parse_type, pretty_size, tokens, type_change_rewrites)
+from ansible.module_utils.soulnear.ddl_analyzer import RunState
+from ansible.module_utils.soulnear.ddl_facts import MIN_MB, MIN_ROWS, Facts, Rel
+from ansible.module_utils.soulnear.ddl_lint import RULE_NAMES, RULES, Linter, allowed_rules, lint_sql, pretty_size
+from ansible.module_utils.soulnear.ddl_tokens import ACCEPTED_TYPE_CHANGES, parse_type, tokens, type_change_rewrites
 from ansible.module_utils.soulnear.sql import scan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
