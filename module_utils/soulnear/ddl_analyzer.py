@@ -81,6 +81,19 @@ def _blocks_writes(action):
     return not (first == 'alter' and 'statistics' in words)
 
 
+def _option_on(reader, name):
+    """Read the parenthesised options starting here (VACUUM (FULL, ANALYZE), REINDEX (CONCURRENTLY true)): True
+    when they turn the option on (the last mention counts)."""
+    on = False
+    start = reader.i
+    reader.skip_group()
+    for option in _split_top(reader.toks[start + 1:reader.i - 1]):
+        words = [t.value for t in option if t.kind in ('w', 'n')]
+        if words and words[0] == name:
+            on = len(words) == 1 or words[1] in ('true', 'on', '1')
+    return on
+
+
 class Analyzer:
     """Applies the rules to statements in run order, keeping the RunState."""
 
@@ -237,12 +250,7 @@ class Analyzer:
     def _vacuum(self, reader, fstate):
         full = False
         if reader.peek() is not None and reader.peek().kind == 'o' and reader.peek().value == '(':
-            start = reader.i
-            reader.skip_group()
-            for option in _split_top(reader.toks[start + 1:reader.i - 1]):
-                words = [t.value for t in option if t.kind in ('w', 'n')]
-                if words and words[0] == 'full':
-                    full = len(words) == 1 or words[1] in ('true', 'on', '1')
+            full = _option_on(reader, 'full')
         else:
             while reader.word() in ('full', 'freeze', 'verbose', 'analyze', 'analyse'):
                 full = full or reader.word() == 'full'
@@ -270,12 +278,7 @@ class Analyzer:
     def _reindex(self, reader, fstate):
         concurrently = False
         if reader.peek() is not None and reader.peek().kind == 'o' and reader.peek().value == '(':
-            start = reader.i
-            reader.skip_group()
-            for option in _split_top(reader.toks[start + 1:reader.i - 1]):
-                words = [t.value for t in option if t.kind in ('w', 'n')]
-                if words and words[0] == 'concurrently':
-                    concurrently = len(words) == 1 or words[1] in ('true', 'on', '1')
+            concurrently = _option_on(reader, 'concurrently')
         kind = reader.word()
         if kind not in ('index', 'table', 'schema', 'database', 'system'):
             return []
