@@ -328,7 +328,7 @@ from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR
 from ansible.module_utils.soulnear.checks import DEFAULTS, report_lines, run_checks
 from ansible.module_utils.soulnear.files import write_private
 from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD_FILE
-from ansible.module_utils.soulnear.migrate import FORMATS
+from ansible.module_utils.soulnear.migration_files import FORMATS
 from ansible.module_utils.soulnear import validate
 
 PROBE_KEYS = ('command', 'container', 'env_file', 'network', 'mounts')

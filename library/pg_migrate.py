@@ -429,7 +429,9 @@ import os
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear import validate
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
-from ansible.module_utils.soulnear.migrate import MigrationError, Migrator, parse_version
+from ansible.module_utils.soulnear.migrate import Migrator
+from ansible.module_utils.soulnear.migration_files import MigrationError
+from ansible.module_utils.soulnear.migration_text import parse_version
 
 def summary(result, check_mode):
     count = len(result['applied'])

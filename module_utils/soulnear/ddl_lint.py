@@ -231,7 +231,7 @@ class Linter:
         return [dict(f) for f in self.findings]
 
     def check(self, cur, files):
-        """Lint every statement the run would execute (files prepared by migrate.prepare), in run order;
+        """Lint every statement the run would execute (files prepared by migration_text.prepare), in run order;
         warns, and with lint: refuse raises before anything runs."""
         self.findings = []
         self.streaming = None

@@ -17,8 +17,9 @@ from .backup_files import SIDECAR_SUFFIX, describe_failure
 from .backup_settings import make_settings
 from .checks import check_database
 from .deploy_common import LOG_TAIL, PRE_BACKUP, _StepFailed, argv_of, safe_name
-from .migrate import MigrationError, Migrator
+from .migrate import Migrator
 from .migrate import status as migration_status
+from .migration_files import MigrationError
 from .pg import ConnectError, connect
 from .rehearsal import rehearse, retarget_env, write_private_copy
 

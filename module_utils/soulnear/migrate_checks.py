@@ -73,7 +73,8 @@ _CANDIDATES = ("SELECT n.nspname, c.relname, pg_table_is_visible(c.oid) FROM pg_
 def refuse_other_history(cur, table, catalog):
     """Raise MigrationError when another tool's history table (its default name, its columns) is in the database
     and pg_migrate's table (not itself among them) records nothing: what the tool applied would run again."""
-    from .migrate import TAKEOVER_TABLES, MigrationError, TrackingTable, foreign_owner
+    from .migration_files import MigrationError
+    from .migration_tracking import TAKEOVER_TABLES, TrackingTable, foreign_owner
 
     cur.execute(_CANDIDATES, (sorted(set(TAKEOVER_TABLES.values())), table.oid))
     tools, found = [], []

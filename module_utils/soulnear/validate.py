@@ -407,7 +407,9 @@ def migration_options(options, values, prefix=''):
     the server keeps (whole milliseconds in 32 bits), bounded retries and lint thresholds, the choices, table names,
     booleans."""
     from .ddl_lint import MODES as LINT_MODES
-    from .migrate import DRIFT_POLICIES, FORMATS, TAKEOVER_TOOLS
+    from .migrate import DRIFT_POLICIES
+    from .migration_files import FORMATS
+    from .migration_tracking import TAKEOVER_TOOLS
 
     # lint_min_rows and lint_min_mb: a larger one overflows the lint's bounded count or byte count; 32 TB is
     # PostgreSQL's largest table.

@@ -18,7 +18,7 @@ from ansible.module_utils.soulnear import checks as soulnear_checks
 from ansible.module_utils.soulnear import guard
 from ansible.module_utils.soulnear.backup_files import write_sidecar
 from ansible.module_utils.soulnear.files import disk_usage, sha256_file
-from ansible.module_utils.soulnear.migrate import MigrationError
+from ansible.module_utils.soulnear.migration_files import MigrationError
 from ansible.module_utils.soulnear.pg import connect
 from healthenv import MIGRATIONS, ROOT, app_database, execute, inspect, migrate, wait_healthy
 from healthenv import app_db_fixture, throwaway_fixture  # noqa: F401 - the app_db and throwaway fixtures

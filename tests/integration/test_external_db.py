@@ -18,7 +18,8 @@ from ansible.module_utils.soulnear.backup import create_backup
 from ansible.module_utils.soulnear.backup_files import BackupError, read_sidecar
 from ansible.module_utils.soulnear.backup_settings import make_settings, settings_from_config
 from ansible.module_utils.soulnear.checks import run_checks
-from ansible.module_utils.soulnear.migrate import MigrationError, Migrator
+from ansible.module_utils.soulnear.migrate import Migrator
+from ansible.module_utils.soulnear.migration_files import MigrationError
 from ansible.module_utils.soulnear.restore import restore_database
 from externaldb import ExternalPg
 from pgclient import connect

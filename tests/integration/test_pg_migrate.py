@@ -6,7 +6,9 @@ import time
 import psycopg2
 import pytest
 
-from ansible.module_utils.soulnear.migrate import MigrationError, Migrator, discover, normalise
+from ansible.module_utils.soulnear.migrate import Migrator
+from ansible.module_utils.soulnear.migration_files import MigrationError, discover
+from ansible.module_utils.soulnear.migration_text import normalise
 from pgclient import query
 from pgcluster import Cluster
 
@@ -379,7 +381,7 @@ def test_function_bodies_with_semicolons_in_dollar_quotes(pg_db, tmp_path):
 
 
 def test_lock_timeout_names_the_holder(pg_db, tmp_path):
-    from ansible.module_utils.soulnear.migrate import LOCK_CLASS, lock_key
+    from ansible.module_utils.soulnear.migration_tracking import LOCK_CLASS, lock_key
     path = write(tmp_path / 'm', BASIC)
     holder = psycopg2.connect(host=pg_db['login_host'], port=pg_db['login_port'], user=pg_db['login_user'],
                               password=pg_db['login_password'], dbname=pg_db['login_db'],

@@ -19,7 +19,8 @@ import pytest
 
 from ansible.module_utils.soulnear.ddl_facts import LiveFacts
 from ansible.module_utils.soulnear.ddl_lint import Finding, lint_sql
-from ansible.module_utils.soulnear.migrate import MigrationError, Migrator
+from ansible.module_utils.soulnear.migrate import Migrator
+from ansible.module_utils.soulnear.migration_files import MigrationError
 from ansiblerun import run_module
 from pgclient import connect, query, wait_until
 

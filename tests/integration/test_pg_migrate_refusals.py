@@ -21,7 +21,8 @@ import shutil
 
 import pytest
 
-from ansible.module_utils.soulnear.migrate import MigrationError, Migrator, status
+from ansible.module_utils.soulnear.migrate import Migrator, status
+from ansible.module_utils.soulnear.migration_files import MigrationError
 from ansible.module_utils.testing import patch_module_args
 from ansiblerun import ROOT, run_module
 from migration_tools import apply_like, fixture, record_history, schema, table_dump

@@ -8,7 +8,9 @@ import uuid
 
 import pytest
 
-from ansible.module_utils.soulnear.migrate import LOCK_CLASS, MigrationError, Migrator, discover, lock_key, status
+from ansible.module_utils.soulnear.migrate import Migrator, status
+from ansible.module_utils.soulnear.migration_files import MigrationError, discover
+from ansible.module_utils.soulnear.migration_tracking import LOCK_CLASS, lock_key
 from pgclient import connect, query
 
 

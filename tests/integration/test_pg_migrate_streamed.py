@@ -3,7 +3,8 @@ it is being read and checked (the path a large file takes: Migrator.STREAM_BYTES
 
 import pytest
 
-from ansible.module_utils.soulnear.migrate import MigrationError, Migrator
+from ansible.module_utils.soulnear.migrate import Migrator
+from ansible.module_utils.soulnear.migration_files import MigrationError
 from pgclient import query
 from test_pg_migrate import *  # noqa: F401,F403 - collected again here, streamed
 from test_pg_migrate_safety import *  # noqa: F401,F403

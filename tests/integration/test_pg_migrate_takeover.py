@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from ansible.module_utils.soulnear.checks import run_checks
-from ansible.module_utils.soulnear.migrate import MigrationError, Migrator, status
+from ansible.module_utils.soulnear.migrate import Migrator, status
+from ansible.module_utils.soulnear.migration_files import MigrationError
 from migration_tools import (apply_like, fixture, migrations_of, other_db, record_history,  # noqa: F401
                              schema, table_dump)
 from pgclient import query

@@ -4,7 +4,8 @@ tests/integration/test_pg_migrate_refusals.py)."""
 
 import pytest
 
-from ansible.module_utils.soulnear.migrate import MigrationError, MigrationFile, discover, parse_version
+from ansible.module_utils.soulnear.migration_files import MigrationError, MigrationFile, discover
+from ansible.module_utils.soulnear.migration_text import parse_version
 from ansible.module_utils.soulnear.migrate_checks import missing_folder_files, normalised, same_versions
 
 
