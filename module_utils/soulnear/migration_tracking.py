@@ -376,101 +376,128 @@ def _looks_like(tool, source):
     return _HISTORY_COLUMNS[tool] <= set(source.columns)
 
 
+def _flyway(history, source, cur):
+    failed = {}
+    for version, typ, success, installed_on in _rows(
+            cur, 'SELECT version, type, success, installed_on FROM {} ORDER BY installed_rank', source.ident):
+        key = parse_version(version)
+        if key is None or typ == 'SCHEMA':
+            continue  # repeatables (no version) re-run once after the takeover
+        if typ == 'BASELINE':
+            history.floor = max(history.floor or key, key)
+        elif not success:
+            failed[key] = version
+        elif typ.startswith('UNDO') or typ == 'DELETE':
+            history.keys.pop(key, None)
+            failed.pop(key, None)
+        else:
+            history.keys[key] = installed_on
+            failed.pop(key, None)
+            if typ.endswith('_BASELINE'):
+                history.floor = max(history.floor or key, key)
+    if failed:
+        history.problems.append(
+            '%s records version(s) %s as failed (success = false): Flyway itself refuses to migrate until '
+            'flyway repair. Inspect the database, finish or undo that migration, run flyway repair (or delete '
+            'those rows), then run again' % (source.qualified, ', '.join(sorted(failed.values()))))
+
+
+def _golang_migrate(history, source, cur):
+    rows = _rows(cur, 'SELECT version, dirty FROM {} ORDER BY version DESC', source.ident)
+    if rows:
+        version, dirty = rows[0]
+        if dirty:
+            history.problems.append(
+                '%s marks version %s dirty: golang-migrate stopped in the middle of that migration. Inspect the '
+                'database, finish or undo version %s by hand, then run "migrate force %s" (finished) or "migrate '
+                'force <previous version>" (undone) and run again' % (source.qualified, version, version, version))
+        history.floor = (int(version),) if version is not None and int(version) >= 0 else None
+
+
+def _dbmate(history, source, cur):
+    for (version,) in _rows(cur, 'SELECT version::text FROM {}', source.ident):
+        history.labels[version] = None
+
+
+def _goose(history, source, cur):
+    state = {}
+    for version_id, is_applied, tstamp in _rows(
+            cur, 'SELECT version_id, is_applied, tstamp FROM {} ORDER BY id', source.ident):
+        if version_id:
+            state[(int(version_id),)] = tstamp if is_applied else False
+    history.keys = dict((k, v) for k, v in state.items() if v is not False)
+
+
+def _sql_migrate(history, source, cur):
+    for name, applied_at in _rows(cur, 'SELECT id, applied_at FROM {}', source.ident):
+        history.names[name] = applied_at
+
+
+def _sqlx(history, source, cur):
+    failed = []
+    for version, success, installed_on in _rows(cur, 'SELECT version, success, installed_on FROM {}', source.ident):
+        if success:
+            history.keys[(int(version),)] = installed_on
+        else:
+            failed.append(str(version))
+    if failed:
+        history.problems.append(
+            '%s records version(s) %s as failed (success = false; sqlx calls it dirty and refuses to migrate). '
+            'Inspect the database, finish or undo that migration, delete its row, then run again'
+            % (source.qualified, ', '.join(failed)))
+
+
+def _prisma(history, source, cur):
+    state = {}
+    for name, finished_at, rolled_back_at in _rows(
+            cur, 'SELECT migration_name, finished_at, rolled_back_at FROM {} ORDER BY started_at', source.ident):
+        if rolled_back_at is not None:
+            state.setdefault(name, None)
+        elif finished_at is None:
+            state[name] = False
+        else:
+            state[name] = finished_at
+    failed = sorted(n for n, v in state.items() if v is False)
+    if failed:
+        history.problems.append(
+            '%s records migration(s) %s as started but not finished: Prisma refuses to migrate until they are '
+            'resolved. Inspect the database, then run "prisma migrate resolve --applied" or "--rolled-back" for '
+            'them, and run again' % (source.qualified, ', '.join(failed)))
+    history.names = dict((n, v) for n, v in state.items() if v)
+
+
+def _diesel(history, source, cur):
+    for version, run_on in _rows(cur, 'SELECT version::text, run_on FROM {}', source.ident):
+        key = parse_version(version.replace('-', ''))
+        if key is not None:
+            history.keys[key] = run_on
+
+
+def _pg_migrate(history, source, cur):
+    if not source.columns:
+        source.inspect(cur)
+    failed = []
+    for record in source.read(cur):
+        if not record.success:
+            failed.append(record.name or record.version)
+        elif record.kind != 'repeatable' and record.key is not None:
+            history.keys[record.key] = None
+    if failed:
+        history.problems.append('%s records failed migration(s) %s; repair them there first (repair: true with '
+                                'table: %s)' % (source.qualified, ', '.join(failed), source.display))
+
+
+# How each tool's history table says what it applied (and what it left half done).
+_HISTORY_READERS = {
+    'flyway': _flyway, 'golang-migrate': _golang_migrate, 'dbmate': _dbmate, 'goose': _goose,
+    'sql-migrate': _sql_migrate, 'sqlx': _sqlx, 'prisma': _prisma, 'diesel': _diesel, 'pg_migrate': _pg_migrate,
+}
+
+
 def read_history(tool, source, cur):
     """The other tool's history from its table (never written to)."""
     history = History(tool, source.qualified)
-    ident = source.ident
-    if tool == 'flyway':
-        failed = {}
-        for version, typ, success, installed_on in _rows(
-                cur, 'SELECT version, type, success, installed_on FROM {} ORDER BY installed_rank', ident):
-            key = parse_version(version)
-            if key is None or typ == 'SCHEMA':
-                continue  # repeatables (no version) re-run once after the takeover
-            if typ == 'BASELINE':
-                history.floor = max(history.floor or key, key)
-            elif not success:
-                failed[key] = version
-            elif typ.startswith('UNDO') or typ == 'DELETE':
-                history.keys.pop(key, None)
-                failed.pop(key, None)
-            else:
-                history.keys[key] = installed_on
-                failed.pop(key, None)
-                if typ.endswith('_BASELINE'):
-                    history.floor = max(history.floor or key, key)
-        if failed:
-            history.problems.append(
-                '%s records version(s) %s as failed (success = false): Flyway itself refuses to migrate until '
-                'flyway repair. Inspect the database, finish or undo that migration, run flyway repair (or delete '
-                'those rows), then run again' % (source.qualified, ', '.join(sorted(failed.values()))))
-    elif tool == 'golang-migrate':
-        rows = _rows(cur, 'SELECT version, dirty FROM {} ORDER BY version DESC', ident)
-        if rows:
-            version, dirty = rows[0]
-            if dirty:
-                history.problems.append(
-                    '%s marks version %s dirty: golang-migrate stopped in the middle of that migration. Inspect the '
-                    'database, finish or undo version %s by hand, then run "migrate force %s" (finished) or "migrate '
-                    'force <previous version>" (undone) and run again' % (source.qualified, version, version, version))
-            history.floor = (int(version),) if version is not None and int(version) >= 0 else None
-    elif tool == 'dbmate':
-        for (version,) in _rows(cur, 'SELECT version::text FROM {}', ident):
-            history.labels[version] = None
-    elif tool == 'goose':
-        state = {}
-        for version_id, is_applied, tstamp in _rows(
-                cur, 'SELECT version_id, is_applied, tstamp FROM {} ORDER BY id', ident):
-            if version_id:
-                state[(int(version_id),)] = tstamp if is_applied else False
-        history.keys = dict((k, v) for k, v in state.items() if v is not False)
-    elif tool == 'sql-migrate':
-        for name, applied_at in _rows(cur, 'SELECT id, applied_at FROM {}', ident):
-            history.names[name] = applied_at
-    elif tool == 'sqlx':
-        failed = []
-        for version, success, installed_on in _rows(cur, 'SELECT version, success, installed_on FROM {}', ident):
-            if success:
-                history.keys[(int(version),)] = installed_on
-            else:
-                failed.append(str(version))
-        if failed:
-            history.problems.append(
-                '%s records version(s) %s as failed (success = false; sqlx calls it dirty and refuses to migrate). '
-                'Inspect the database, finish or undo that migration, delete its row, then run again'
-                % (source.qualified, ', '.join(failed)))
-    elif tool == 'prisma':
-        state = {}
-        for name, finished_at, rolled_back_at in _rows(
-                cur, 'SELECT migration_name, finished_at, rolled_back_at FROM {} ORDER BY started_at', ident):
-            if rolled_back_at is not None:
-                state.setdefault(name, None)
-            elif finished_at is None:
-                state[name] = False
-            else:
-                state[name] = finished_at
-        failed = sorted(n for n, v in state.items() if v is False)
-        if failed:
-            history.problems.append(
-                '%s records migration(s) %s as started but not finished: Prisma refuses to migrate until they are '
-                'resolved. Inspect the database, then run "prisma migrate resolve --applied" or "--rolled-back" for '
-                'them, and run again' % (source.qualified, ', '.join(failed)))
-        history.names = dict((n, v) for n, v in state.items() if v)
-    elif tool == 'diesel':
-        for version, run_on in _rows(cur, 'SELECT version::text, run_on FROM {}', ident):
-            key = parse_version(version.replace('-', ''))
-            if key is not None:
-                history.keys[key] = run_on
-    elif tool == 'pg_migrate':
-        if not source.columns:
-            source.inspect(cur)
-        failed = []
-        for record in source.read(cur):
-            if not record.success:
-                failed.append(record.name or record.version)
-            elif record.kind != 'repeatable' and record.key is not None:
-                history.keys[record.key] = None
-        if failed:
-            history.problems.append('%s records failed migration(s) %s; repair them there first (repair: true with '
-                                    'table: %s)' % (source.qualified, ', '.join(failed), source.display))
+    reader = _HISTORY_READERS.get(tool)
+    if reader is not None:
+        reader(history, source, cur)
     return history
