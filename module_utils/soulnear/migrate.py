@@ -9,7 +9,8 @@ Migrator applies the pending migrations under a session-level advisory lock; sta
 the health check. What they work with lives beside them: migration_files.py (the files of path and their
 layouts), migration_text.py (versions, checksums, a file's statements checked before anything runs),
 migration_tracking.py (the tracking table, another tool's history), migration_plan.py (what a run would do),
-migrate_checks.py (refusals before anything runs) and ddl_lint.py (locking DDL named before it runs).
+migrate_checks.py (refusals before anything runs), migrate_streamed.py (a large first file applied while it is
+read) and ddl_lint.py (locking DDL named before it runs).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -17,22 +18,20 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import queue
-import sys
 import threading
 import time
 
 from .ddl_lint import Linter
 from .migrate_checks import refuse_other_history
+from .migrate_streamed import StreamedFile
 from . import validate
 from .migration_files import FORMATS, RUN_CALLBACKS, MigrationError, _listing, _numbered_problems, discover
 from .migration_plan import Plan
-from .migration_text import Context, body_of, check_statements, prepare, version_text
+from .migration_text import Context, prepare, version_text
 from .migration_tracking import (LOCK_CLASS, TAKEOVER_TABLES, TAKEOVER_TOOLS, Record, TrackingTable,
                                  _looks_like, _refuse_foreign, default_applied_by, foreign_owner, read_history)
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2
-from .sql import (WATCHED_WORDS, Facts, SqlSplitError, begin_modes, first_word_upper, has_atomic_body, iter_statements,
-                  line_of_position, outside_transaction, waits_by_design)
+from .sql import has_atomic_body, line_of_position, outside_transaction, waits_by_design
 
 DRIFT_POLICIES = ('fail', 'warn', 'adopt')
 
@@ -533,147 +532,8 @@ class Migrator:
         self._run_outside(conn, mfile, parts)
 
     def _apply_streamed(self, conn, mfile, prelude):
-        """Apply one large file while it is still being read and checked: a thread scans it (the regular
-        expressions hold the interpreter while the statements wait for the server), the statements run as they
-        come, inside the file's transaction, and nothing is committed before the whole file is checked. A
-        problem found late rolls everything back, the bookkeeping included: nothing applied, as for the others."""
-        body, first_line, no_tx, problems = body_of(mfile, self.context)
-        if no_tx:
-            self._prepare_or_raise(mfile)
-            self._apply_prepared(conn, mfile, prelude=prelude)
-            return
-        self._reset_session(conn)
-        # Statements go over in batches and the queue never blocks the reader: it finishes its scan quickly
-        # (the statements are kept anyway) instead of competing for the interpreter for the whole run.
-        found, outcome, batches, cancel = [], {}, queue.Queue(), threading.Event()
-
-        def produce():
-            batch, size = [], 0
-            try:
-                for item in iter_statements(body, first_line, found):
-                    batch.append(item)
-                    size += len(item[1])
-                    if len(batch) >= 512 or size >= 1 << 20:
-                        if cancel.is_set():
-                            return
-                        batches.put(batch)
-                        batch, size = [], 0
-            except SqlSplitError as exc:
-                outcome['split'] = exc
-            except Exception as exc:  # noqa: BLE001 - handed to the applying thread
-                outcome['crash'] = exc
-            batches.put(batch)
-            batches.put(None)
-
-        def statements_as_read():
-            while True:
-                batch = batches.get()
-                if batch is None:
-                    return
-                yield from batch
-
-        reader = threading.Thread(target=produce, name='pg_migrate scan', daemon=True)
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, 0.0005))  # a statement back from the server waits less for the reader
-        reader.start()
-        raw, begin, done, stop, error = [], None, 0, False, None
-        started = time.time()
-        conn.autocommit = False
-        try:
-            with conn.cursor() as cur:
-                for item in statements_as_read():
-                    raw.append(item)
-                    if stop or found:
-                        stop = True
-                        continue
-                    if len(raw) == 1:
-                        modes = begin_modes(item[1])
-                        try:
-                            if modes is not None:  # a wrapper's BEGIN: its options first, then the bookkeeping
-                                begin, done = item, 1
-                                if modes:
-                                    cur.execute('SET TRANSACTION ' + modes)
-                            if prelude is not None:
-                                prelude(cur)
-                        except psycopg2.Error as exc:
-                            if is_retryable(exc, conn):
-                                raise
-                            stop, error = True, (item if modes else (0, ''), exc)
-                        if begin is not None or stop:
-                            continue
-                    if first_word_upper(item[1]) in WATCHED_WORDS:
-                        facts = Facts([item], self.context.server_version)
-                        if facts.control or facts.outside or facts.discard_all:
-                            stop = True  # decided once the whole file is read
-                            continue
-                    self.lint.check_streamed(cur, mfile, *item)  # before it runs
-                    try:
-                        cur.execute(item[1])
-                        done += 1
-                    except psycopg2.Error as exc:
-                        if is_retryable(exc, conn):
-                            raise
-                        stop, error = True, (item, exc)
-                reader.join()
-                if 'crash' in outcome:
-                    raise outcome['crash']
-                if 'split' in outcome:
-                    exc = outcome['split']
-                    problems.append((exc.line, '%s; the file cannot be split into statements' % exc.message))
-                problems.extend(found)
-                statements, modes, transactional = [], None, True
-                if 'split' not in outcome:
-                    statements = check_statements(mfile, body, first_line, no_tx, raw, problems, self.context)
-                    _, modes, transactional = mfile.prepared
-                if problems:
-                    conn.rollback()
-                    raise MigrationError(_numbered_problems(
-                        ['%s line %d: %s' % (mfile.label, line, message) for line, message in problems],
-                        'pending migration(s) that cannot run as written; nothing was applied'))
-                if error is not None and getattr(error[1], 'pgcode', None) != '55P03':
-                    conn.rollback()
-                    (line, statement), exc = error
-                    raise self._failure(mfile, mfile if statement else None, line, statement, exc, None, 0) from None
-                if error is not None or not transactional:
-                    # A lock timeout (retried with backoff and named), or a file that runs outside a transaction.
-                    conn.rollback()
-                    if error is not None:
-                        self.log('%s: lock not available within %ss (attempt 1); retrying in %.1fs'
-                                 % (mfile.label, self.ddl_lock_timeout, self._backoff(0)))
-                        self.sleep(self._backoff(0))
-                    self._apply_prepared(conn, mfile, prelude=prelude, attempt=1 if error is not None else 0)
-                    return
-                if prelude is not None and not raw:
-                    prelude(cur)
-                offset = 1 if begin is not None and modes is not None else 0
-                line, statement = 0, ''
-                try:
-                    for line, statement in statements[max(0, done - offset):]:  # noqa: B007 - names a failure
-                        cur.execute(statement)
-                    line, statement = 0, ''
-                    cur.execute('SET SESSION AUTHORIZATION DEFAULT')
-                    self.table.insert(cur, mfile, 'versioned', mfile.checksum, (time.time() - started) * 1000, True,
-                                      self.applied_by)
-                except psycopg2.Error as exc:
-                    if is_retryable(exc, conn):
-                        raise
-                    conn.rollback()
-                    raise self._failure(mfile, mfile if statement else None, line, statement, exc, None, 0) from None
-            conn.commit()
-            self.db_changed = True
-            if prelude is not None:
-                self._booked()
-        finally:
-            cancel.set()
-            reader.join(5)
-            sys.setswitchinterval(switch)
-
-    def _prepare_or_raise(self, mfile):
-        _, found = prepare(mfile, self.context)
-        if found:
-            raise MigrationError(_numbered_problems(
-                ['%s line %d: %s' % (mfile.label, line, message) for line, message in found],
-                'pending migration(s) that cannot run as written; nothing was applied'))
+        """Apply one large file while it is still being read and checked (migrate_streamed.py)."""
+        StreamedFile(self, conn, mfile, prelude).apply()
 
     def _backoff(self, attempt):
         return min(0.5 * (2 ** attempt), 8.0)
