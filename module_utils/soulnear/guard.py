@@ -70,7 +70,8 @@ OPERATIONS = ('check', 'clear', 'query')
 # rows say which migrations ran, not that the bot ever stored anything.
 BOOKKEEPING_TABLES = ('schema_migrations', 'alembic_version', 'flyway_schema_history', 'goose_db_version',
                       'gorp_migrations', '_sqlx_migrations', '_prisma_migrations', '__diesel_schema_migrations',
-                      'django_migrations', 'knex_migrations', 'knex_migrations_lock', 'ar_internal_metadata')
+                      'django_migrations', 'knex_migrations', 'knex_migrations_lock', 'ar_internal_metadata',
+                      'soulnear_leader_lease')
 
 
 class GuardError(Exception):
