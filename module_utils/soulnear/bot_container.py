@@ -183,8 +183,9 @@ class BotContainer:
 
     def wait_ready(self, name, step, scan=True, timeout=None):
         """Wait until name is healthy (or runs, without a healthcheck) and its log since this start shows every
-        marker; fail fast on an exit, a restart, unhealthy, or (scan) an error pattern. Returns when the markers
-        were first seen (the end of the downtime). timeout: default healthy_timeout."""
+        marker; fail fast on an exit, a restart, unhealthy, or (scan) an error pattern. Returns the end of the
+        downtime: when the markers were first seen, or without markers when it was ready (healthy, or running
+        without a healthcheck). timeout: default healthy_timeout."""
         p = self.params
         data = self.inspect(name)
         state = state_of(data)
@@ -204,10 +205,10 @@ class BotContainer:
             if bad:
                 raise _StepFailed(step, 'error pattern %r in the log: %s' % bad[0])
             missing = [m for m in p['markers'] if not re.search(m, text)]
-            if not missing and markers_seen is None:
+            if p['markers'] and not missing and markers_seen is None:
                 markers_seen = self.clock()
             if state['running'] and state['health'] in ('healthy', None) and not missing:
-                return markers_seen
+                return markers_seen if markers_seen is not None else self.clock()
             if self.clock() >= deadline:
                 raise _StepFailed(step, 'not ready within %ss: status %s, health %s%s'
                                   % (int(timeout), state['status'], state['health'] or 'none',

@@ -214,3 +214,17 @@ def test_the_health_check_knows_each_migrations_mode(env, tmp_path):
     assert 'migrations' not in report['checks'] and 'not every minute' in report['skipped']['migrations']
     report = run_checks(dict(base, migrations_mode='none'))
     assert report['skipped']['migrations'] == 'not checked: the bot has no migrations (app_migrations: none)'
+
+
+def test_without_markers_the_downtime_lasts_until_the_bot_is_healthy(env, tmp_path):
+    """No log markers (the default): the downtime ends when Docker calls the new bot healthy - its first probe comes
+    after the healthcheck's interval (15 s here) - not at the first look after its start (it was ~1 s)."""
+    slow = dict(markers=[], healthcheck=dict(
+        test="python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)\"",
+        interval='15s', timeout='5s', retries=3, start_period='60s'))
+    for version in ('dt1', 'dt2'):
+        env.version(version)
+        code, result = ship(tmp_path, env, version, **slow)
+        assert code == 0, result.get('msg')
+    assert result['downtime'] >= 15, result['downtime']
+    assert inspect(env, '{{.State.Health.Status}}') == 'healthy'
