@@ -48,8 +48,7 @@ import time
 import psycopg2
 from benchpaths import MB, timed
 from ansible.module_utils.soulnear.redeploy import RedeployError, Redeployer  # noqa: E402
-from pgcontainer import PgContainer  # noqa: E402
-from redeployenv import APP_PASSWORD, APP_USER, DB, RedeployEnv  # noqa: E402
+from redeployenv import DB, RedeployEnv  # noqa: E402
 
 GOAL_SHARE, GOAL_SECONDS = 0.20, 2.0
 BATCH = 1000000
@@ -160,23 +159,9 @@ def holds(run):
     return share <= GOAL_SHARE or gap <= GOAL_SECONDS
 
 
-class Deployment(RedeployEnv):
-    """RedeployEnv with the database container's /dev/shm as the postgres role sets it (postgres_shm_size 256m):
-    Docker's 64 MB default fails the parallel VACUUM and index builds of a 5 M row table."""
-
-    def start(self):
-        docker('network', 'create', self.network)
-        self.pg = PgContainer(name=self.prefix + '_postgres',
-                              extra_args=['--network', self.network, '--shm-size', '256m']).start()
-        self.pg.query("CREATE ROLE %s LOGIN PASSWORD '%s'" % (APP_USER, APP_PASSWORD))
-        self.pg.query('CREATE DATABASE %s OWNER %s' % (DB, APP_USER))
-        self.write_env()
-        return self
-
-
 def measure_size(rows, opts, workdir):
     """One size in a fresh deployment: the list of runs (dicts), plus what happened before them."""
-    env = Deployment(os.path.join(workdir, 'size-%d' % rows), health_interval='2s')
+    env = RedeployEnv(os.path.join(workdir, 'size-%d' % rows), health_interval='2s')
     info = dict(rows=rows, runs=[], error=None, load_seconds=None, started=time.time())
     warnings = []
     try:

@@ -47,7 +47,9 @@ class RedeployEnv:
 
     def start(self):
         docker('network', 'create', self.network)
-        self.pg = PgContainer(name=self.prefix + '_postgres', extra_args=['--network', self.network]).start()
+        # /dev/shm as the postgres role sets it (postgres_shm_size 256m): Docker's 64 MB fails a large VACUUM
+        self.pg = PgContainer(name=self.prefix + '_postgres',
+                              extra_args=['--network', self.network, '--shm-size', '256m']).start()
         self.pg.query("CREATE ROLE %s LOGIN PASSWORD '%s'" % (APP_USER, APP_PASSWORD))
         self.pg.query('CREATE DATABASE %s OWNER %s' % (DB, APP_USER))
         self.write_env()
