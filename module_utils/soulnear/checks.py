@@ -19,14 +19,15 @@ import shlex
 import time
 from datetime import datetime
 
-from . import containers, guard, patroni, pitr
+from . import containers, guard, lease, patroni, pitr
+from . import leader as bot_leader
 from .backup_files import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, check_intact, list_backups
 from .files import disk_usage
 from .migrate import MigrationError, status as migration_status
 from .results import check
 from .pg import ConnectError, RetryPolicy, connect, describe_error, is_retryable, psycopg2, sqlstate_of, tls_failure
 
-CHECK_ORDER = ('database', 'tables', 'migrations', 'connections', 'db_container', 'patroni', 'bot_container',
+CHECK_ORDER = ('database', 'tables', 'migrations', 'connections', 'db_container', 'patroni', 'bot_container', 'leader',
                'backup_age', 'wal_archiving', 'physical_backup', 'disk')
 DB_CHECKS = ('tables', 'migrations', 'connections', 'wal_archiving')  # need a database connection
 
@@ -65,6 +66,9 @@ DEFAULTS = dict(
     pitr_archive_ready_max=8,
     pitr_archive_slack_seconds=15.0,
     pitr_check=False,
+    # Several bot hosts, one bot (issue 25, leader.py): {lease, me, state_file, ttl_seconds} of this host's leader. The
+    # leader check reports who holds the lease; the bot check then expects the bot to run only on its holder.
+    leader=None,
 )
 
 LOGS_FIX = 'look at make logs-db / make logs-bot and make diagnose'
@@ -425,6 +429,87 @@ def check_disk(paths, max_used_percent, db_volume=None):
     return check(True, value, summary, '; '.join(notes) or None)
 
 
+# -- several bot hosts, one bot (issue 25) -----------------------------------------------------------------
+
+def read_lease(conn, options):
+    """(the lease row, None) or (None, why it could not be read)."""
+    try:
+        return lease.read(conn, options['lease']), None
+    except psycopg2.Error as exc:
+        if not conn.autocommit:
+            conn.rollback()
+        return None, describe_error(exc)
+
+
+def check_leader(options, row, error=None, state=None):
+    """Who holds the bot's lease (the database's clock, for people) and whether this host's leader runs. Fails when
+    nobody holds it, when its holder stopped renewing it, or when the leader of this host does not run."""
+    me, ttl = options['me'], float(options.get('ttl_seconds') or bot_leader.DEFAULTS['ttl_seconds'])
+    state = bot_leader.read_state(options['state_file']) if state is None and options.get('state_file') else state
+    running = bool(state and state.get('alive'))
+    role = (state or {}).get('role') if running else None
+    value = dict(lease=options['lease'], me=me, holder=(row or {}).get('holder'),
+                 generation=(row or {}).get('generation'), renewed_age=(row or {}).get('renewed_age'),
+                 expires_in=(row or {}).get('expires_in'), released_by=(row or {}).get('released_by'),
+                 leader_running=running, role=role, takes_over_in=(state or {}).get('takes_over_in'),
+                 active=bool(row and row.get('holder') == me))
+    fix = 'systemctl status soulnear-leader and journalctl -u soulnear-leader on that host'
+    if error is not None:
+        return check(False, value, 'cannot read the bot lease %s: %s. Fix: %s' % (options['lease'], error, LOGS_FIX))
+    if not running:
+        why = ('no state file %s' % options.get('state_file')) if state is None else (
+            'its state is %s s old' % state.get('age') if state.get('age') is not None else 'from an earlier boot')
+        return check(False, value, 'soulnear-leader does not run on this host (%s): this host can neither take the '
+                     'bot over nor fence its bot. Lease: %s. Fix: systemctl start soulnear-leader; %s'
+                     % (why, lease.describe(row, me), fix.replace(' on that host', '')))
+    here = 'this host (%s): %s' % (me, 'ACTIVE' if value['active'] else 'standby%s' % (
+        '' if value['takes_over_in'] is None else ', may take over in %.0f s' % value['takes_over_in']))
+    if row is None:
+        return check(False, value, 'no bot lease %s in the database yet: the leaders create it when they start. '
+                     'Fix: %s' % (options['lease'], fix))
+    if not row['holder']:
+        released = row.get('released_age')
+        if released is not None and released <= ttl:
+            return check(True, value, 'bot lease %s %s; %s' % (options['lease'], lease.describe(row, me), here),
+                         'the bot is being handed over: no host runs it right now')
+        return check(False, value, 'bot lease %s is %s: the bot runs on no host. Fix: %s on every bot host'
+                     % (options['lease'], lease.describe(row, me), fix))
+    if (row.get('renewed_age') or 0) > ttl:
+        return check(False, value, 'bot lease %s: its holder %s has not renewed it for %.0f s (database clock, lease '
+                     'time %g s): its leader, or its network to the database, is down; a standby takes over after '
+                     '%g s of silence. Fix: %s' % (options['lease'], row['holder'], row['renewed_age'], ttl, ttl, fix))
+    return check(True, value, 'bot lease %s %s; %s' % (options['lease'], lease.describe(row, me), here))
+
+
+def check_bot_of_leader(name, options, row, previous_restart_count=None):
+    """The bot container of a bot host under a leader: it runs (and is healthy) on the lease's holder; on a standby
+    it exists and is stopped - a standby's bot that runs would be a second poller."""
+    me = options['me']
+    holder = (row or {}).get('holder')
+    if holder == me:
+        result = check_container(name, previous_restart_count, role='bot')
+        result['value']['standby'] = False
+        if not result['ok']:
+            result['message'] += ' (this host holds the bot lease: soulnear-leader starts it again)'
+        return result
+    try:
+        state = container_facts(name)
+    except containers.DockerError as exc:
+        return check(False, dict(name=name), 'cannot inspect container %s: %s' % (name, exc))
+    value = dict((k, state.get(k)) for k in ('name', 'exists', 'running', 'status', 'health', 'restart_count',
+                                             'exit_code'))
+    value['standby'] = True
+    elsewhere = 'the bot runs on %s' % holder if holder else 'no host holds the bot lease'
+    if not state['exists']:
+        return check(False, value, 'container %s does not exist: this standby host could not take the bot over. '
+                     'Fix: deploy (make deploy or make redeploy)' % name)
+    if state['running']:
+        return check(False, value, 'container %s RUNS although this host stands by (%s): two bots would poll '
+                     'Telegram. soulnear-leader stops it within a second; if it keeps running, docker stop %s and '
+                     'look at journalctl -u soulnear-leader' % (name, elsewhere, name))
+    return check(True, value, 'container %s stands by (%s, stopped; %s)' % (name, state['status'], elsewhere))
+
+
 # -- the report -------------------------------------------------------------------------------------
 
 def _opt(options, key):
@@ -481,6 +566,7 @@ def run_checks(options, policy=None):
     if policy is None:
         policy = RetryPolicy(retries=options.get('retries', 3))
     checks['database'], conn = check_database(options, policy)
+    lease_row, lease_error = None, 'not read: no database connection'
     try:
         if conn is None:
             for name in DB_CHECKS:
@@ -495,6 +581,8 @@ def run_checks(options, policy=None):
                                              _opt(options, 'connections_warn_percent'))
             if options.get('pitr_stanza'):
                 checks['wal_archiving'] = _guarded('wal_archiving', pitr.check_wal_archiving, conn, options)
+            if options.get('leader'):
+                lease_row, lease_error = read_lease(conn, options['leader'])
     finally:
         if conn is not None:
             conn.close()
@@ -522,7 +610,12 @@ def run_checks(options, policy=None):
     for key, role in (('db_container', 'database'), ('bot_container', 'bot')):
         name = options.get(key)
         if name and not (key == 'db_container' and options.get('db_external')):
-            checks[key] = check_container(name, previous.get(name), role)
+            if key == 'bot_container' and options.get('leader'):
+                checks[key] = check_bot_of_leader(name, options['leader'], lease_row, previous.get(name))
+            else:
+                checks[key] = check_container(name, previous.get(name), role)
+    if options.get('leader'):
+        checks['leader'] = check_leader(options['leader'], lease_row, lease_error)
     if options.get('patroni_url'):
         checks['patroni'] = patroni.check_cluster(options['patroni_url'], max_lag_bytes=int(
             _opt(options, 'patroni_max_lag_bytes')), ca_cert=options.get('patroni_ca_cert'))

@@ -27,6 +27,9 @@
   - A newest backup that fails its checksum alerts at once.
   - A host reboot (boot id and the start of PID 1 changed) is reported once: when everything passes again, or
     still failing after `boot_grace_minutes`, during which the containers get time to come back by themselves.
+  - Several bot hosts, one bot (leader.json, issue 25): the bot belongs to soulnear-leader. The bot check expects it
+    to run on the lease's holder only, a standby's stopped bot is "standing by", not down, and the monitor never
+    starts or restarts it (the leader does, on the host that holds the lease); it alerts instead.
 - maintenance / pause: the operator's maintenance window.
 - snapshot_line: the hourly disk and memory line of resources.log.
 """
@@ -42,6 +45,7 @@ import time
 from datetime import datetime
 
 from . import alert, containers, metrics
+from . import leader as bot_leader
 from . import lock as deploy_lock
 from .checks import CHECK_ORDER, DEFAULTS, check_container, check_database, docker_time, report_lines, run_checks
 from .diagnose import memory
@@ -88,7 +92,7 @@ def local_now():
 class Config:
     """soulnear.json (soulnear role: connection, containers, alert) + monitoring.json (monitoring role)."""
 
-    def __init__(self, config_path, monitoring_path):
+    def __init__(self, config_path, monitoring_path, leader_path=None):
         self.base = self._load(config_path, 'the soulnear role (ansible-playbook deploy.yml) writes it')
         self.monitoring = dict(MONITOR_DEFAULTS)
         if monitoring_path and os.path.exists(monitoring_path):
@@ -114,6 +118,22 @@ class Config:
         self.lock_ttl_minutes = float(lock_config.get('ttl_minutes') or deploy_lock.DEFAULT_TTL_MINUTES)
         self.data_guard_file = (self.monitoring.get('data_guard_file') or self.base.get('data_guard_file')
                                 or os.path.join(state_dir, 'data-guard.json'))
+        # Several bot hosts, one bot: leader.json next to soulnear.json (the monitoring role's leader tasks write it
+        # where the bot hosts share one lease; absent or enabled: false elsewhere).
+        self.leader_path = leader_path or os.path.join(os.path.dirname(os.path.abspath(config_path)), 'leader.json')
+        self.leader = None
+        if os.path.exists(self.leader_path):
+            data = self._load(self.leader_path, '')
+            if data.get('enabled') and (self.base.get('bot') or {}).get('container'):
+                self.leader = data
+
+    def leader_options(self):
+        """The checks' leader option: this host's part in the lease, or None without a leader."""
+        if not self.leader:
+            return None
+        settings = dict(bot_leader.DEFAULTS, **dict((k, v) for k, v in self.leader.items() if v is not None))
+        return dict(lease=settings['lease'], me=settings['me'], state_file=settings['state_file'],
+                    ttl_seconds=float(settings['ttl_seconds']))
 
     @staticmethod
     def _load(path, hint):
@@ -151,7 +171,8 @@ class Config:
                        db_volume=self.db_volume, disk_max_used_percent=mon['disk_max_used_percent'],
                        data_guard_file=self.data_guard_file, data_guard_update=update_guard,
                        data_guard_actor='soulnear-health monitor', read_only=not update_guard,
-                       patroni_url=self.patroni_url, patroni_ca_cert=self.patroni_ca_cert)
+                       patroni_url=self.patroni_url, patroni_ca_cert=self.patroni_ca_cert,
+                       leader=self.leader_options() if self.bot_container else None)
         pitr = self.base.get('pitr') or {}
         if pitr.get('enabled'):
             options.update(pitr_stanza=pitr.get('stanza'), pitr_repo_dir=pitr.get('repo_dir'),
@@ -227,6 +248,12 @@ class Monitor:
         name = self.config.db_container if target == 'database' else self.config.bot_container
         if not name:
             return False, 'no %s container is configured (soulnear.json), so there is nothing to restart' % target
+        if target == 'bot' and self.config.leader:
+            allowed, why = bot_leader.may_start(self.config.leader_options()['state_file'])
+            if not allowed:
+                return False, ('not restarting %s: %s. The bot runs on the host that holds the lease: restart it '
+                               'there (SOULNEAR_HOST=<host> make restart-bot), or move it with make failover'
+                               % (name, why))
         started = self.clock()
         timeout = int(self.mon['db_stop_timeout'] if target == 'database' else self.mon['bot_stop_timeout'])
         if grace is not None:
@@ -433,6 +460,18 @@ class Monitor:
         failed checks."""
         count = self.state['failures']['bot_container']
         exited = self._exited_unexpectedly(checks, 'bot_container')
+        if self.config.leader:
+            # The bot is soulnear-leader's: it starts it on the lease's holder and stops it everywhere else. A
+            # restart from here would fight it (and on a standby start a second poller).
+            self.events.append('bot failing (%d/%d failures before an alert); soulnear-leader starts and stops it, '
+                               'the monitor does not' % (count, threshold))
+            if count >= threshold:
+                self._alert_once('bot-down', 'the bot fails its check on %s' % (self.config.leader.get('me')
+                                                                                 or 'this host'),
+                                 'The bot check failed %d times in a row. The bot is started and stopped by '
+                                 'soulnear-leader on the host that holds the lease, so the monitor does not restart '
+                                 'it: look at journalctl -u soulnear-leader and make logs-bot.\n%s' % (count, text))
+            return
         if exited and self.mon['recover_exited_at_once']:
             name = self.config.bot_container
             self.events.append('%s exited with code %s without a stop by a deploy or an operator: restarting it '
