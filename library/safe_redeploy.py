@@ -305,6 +305,22 @@ options:
     description: Further fields of the audit line (the clean redeploy adds the path of its backup).
     type: dict
     default: {}
+  standby:
+    description:
+      - "Several bot hosts, one bot (a polling bot runs once per token): prepare the version on this host without
+        starting it. The container is created or replaced and left stopped (a running one is stopped), the release
+        and the history switch and old images are pruned; pending migrations run (after the backup) only when no
+        host runs the bot - otherwise the active host's swap applies them between stopping and starting its bot."
+      - With V(false) (the default) and no O(leader_state_file), the module behaves exactly as without this option.
+    type: bool
+    default: false
+  leader_state_file:
+    description:
+      - The state file of this host's soulnear-leader (the bot lease's holder runs the bot). The host acts as with
+        O(standby=true) unless its leader holds the lease now, and every start of a bot - the new one, the previous
+        one after a failure, one left by an interrupted run - happens only while it does (RV(standby_reason) says
+        why not). An absolute path.
+    type: path
   login_user:
     description: Role the migrations run as (the bot's role, which owns its tables).
   login_db:
@@ -482,6 +498,16 @@ duration:
   description: Wall time of the run in seconds.
   returned: always
   type: float
+standby:
+  description: True when the version was prepared without starting it (O(standby), or a leader that does not hold
+    the bot lease).
+  returned: always
+  type: bool
+standby_reason:
+  description: Why this host stands by, or why it may start the bot (with O(leader_state_file)); null otherwise.
+  returned: always
+  type: str
+  sample: "this host stands by: the bot lease is held by vps-bot"
 '''
 
 import os
@@ -515,7 +541,7 @@ _TYPES = dict(
     backup_login_user=dict(type='str'), backup_login_password=dict(type='str', no_log=True),
     keep_images=dict(type='int'), lock_path=dict(type='path'), lock_run_id=dict(type='str'),
     audit_log=dict(type='path'), audit_event=dict(type='str'), audit_who=dict(type='str'),
-    audit_extra=dict(type='dict'),
+    audit_extra=dict(type='dict'), standby=dict(type='bool'), leader_state_file=dict(type='path'),
 )
 
 
@@ -583,7 +609,7 @@ def check_options(module):
         options.check('version', validate.name, 'tag')
     options.check(('releases_dir', 'backup_dir', 'lock_path'), validate.nonempty_path, 'directory')
     options.check('current_link', _link)
-    options.check(('env_file', 'audit_log'), validate.nonempty_path, 'file')
+    options.check(('env_file', 'audit_log', 'leader_state_file'), validate.nonempty_path, 'file')
     options.each('mounts', validate.nonempty_path)
     options.check('migrations_subdir', _subdir)
     options.check('migrations_table', validate.pg_name, 'table')

@@ -276,6 +276,12 @@ class BotContainer:
         if current is not None:
             self.remove(self.name)
         self.rename(self.prev_name, self.name)
+        refused = self.start_refused() if hasattr(self, 'start_refused') else None
+        if refused or getattr(self, 'standby', False):
+            # Several bot hosts, one bot: only the lease's holder runs a bot (its leader starts it there).
+            self.warn('an interrupted deploy left the previous bot stopped as %s; it is %s again, not started: %s'
+                      % (self.prev_name, self.name, refused or 'this host stands by'))
+            return
         containers.start(self.name)
         self.warn('an interrupted deploy left the previous bot stopped as %s; it runs again as %s'
                   % (self.prev_name, self.name))

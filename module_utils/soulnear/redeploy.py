@@ -30,6 +30,13 @@ Redeployer(params).run() does one of three actions:
   not touched.
 
 While it works it renews the deploy lock it was given (lock.renew), so a long wait never lets the lock expire.
+
+Several bot hosts, one bot (issue 25): with `leader_state_file` (the soulnear-leader service's state) the host is a
+standby unless its leader holds the bot lease, and every start - the new bot, the previous one after a failure, one
+left by an interrupted run - happens only while it does (leader.may_start). A standby (or `standby: true`) gets the
+new version ready without starting it: the container is created or replaced (stopped), the release and the history
+switch, images are pruned; its pending migrations run only when no host runs the bot (a first deploy), otherwise
+the active host's swap applies them between stopping and starting its bot.
 Nothing here imports Ansible.
 """
 
@@ -42,6 +49,7 @@ import os
 import time
 
 from . import audit, containers, lock
+from . import leader as bot_leader
 from .bot_container import BotContainer, container_options
 from .deploy_common import (  # noqa: F401 - RedeployError and the helpers are this module's public names too
     CONFIG_LABEL, LOG_TAIL, PREVIOUS, RENEW_SECONDS, RedeployError, _StepFailed, argv_of, repository_of, safe_name,
@@ -119,6 +127,8 @@ DEFAULTS = dict(
     audit_event=None,
     audit_who=None,
     audit_extra={},
+    standby=False,
+    leader_state_file=None,
 )
 
 
@@ -179,6 +189,46 @@ class Redeployer(BotContainer, Releases, Migrations):
         self._renewed = clock()
         self._renew_warned = False
         self.probe_said = None
+        self.standby, self.standby_reason = self.decide_standby()
+        self.result.update(standby=self.standby, standby_reason=self.standby_reason)
+
+    # -- several bot hosts, one bot ------------------------------------------------------------------------
+    def decide_standby(self):
+        """(standby, why): standby: true, or a leader state file whose leader does not hold the lease now."""
+        p = self.params
+        if p['standby']:
+            return True, 'standby: true'
+        if p['leader_state_file']:
+            allowed, why = bot_leader.may_start(p['leader_state_file'])
+            return (not allowed), why
+        return False, None
+
+    def start_refused(self):
+        """Why no bot may start on this host now (its leader does not hold the lease), or None."""
+        path = self.params['leader_state_file']
+        if not path:
+            return None
+        allowed, why = bot_leader.may_start(path)
+        return None if allowed else why
+
+    def gate_start(self, step):
+        """Under a leader, a bot starts only while this host holds the bot lease (with time to spare)."""
+        path = self.params['leader_state_file']
+        if not path:
+            return
+        allowed, why = bot_leader.may_start(path)
+        if not allowed:
+            raise _StepFailed(step, 'the bot was not started: %s. A bot runs only on the bot host that holds the '
+                              'lease (soulnear-leader); make failover moves it' % why)
+
+    def bot_runs_elsewhere(self):
+        """The host that runs the bot, as this host's leader last saw the lease; None when no host does."""
+        path = self.params['leader_state_file']
+        state = bot_leader.read_state(path) if path else None
+        if not state or not state.get('alive'):
+            return None
+        holder = state.get('holder')
+        return holder if holder and holder != state.get('me') else None
 
     # -- bookkeeping -------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -371,6 +421,10 @@ class Redeployer(BotContainer, Releases, Migrations):
             r['changed'] = True
             r['msg'] = 'Would deploy %s (its %s is built or shipped first)' % (version, ' and '.join(missing))
             return
+        if self.standby:
+            self.ship_standby(version, image, run_image, image_id, config, migrations_dir, pending, current,
+                              current_state, same)
+            return
         if same and not pending and current_state['running']:
             relinked = False
             if self.current_release() != version:
@@ -455,6 +509,7 @@ class Redeployer(BotContainer, Releases, Migrations):
                 self.skipped('migrate', 'migrations: none' if self.params['migrations'] == 'none' else
                              'nothing pending')
             with self.step('start'):
+                self.gate_start('start')
                 containers.start(self.name)
             with self.step('wait_healthy') as entry:
                 ready = self.wait_ready(self.name, 'wait_healthy') or self.clock()
@@ -502,7 +557,11 @@ class Redeployer(BotContainer, Releases, Migrations):
                 self.remove(self.name if progress['new_renamed'] else self.next_name)
                 if progress['old_renamed']:
                     self.rename(self.prev_name, self.name)
-                if had_old and old_running:
+                held_elsewhere = self.start_refused() if had_old and old_running else None
+                if held_elsewhere:
+                    restored = 'standby'
+                    entry['outcome'] = 'ok: the previous bot was kept stopped: %s' % held_elsewhere
+                elif had_old and old_running:
                     containers.start(self.name)
                     # Its own, longer wait: the previous bot was healthy minutes ago; a loaded host must not turn a
                     # slow start into "ROLLBACK FAILED".
@@ -512,7 +571,7 @@ class Redeployer(BotContainer, Releases, Migrations):
                     r['downtime'] = round(ready - down_since, 3)
                     restored = True
                     entry['outcome'] = 'ok: %s runs %s again and is healthy' % (self.name, r['from_version'])
-                else:
+                elif not held_elsewhere:
                     restored = None
                     entry['outcome'] = 'ok: no previous bot was running; none started'
             r['rolled_back'] = True
@@ -522,7 +581,10 @@ class Redeployer(BotContainer, Releases, Migrations):
         r['failed_step'] = failure.step
         what = 'Deploy' if self.action == 'deploy' else 'Rollback'
         lines = ['%s of %s failed at step %s: %s.' % (what, r['to_version'], failure.step, failure.reason)]
-        if restored:
+        if restored == 'standby':
+            lines.append('The previous container (%s) is back but was not started: %s.' % (
+                r['from_version'], self.start_refused() or 'this host does not hold the bot lease'))
+        elif restored:
             lines.append('Rolled back: the previous bot (%s) runs again and is healthy.' % r['from_version'])
         elif restored is None:
             lines.append('No previous bot was running, so none was started; the new container was removed.')
@@ -534,9 +596,104 @@ class Redeployer(BotContainer, Releases, Migrations):
             lines.append('Last %d log lines of the new container (%s):' % (len(r['log_tail']), r['to_version']))
             lines += ['  ' + line for line in r['log_tail']]
         self.audit(self.action, 'rolled back' if restored else ('failed' if restored is None else 'rollback failed'),
-                   failure.step)
+                   failure.step)  # 'standby' counts as rolled back: the previous container is back, stopped
         raise RedeployError('\n'.join(lines), self.finish())
 
+
+    def ship_standby(self, version, image, run_image, image_id, config, migrations_dir, pending, current,
+                     current_state, same):
+        """This host stands by: the version is made ready - container created or replaced and never started, the
+        release switched - and pending migrations run only when no host runs the bot."""
+        p, r = self.params, self.result
+        elsewhere = self.bot_runs_elsewhere()
+        migrate_here = bool(pending) and not elsewhere
+        why_not = 'the active bot host (%s) applies them in its swap' % elsewhere if elsewhere else 'nothing pending'
+        if same and not migrate_here:
+            relinked = self.current_release() != version
+            if relinked and not self.check_mode:
+                self.switch(version)
+            r['changed'] = relinked
+            r['msg'] = ('Standby (%s): %s holds %s with this configuration, %s; nothing to do%s'
+                        % (self.standby_reason, self.name, version, current_state['status'] or 'no container',
+                           ' (current link switched to it)' if relinked else ''))
+            return
+        r['changed'] = True
+        if self.check_mode:
+            would = [] if same else ['create %s for %s (not started)' % (self.name, version)]
+            if current_state['running']:
+                would.insert(0, 'stop %s (a standby\'s bot must not run)' % self.name)
+            if migrate_here:
+                would.append('back up the database and apply %d migration(s): %s' % (len(pending),
+                                                                                   ', '.join(pending)))
+            for name in ('create', 'stop', 'migrate', 'switch'):
+                self.steps.append(dict(name=name, duration=0.0, outcome='would run'))
+            r['msg'] = 'Would prepare %s as the standby bot (%s): %s' % (version, self.standby_reason,
+                                                                          '; '.join(would) or 'switch the release')
+            return
+        kind = 'rollback' if self.action == 'rollback' else 'deploy'
+        if migrate_here and (p['backup'] == 'always' or p['backup'] == 'when_migrations'):
+            with self.step('backup') as entry:
+                taken = self.backup(kind, version)
+                entry['outcome'] = 'ok: %s' % taken['path']
+        else:
+            self.skipped('backup', 'standby, %s' % why_not if pending else 'nothing pending')
+        if image != run_image:
+            containers.run(['tag', image, run_image])
+        had_old = current is not None
+        progress = dict(created=False, old_renamed=False, new_renamed=False)
+        try:
+            if same:
+                self.skipped('create', 'the container already holds %s with this configuration' % version)
+            else:
+                with self.step('create'):
+                    self.create(self.next_name, run_image, version, config)
+                    progress['created'] = True
+                with self.step('stop') as entry:
+                    if current_state['running']:
+                        containers.stop(self.name, timeout=int(p['stop_timeout']))
+                    else:
+                        entry['outcome'] = 'ok: not running (%s)' % (current_state['status'] if had_old else
+                                                                     'no bot container yet')
+                    if had_old:
+                        self.rename(self.name, self.prev_name)
+                        progress['old_renamed'] = True
+                    self.rename(self.next_name, self.name)
+                    progress['new_renamed'] = True
+            if migrate_here:
+                with self.step('migrate') as entry:
+                    self.migrate_now(migrations_dir, run_image)
+                    entry['outcome'] = 'ok: applied %s' % (', '.join(r['applied']) or 'nothing')
+            else:
+                self.skipped('migrate', why_not)
+            self.skipped('start', 'standby: soulnear-leader starts the bot when this host takes the lease')
+        except _StepFailed as exc:
+            if progress['new_renamed'] and self.inspect(self.name) is not None:
+                r['log_tail'] = self.logs(self.name, tail=LOG_TAIL).splitlines()
+            self.remove(self.name if progress['new_renamed'] else self.next_name)
+            if progress['old_renamed']:
+                self.rename(self.prev_name, self.name)
+            r['failed_step'] = exc.step
+            self.audit(self.action, 'failed', exc.step)
+            lines = ['Standby %s of %s failed at step %s: %s.' % (kind, version, exc.step, exc.reason),
+                     'The standby keeps its previous container (%s), stopped.' % (r['from_version'] or 'none')]
+            lines += self.aftermath()
+            raise RedeployError('\n'.join(lines), self.finish()) from None
+        with self.step('switch'):
+            if had_old and progress['old_renamed']:
+                self.remove(self.prev_name)
+            self.switch(version)
+            self.record(version, run_image, image_id)
+        with self.step('prune') as entry:
+            try:
+                self.prune(version)
+            except (OSError, containers.DockerError) as exc:
+                self.warn('pruning old images and releases failed: %s' % exc)
+            entry['outcome'] = 'ok: kept %s' % ', '.join(r['kept_versions'])
+        r['msg'] = ('Standby (%s): %s -> %s ready, not started (soulnear-leader starts it when this host takes the '
+                    'lease); %s' % (self.standby_reason, r['from_version'] or 'none', version,
+                                    ('applied %s' % ', '.join(r['applied'])) if r['applied'] else
+                                    'migrations: %s' % why_not))
+        self.audit(self.action, 'success')
 
     def do_migrate(self):
         p = self.params
