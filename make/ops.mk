@@ -10,12 +10,17 @@ INVENTORY ?= inventory/sandbox/hosts.yml
 LOG_LINES ?= 200
 
 ON_HOST = scripts/on-host.sh
+# Several bot hosts, one bot: the bot lease's line (which host runs the bot), from the host's soulnear-health next to
+# its soulnear command; nothing where the bot does not move between hosts.
+export LEASE_LINE := h=$$(readlink -f /usr/local/sbin/soulnear 2>/dev/null) && h=$${h%/*}/soulnear-health \
+	&& [ -x "$$h" ] && "$$h" leader status --brief
 
 .PHONY: ps logs-bot logs-db health shell-db restart-bot restart diagnose lock-status unlock
 
-## Containers of the deployment with their state and health
+## Containers of the deployment with their state and health, and which bot host runs the bot
 ps:
 	$(ON_HOST) soulnear ps
+	@$(ON_HOST) sh -c "$$LEASE_LINE" || true
 
 ## Follow the bot's log (Ctrl-C stops following)
 logs-bot:
