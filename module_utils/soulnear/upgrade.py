@@ -14,17 +14,18 @@ image are kept untouched until `make upgrade-postgres-confirm`.
    settings (the role's and every ALTER SYSTEM one of the old cluster) known to the new version, libraries of
    shared_preload_libraries, no tablespace, prepared transaction or replication slot that a dump cannot carry, the
    data-loss guard's flag down, the pgBackRest stanza this cluster's.
-2. staging: the new cluster is initialised by the new image's entrypoint in a new volume, in a container without a
-   network (`--network none`), and gets the settings by ALTER SYSTEM (a value the new version refuses fails here);
-   all while the bot still serves.
+2. staging: the new cluster is initialised by the new image's entrypoint in a new volume, in a container that listens
+   on 127.0.0.1 only, and gets the settings by ALTER SYSTEM (a value the new version refuses fails here); all while
+   the bot still serves.
 3. backups: a verified logical dump of the bot's database (pre_upgrade_pg<to>_<time>.dump) and a fresh physical
    backup (pgBackRest) - the old cluster's last point of return.
 4. stop: the bot stops, then the old server (cleanly: it archives its last WAL). From here writes are refused:
    a dump taken while something writes would miss those writes, so nothing can write while it runs.
-5. source: the old cluster starts again in a throwaway container of its own image that listens on 127.0.0.1 only
-   (no published port, not reachable under the database's name): only the dump reaches it.
+5. source: the old cluster starts again in a throwaway container of its own image, in the new cluster's network
+   namespace, listening on 127.0.0.1:5433 only (no published port, not reachable under the database's name): only
+   the dump reaches it.
 6. copy: the globals (roles with their password verifiers, memberships, settings) and every database (pg_dump -Fc
-   | pg_restore --create, the new version's tools on both ends, streamed, nothing on disk).
+   | pg_restore --create in the new cluster's container: the new version's tools, one pipe, nothing on disk).
 7. verify: the exact row count of every table on both sides; any difference stops the upgrade before the switch.
 8. baseline: the new cluster's write counters and schema fingerprint, read before anything else can write to it -
    a rollback compares against them (writes made on the new version are not silently thrown away).
@@ -74,7 +75,6 @@ import os
 import re
 import socket
 import subprocess
-import tempfile
 import time
 
 from . import containers, guard, pitr
@@ -83,6 +83,9 @@ from .pg import ConnectError, connect, psycopg2
 
 PGDATA = '/var/lib/postgresql/data'
 SOCKET_DIR = '/var/run/postgresql'
+# The old cluster, started privately for the dump, shares the new cluster's network namespace and listens on
+# 127.0.0.1 at this port: the dump and the restore run in one process pipe inside the new cluster's container.
+SOURCE_PORT = 5433
 # Major versions this code upgrades to. A newer one needs its own look at what changed (removed settings, the dump
 # format, pgBackRest's support) before it is added here.
 KNOWN_TARGETS = (16, 17)
@@ -265,10 +268,11 @@ def _logs_tail(container, lines=20):
 
 # -- PostgreSQL inside the helper containers --------------------------------------------------------------------
 
-def _psql(container, sql, db, user, env=None, timeout=600, input_bytes=None, single=True):
+def _psql(container, sql, db, user, env=None, timeout=600, input_bytes=None, single=True, port=5432):
     """Rows of sql (fields split) run by psql over the container's local socket; raises on an error. Without sql,
     the statements of input_bytes (in one transaction when single)."""
-    argv = ['psql', '-X', '-q', '-A', '-t', '-z', '-v', 'ON_ERROR_STOP=1', '-h', SOCKET_DIR, '-U', user, '-d', db]
+    argv = ['psql', '-X', '-q', '-A', '-t', '-z', '-v', 'ON_ERROR_STOP=1', '-h', SOCKET_DIR, '-p', str(port), '-U',
+            user, '-d', db]
     argv += ['-c', sql] if sql is not None else (['-1'] if single else []) + ['-f', '-']
     rc, out, err = _exec(container, argv, env=env, input_bytes=input_bytes, timeout=timeout)
     if rc != 0:
@@ -276,7 +280,19 @@ def _psql(container, sql, db, user, env=None, timeout=600, input_bytes=None, sin
     return [line.split('\0') for line in out.splitlines() if line]
 
 
-def _wait_accepting(container, timeout, log, what):
+def _per_database(container, databases, sql, user, env=None, port=5432, timeout=3600):
+    """{db: rows of sql} for every database, in one psql session that connects to each in turn (sql must not end
+    with a semicolon; its rows come back without the database's name)."""
+    script = ''.join('\\connect "%s"\nSELECT current_database(), * FROM (%s) per_database;\n'
+                     % (db.replace('"', '""'), sql) for db in databases)
+    found = dict((db, []) for db in databases)
+    for row in _psql(container, None, 'postgres', user, env=env, timeout=timeout, single=False, port=port,
+                     input_bytes=script.encode('utf-8')):
+        found.setdefault(row[0], []).append(row[1:])
+    return found
+
+
+def _wait_accepting(container, timeout, log, what, port=5432):
     """Until PostgreSQL in container answers on 127.0.0.1 (the entrypoint's temporary server of a first start
     listens on the socket only, so this waits for the real one); raises when the container exits or at the deadline."""
     deadline = time.time() + timeout
@@ -285,7 +301,8 @@ def _wait_accepting(container, timeout, log, what):
         state = containers.container_state(container)
         if not state['exists'] or state['status'] in ('exited', 'dead'):
             raise UpgradeError('%s (container %s) stopped: %s' % (what, container, _logs_tail(container)))
-        rc, _out, _err = _exec(container, ['pg_isready', '-q', '-h', '127.0.0.1', '-t', '2'], timeout=30)
+        rc, _out, _err = _exec(container, ['pg_isready', '-q', '-h', '127.0.0.1', '-p', str(port), '-t', '2'],
+                               timeout=30)
         if rc == 0:
             return
         if time.time() > deadline:
@@ -320,6 +337,25 @@ _WRITES = (
     "ORDER BY n.nspname, c.relname), '')) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
     "AND left(n.nspname, 8) <> 'pg_toast' AND left(n.nspname, 7) <> 'pg_temp')")
+
+# Run in the new cluster's container (bash): the globals, then every database of $SOULNEAR_DATABASES (one a line)
+# from the old cluster on 127.0.0.1:%(port)d into the new one on its socket. The superuser's own CREATE ROLE fails
+# (it exists); pipefail makes a failing pg_dump fail the copy, --exit-on-error a failing restore.
+_COPY_SCRIPT = r'''
+set -euo pipefail
+pg_dumpall --globals-only --no-password -h 127.0.0.1 -p %(port)d \
+    | grep -v -x -E "CREATE ROLE \"?$PGUSER\"?;" \
+    | psql -X -q -v ON_ERROR_STOP=1 --single-transaction -h %(socket)s -p 5432 -d postgres >/dev/null
+echo roles
+while IFS= read -r db; do
+    [ -n "$db" ] || continue
+    create=--create
+    [ "$db" = postgres ] && create=
+    pg_dump --format=custom --compress=0 --no-password -h 127.0.0.1 -p %(port)d -d "$db" \
+        | pg_restore --exit-on-error --no-password -h %(socket)s -p 5432 -d postgres $create
+    echo "$db"
+done <<< "$SOULNEAR_DATABASES"
+'''
 
 _DATABASES = ("SELECT datname FROM pg_database WHERE datallowconn AND datname NOT IN ('template0', 'template1') "
               "ORDER BY datname")
@@ -785,7 +821,10 @@ class Upgrade:
         old = _inspect(s['old_container_name_before'])
         env = _env_dict((old.get('Config') or {}).get('Env'))
         _create_volume(s['staging_volume'], 'upgrade-staging')
-        args = ['run', '-d', '--name', s['staging_container'], '--network', 'none',
+        # On the old container's network (pgBackRest's offsite repository stays reachable for the old cluster, which
+        # shares this network namespace during the copy), but listening on 127.0.0.1 only: nobody else reaches it.
+        networks = sorted(((old.get('NetworkSettings') or {}).get('Networks') or {}).keys())
+        args = ['run', '-d', '--name', s['staging_container'], '--network', networks[0] if networks else 'none',
                 '--label', 'soulnear.component=upgrade-staging',
                 '--mount', 'type=volume,source=%s,target=%s' % (s['staging_volume'], PGDATA),
                 '--env', 'POSTGRES_DB=postgres', '--env', 'POSTGRES_USER=%s' % env.get('POSTGRES_USER', self.user)]
@@ -881,63 +920,54 @@ class Upgrade:
         old = _inspect(s['container'])
         binds = [m for m in old.get('Mounts') or [] if m.get('Type') == 'bind'
                  and m.get('Destination') in pitr.HELPER_MOUNTS]
-        networks = sorted(((old.get('NetworkSettings') or {}).get('Networks') or {}).keys())
+        # In the new cluster's network namespace, on 127.0.0.1:SOURCE_PORT: the new version's pg_dump in that
+        # container reaches it; nothing outside does (no published port, not under the database's name).
         args = ['run', '-d', '--name', s['source_container'], '--label', 'soulnear.component=upgrade-source',
+                '--network', 'container:%s' % s['staging_container'],
                 '--mount', 'type=volume,source=%s,target=%s' % (s['volume'], PGDATA)]
-        if networks:
-            args += ['--network', networks[0]]  # pgBackRest's offsite repository stays reachable for archive-push
         for mount in binds:
             args += ['--mount', 'type=bind,source=%s,target=%s%s' % (mount['Source'], mount['Destination'],
                                                                     '' if mount.get('RW', True) else ',readonly')]
         shm = (old.get('HostConfig') or {}).get('ShmSize')
         if shm:
             args += ['--shm-size', str(shm)]
-        args += [s['old_image'], 'postgres', '-c', 'listen_addresses=127.0.0.1']
+        args += [s['old_image'], 'postgres', '-c', 'listen_addresses=127.0.0.1', '-c', 'port=%d' % SOURCE_PORT]
         _remove_container(s['source_container'])
         _docker(args, timeout=300)
         _wait_accepting(s['source_container'], settings['start_timeout'], self.log,
-                        'PostgreSQL %d (the old cluster, for the dump)' % s['from_version'])
+                        'PostgreSQL %d (the old cluster, for the dump)' % s['from_version'], port=SOURCE_PORT)
 
     def copy(self):
+        """With the new version's tools, in the new cluster's container, in one shell: the globals (every role with
+        its password verifier, memberships, role settings; the superuser exists already), then every database
+        through a pipe (pg_dump -Fc | pg_restore --create), nothing on disk."""
         s = self.state
-        source, target = s['source_container'], s['staging_container']
-        dumper = [containers.docker_binary(), 'run', '--rm', '--network', 'container:%s' % source, '-u',
-                  self.settings['exec_user'], '--log-driver', 'none', '-e', 'PGPASSWORD']
-        # Globals: every role (with its password verifier), membership, role setting. The superuser exists already.
-        proc = subprocess.run(dumper + ['--entrypoint', 'pg_dumpall', self.settings['image'], '--globals-only',
-                                        '--no-password', '-h', '127.0.0.1', '-U', self.user],
-                              capture_output=True, timeout=600, env=containers.exec_env(self.env),
-                              stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            raise UpgradeError('pg_dumpall --globals-only failed: %s' % _tail(proc.stderr.decode('utf-8', 'replace')))
-        create_self = re.compile(r'^CREATE ROLE "?%s"?;$' % re.escape(self.user))
-        lines = [line for line in proc.stdout.decode('utf-8').splitlines() if not create_self.match(line)]
-        _psql(target, None, 'postgres', self.user, env=self.env, input_bytes=('\n'.join(lines) + '\n').encode('utf-8'))
-        self.log('roles copied')
-        databases = [r[0] for r in _psql(source, _DATABASES, 'postgres', self.user, env=self.env)]
+        source, target, user = s['source_container'], s['staging_container'], self.user
+        databases = [r[0] for r in _psql(source, _DATABASES, 'postgres', user, env=self.env, port=SOURCE_PORT)]
         s['databases'] = databases
-        for db in databases:
-            since = time.time()
-            restore = ['pg_restore', '--exit-on-error', '--no-password', '-h', SOCKET_DIR, '-U', self.user]
-            restore += ['-d', 'postgres'] + (['--create'] if db != 'postgres' else [])
-            dump = dumper + ['--entrypoint', 'pg_dump', self.settings['image'], '--format=custom', '--compress=0',
-                             '--no-password', '-h', '127.0.0.1', '-U', self.user, '-d', db]
-            _pipe(dump, containers.exec_argv(target, restore, user=self.settings['exec_user'], env=self.env,
-                                             interactive=True), self.env, db)
-            self.log('database %s copied in %.1f s' % (db, time.time() - since))
+        since = time.time()
+        rc, out, err = _exec(target, ['bash', '-c', _COPY_SCRIPT % dict(port=SOURCE_PORT, socket=SOCKET_DIR)],
+                             env=dict(self.env, PGUSER=user, SOULNEAR_DATABASES='\n'.join(databases)),
+                             timeout=24 * 3600)
+        if rc != 0:
+            raise UpgradeError('copying the data failed (exit %d): %s' % (rc, _tail(err)))
+        self.log('roles and %d database(s) copied in %.1f s: %s' % (len(databases), time.time() - since,
+                                                                   ' '.join(out.split())))
 
     def verify(self):
+        """The exact row count of every table, on both clusters: one psql session each."""
         s = self.state
+        before = _per_database(s['source_container'], s['databases'], _COUNTS, self.user, self.env, SOURCE_PORT)
+        after = _per_database(s['staging_container'], s['databases'], _COUNTS, self.user, self.env)
         s['counts'] = {}
         differences = []
         for db in s['databases']:
-            before = dict(_psql(s['source_container'], _COUNTS, db, self.user, env=self.env))
-            after = dict(_psql(s['staging_container'], _COUNTS, db, self.user, env=self.env))
-            s['counts'][db] = dict((k, int(v)) for k, v in after.items())
-            for table in sorted(set(before) | set(after)):
-                if before.get(table) != after.get(table):
-                    differences.append('%s.%s: %s rows before, %s after' % (db, table, before.get(table, 'no table'),
-                                                                           after.get(table, 'no table')))
+            old, new = dict(before.get(db) or []), dict(after.get(db) or [])
+            s['counts'][db] = dict((k, int(v)) for k, v in new.items())
+            for table in sorted(set(old) | set(new)):
+                if old.get(table) != new.get(table):
+                    differences.append('%s.%s: %s rows before, %s after' % (db, table, old.get(table, 'no table'),
+                                                                           new.get(table, 'no table')))
         if differences:
             raise UpgradeError('the new cluster does not hold the same rows as the old one: %s'
                                % '; '.join(differences[:10]))
@@ -957,16 +987,17 @@ class Upgrade:
 
     def baseline(self):
         s = self.state
-        s['baseline'] = _write_marks(lambda sql, db: _psql(s['staging_container'], sql, db, self.user, env=self.env),
-                                     s['databases'])
+        found = _per_database(s['staging_container'], s['databases'], _WRITES, self.user, self.env)
+        s['baseline'] = dict((db, [int(rows[0][0]), rows[0][1], rows[0][2]]) for db, rows in found.items())
 
     def close(self):
         """Both helpers stop cleanly (the old cluster archives its last segments); their containers go."""
         s = self.state
-        for name in (s['source_container'], s['staging_container']):
-            if containers.inspect(name) is not None:
-                containers.stop(name, timeout=self.settings['db_stop_timeout'])
-                _remove_container(name)
+        names = [n for n in (s['source_container'], s['staging_container']) if containers.inspect(n) is not None]
+        if names:  # one docker stop: both shut down at once
+            timeout = int(self.settings['db_stop_timeout'])
+            _docker(['stop', '-t', str(timeout)] + names, timeout=timeout + 60)
+            _docker(['rm'] + names)
 
     # -- the switch --
     def swap(self):
@@ -1101,37 +1132,6 @@ def _literal(value):
     if isinstance(value, bool):
         value = 'on' if value else 'off'
     return "'%s'" % str(value).replace("'", "''")
-
-
-def _pipe(dump, restore, env, db):
-    """dump's stdout into restore's stdin through an OS pipe (nothing on disk); both must succeed."""
-    with tempfile.TemporaryFile() as err_dump, tempfile.TemporaryFile() as err_restore:
-        producer = subprocess.Popen(dump, stdout=subprocess.PIPE, stderr=err_dump, stdin=subprocess.DEVNULL,
-                                    env=containers.exec_env(env))
-        try:
-            consumer = subprocess.Popen(restore, stdin=producer.stdout, stdout=subprocess.DEVNULL, stderr=err_restore,
-                                        env=containers.exec_env(env))
-        finally:
-            producer.stdout.close()
-        code_restore = consumer.wait()
-        if code_restore != 0 and producer.poll() is None:
-            producer.kill()
-        code_dump = producer.wait()
-        if code_dump != 0 or code_restore != 0:
-            err_dump.seek(0)
-            err_restore.seek(0)
-            raise UpgradeError('copying database %s failed: pg_dump exit %d (%s), pg_restore exit %d (%s)' % (
-                db, code_dump, _tail(err_dump.read().decode('utf-8', 'replace')), code_restore,
-                _tail(err_restore.read().decode('utf-8', 'replace'))))
-
-
-def _write_marks(run, databases):
-    """{db: [rows written to user tables, stats_reset, schema fingerprint]} through run(sql, db)."""
-    marks = {}
-    for db in databases:
-        row = run(_WRITES, db)[0]
-        marks[db] = [int(row[0]), row[1], row[2]]
-    return marks
 
 
 def _wait_connect(settings, timeout):
