@@ -65,7 +65,11 @@ async def main():
         bot = Bot(os.environ['BOT_TOKEN'])
         dispatcher = Dispatcher(sessions=async_sessionmaker(engine, expire_on_commit=False))
         dispatcher.include_router(router)
-        await dispatcher.start_polling(bot)
+        # One update at a time, confirmed (by the next getUpdates' offset) only after its handler finished: an update
+        # in flight when the bot stops or is killed is delivered again, which messages.update_id UNIQUE makes harmless.
+        # aiogram's default (handle_as_tasks=True) confirms a batch while its handlers still run: those are lost when
+        # the bot stops, and a backlog after downtime starts hundreds of handlers at once against a pool of 4.
+        await dispatcher.start_polling(bot, handle_as_tasks=False)
     finally:
         await engine.dispose()
 
