@@ -18,18 +18,26 @@ description:
     setting changed, and says so.
   - Makes sure the superuser logs in with O(login_password); when that login is refused (a rotated vault
     password, a volume from an older setup), sets it through the database container's local socket
-    (O(container)), the password read inside the container from O(superuser_password_file).
+    (O(container)).
   - Creates the app role O(app_role) (LOGIN, no superuser, no createdb, no createrole) or converges its
     attributes and password.
   - Creates the monitoring role O(monitor_role) (LOGIN, no other attribute, member of C(pg_monitor) and of no
     other role) or converges it and its password, the least-privilege login of a metrics exporter.
-  - Passwords are set in a session with statement logging off (C(log_statement), C(log_min_duration_statement),
-    C(log_min_error_statement)), and only when the stored SCRAM verifier does not accept them, so no password
-    ever reaches the server log and a converged server sees no password statement at all.
+  - Passwords never reach the server - the module computes their SCRAM-SHA-256 verifiers (RFC 5802/7677, with
+    PostgreSQL's SASLprep) and sets those (C(ALTER ROLE ... PASSWORD 'SCRAM-SHA-256$...')), so no password is in
+    a statement the server could log, whoever O(login_user) is - a superuser, or a managed service's admin that
+    only has CREATEROLE. A superuser's session also has statement logging off (C(log_statement),
+    C(log_min_duration_statement), C(log_min_error_statement)).
+  - A password is set only when the role does not log in with it already, so a converged server sees no password
+    statement at all. A superuser compares the stored verifier (C(pg_authid)); another O(login_user) logs in as
+    the role once, with the same host, port and TLS settings, and reads the answer (when C(pg_hba.conf) refuses
+    the role from there, the answer cannot tell and the password is set again).
+  - Without O(settings), nothing only a superuser may read is read (C(pg_authid), C(pg_file_settings)).
   - "Gap it fills: C(community.postgresql.postgresql_alter_system) sets one parameter per task (a round trip to
-    the host each) and C(community.postgresql.postgresql_user) sends C(ALTER ROLE ... PASSWORD) in a session that
-    the server logs when C(log_statement) is C(ddl) or C(all), writing the password in plain text to the server
-    log. The database itself is still created by C(community.postgresql.postgresql_db)."
+    the host each) and C(community.postgresql.postgresql_user) sends C(ALTER ROLE ... PASSWORD) with the clear
+    password in a session that the server logs when C(log_statement) is C(ddl) or C(all), writing the password in
+    plain text to the server log (and it reads C(pg_authid), which only a superuser may). The database itself is
+    still created by C(community.postgresql.postgresql_db)."
 version_added: "1.1.0"
 author: SoulNear operations contributors
 extends_documentation_fragment:
@@ -55,13 +63,9 @@ options:
     description: Its password (not empty).
     type: str
   container:
-    description: The database container, used only to set a refused superuser password over the local socket.
+    description: The database container, used only to set a refused superuser password (its verifier, on psql's
+      standard input) over the local socket.
     type: str
-  superuser_password_file:
-    description: Path, inside O(container), of the file holding the superuser password - absolute, of letters,
-      digits, C(_), C(.), C(-) and C(/) (psql reads it through a shell there).
-    type: str
-    default: /run/secrets/soulnear/superuser_password
   report_only:
     description:
       - For a server this deployment does not own (an external or managed PostgreSQL, a Patroni cluster), compare
@@ -167,7 +171,6 @@ msg:
   sample: "Reloaded PostgreSQL: tcp_keepalives_idle changed (no restart needed)."
 '''
 
-import re
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.pg import (
@@ -185,21 +188,10 @@ def argument_spec():
         monitor_role=dict(type='str'),
         monitor_password=dict(type='str', no_log=True),
         container=dict(type='str'),
-        superuser_password_file=dict(type='str', default='/run/secrets/soulnear/superuser_password', no_log=False),
         unreachable_ok=dict(type='bool', default=False),
         report_only=dict(type='bool', default=False),
     )
     return spec
-
-
-# The password file is read inside the container by psql's \set pw `cat FILE` (a shell runs it): a plain path only.
-_SECRET_FILE = re.compile(r'^/[A-Za-z0-9_./-]+$')
-
-
-def _secret_file(value):
-    if not _SECRET_FILE.match(value) or '/../' in value + '/':
-        raise validate.Invalid('an absolute path of letters, digits, "_", ".", "-" and "/" (psql reads it through a '
-                               'shell inside the container)')
 
 
 def _setting_value(value):
@@ -236,7 +228,6 @@ def check_options(module):
     _role(options, 'app_role', ('login_user', 'monitor_role'))
     _role(options, 'monitor_role', ('login_user',))
     options.check('container', validate.name, 'container')
-    options.check('superuser_password_file', _secret_file)
     options.fail(module)
 
 
@@ -278,7 +269,7 @@ def main():
                          else 'The server runs every wanted setting.')
     try:
         result = converge(p, p['settings'], p['app_role'], p['app_password'], p['container'],
-                          p['superuser_password_file'], check_mode=module.check_mode,
+                          check_mode=module.check_mode,
                           monitor_role=p['monitor_role'], monitor_password=p['monitor_password'])
     except ConnectError as exc:
         if p['unreachable_ok'] and server_unreachable(exc):

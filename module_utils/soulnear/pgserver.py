@@ -3,13 +3,19 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Converge a PostgreSQL server's passwords and settings in one session (the pg_server module).
 
-- Passwords (the superuser's and the app role's) are set in a session whose statement logging is off
-  (log_statement, log_min_duration_statement, log_min_error_statement), so `ALTER ROLE ... PASSWORD` never
-  reaches the server log, whatever the server's logging settings. A password is only set when the stored SCRAM
-  (or md5) verifier does not match it, so a converged server sees no statement at all.
-- The superuser password is checked by logging in with it; when that login is refused, it is set through the
-  database container's local socket (trusted by the official image) with the password read inside the
-  container from its secret file, so it never appears on a command line.
+- Passwords (the superuser's, the app role's, the monitoring role's) are never sent to the server: the module
+  computes their SCRAM-SHA-256 verifiers itself (scram.py) and sets those (`ALTER ROLE ... PASSWORD
+  'SCRAM-SHA-256$...'`, stored as given), so a password reaches neither the server nor its log, whatever its
+  logging settings and whoever logs in - a superuser, or a managed service's admin with CREATEROLE only. A
+  superuser's session also turns statement logging off (log_statement, log_min_duration_statement,
+  log_min_error_statement: superuser settings), so not even the verifier is logged there.
+- A password is only set when the role does not already log in with it, so a converged server sees no statement at
+  all: a superuser compares the stored verifier (pg_authid); any other login - which cannot read pg_authid - logs in
+  as the role with the password and reads the answer (accepted, or "password authentication failed"). When that
+  answer cannot tell (pg_hba.conf refuses the role from here), the password is set again.
+- The superuser password is checked by logging in with it; when that login is refused, its verifier is set through
+  the database container's local socket (trusted by the official image and by the project's pg_hba.conf), sent on
+  psql's standard input, so it never appears on a command line.
 - A monitoring role (postgres_exporter's login) is a LOGIN role without any other attribute and a member of
   pg_monitor only (PostgreSQL's built-in read-only monitoring role): it reads statistics and settings, no data.
 - Settings are compared with what ALTER SYSTEM wrote (postgresql.auto.conf, via pg_file_settings) and set
@@ -24,15 +30,15 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import base64
 import hashlib
 import hmac
+import re
 import time
 
-from . import containers
-from .pg import ConnectError, connect, describe_error, psycopg2, sqlstate_of
+from . import containers, scram
+from .pg import ConnectError, connect, connect_kwargs, describe_error, psycopg2, sqlstate_of
 
-# Statement logging off for the session that handles passwords (all three are superuser-settable).
+# Statement logging off for a superuser's session that handles passwords (all three are superuser settings).
 QUIET_SESSION = ("SET log_statement = 'none'", 'SET log_min_duration_statement = -1',
                  "SET log_min_error_statement = 'panic'", "SET log_error_verbosity = 'terse'")
 
@@ -103,19 +109,16 @@ def password_matches(stored, password, role):
     """Does the stored verifier (pg_authid.rolpassword) accept password? False for an unknown format."""
     if not stored or password is None:
         return False
-    if stored.startswith('SCRAM-SHA-256$'):
-        try:
-            head, keys = stored[len('SCRAM-SHA-256$'):].split('$', 1)
-            iterations, salt = head.split(':', 1)
-            stored_key = base64.b64decode(keys.split(':', 1)[0])
-            salted = hashlib.pbkdf2_hmac('sha256', password.encode('utf-8'), base64.b64decode(salt), int(iterations))
-        except (ValueError, TypeError):
-            return False
-        client_key = hmac.new(salted, b'Client Key', hashlib.sha256).digest()
-        return hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key)
+    if stored.startswith(scram.PREFIX):
+        return scram.matches(stored, password)
     if stored.startswith('md5'):
         return hmac.compare_digest(stored, 'md5' + hashlib.md5((password + role).encode('utf-8')).hexdigest())
     return False
+
+
+def _is_superuser(cur):
+    cur.execute("SELECT current_setting('is_superuser') = 'on'")
+    return bool(cur.fetchone()[0])
 
 
 def _quiet(cur):
@@ -123,10 +126,11 @@ def _quiet(cur):
         cur.execute(statement)
 
 
-def set_superuser_password_in_container(container, user, secret_file):
-    """ALTER ROLE over the container's local socket; psql reads the password from the secret file itself."""
+def set_superuser_password_in_container(container, user, password):
+    """ALTER ROLE over the container's local socket with the password's SCRAM verifier, on psql's standard input."""
+    secret = scram.verifier(password)
     script = '\n'.join(s + ';' for s in QUIET_SESSION) + '\n' + (
-        "\\set pw `cat %s`\nALTER ROLE :\"user\" PASSWORD :'pw';\n" % secret_file)
+        "ALTER ROLE :\"user\" PASSWORD '%s';\n" % secret)
     argv = ['psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-v', 'user=%s' % user, '-U', user, '-d', 'postgres']
     try:
         rc, _out, err = containers.exec_run(container, argv, input_bytes=script.encode('utf-8'), timeout=60)
@@ -138,45 +142,83 @@ def set_superuser_password_in_container(container, user, secret_file):
                                 'failed: %s' % (container, err.decode('utf-8', 'replace').strip()[-500:]))
 
 
-def _connect_superuser(params, container, secret_file, check_mode, changes):
+def _connect_superuser(params, container, check_mode, changes):
     try:
         return connect(params, application_name='soulnear pg_server')
     except ConnectError as exc:
         refused = psycopg2 is not None and isinstance(exc.__context__, psycopg2.Error) \
             and sqlstate_of(exc.__context__) in ('28P01', '28000')
-        if not (refused and container):
+        if not (refused and container and params.get('login_password')):
             raise
     changes.append('password of %s' % params['login_user'])
     if check_mode:
         return None
-    set_superuser_password_in_container(container, params['login_user'], secret_file)
+    set_superuser_password_in_container(container, params['login_user'], params['login_password'])
     return connect(params, application_name='soulnear pg_server')
 
 
-def _ensure_role(cur, name, password, check_mode, changes):
-    cur.execute('SELECT rolpassword, rolcanlogin, rolsuper, rolcreatedb, rolcreaterole FROM pg_authid '
-                'WHERE rolname = %s', (name,))
+# Refusals a server sends only after it accepted the password: the role was authenticated, then turned away.
+_AUTHENTICATED = re.compile(r'database "[^"]*" does not exist|is not permitted to log in|permission denied for '
+                            r'database|too many connections for role', re.I)
+
+
+def login_accepts(params, role, password):
+    """Log in as role with password, over the admin's own connection settings (host, port, TLS): True when the
+    server accepts the password, False when it refuses it, None when its answer does not tell (pg_hba.conf refuses
+    the role from here, the server does not answer). No retry: one attempt, one line in the server's log at most."""
+    kwargs = connect_kwargs(dict(params, login_user=role, login_password=password),
+                            application_name='soulnear pg_server password check')
+    try:
+        psycopg2.connect(**kwargs).close()
+        return True
+    except psycopg2.Error as exc:
+        text = str(exc)
+        if sqlstate_of(exc) == '28P01':
+            return False
+        return True if _AUTHENTICATED.search(text) else None
+
+
+class _Passwords:
+    """Whether a role already logs in with its password: the stored verifier when this login reads pg_authid (a
+    superuser), else a login attempt as the role."""
+
+    def __init__(self, params, cur):
+        self.params = params
+        cur.execute("SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')")
+        self.reads_authid = bool(cur.fetchone()[0])
+
+    def correct(self, cur, name, password):
+        if self.reads_authid:
+            cur.execute('SELECT rolpassword FROM pg_authid WHERE rolname = %s', (name,))
+            row = cur.fetchone()
+            return bool(row) and password_matches(row[0], password, name)
+        return bool(login_accepts(self.params, name, password))
+
+
+def _ensure_role(cur, passwords, name, password, check_mode, changes):
+    cur.execute('SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = %s', (name,))
     row = cur.fetchone()
     ident = psycopg2.extensions.quote_ident(name, cur)
     if row is None:
         changes.append('role %s created' % name)
         if not check_mode:
-            cur.execute('CREATE ROLE %s LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %%s' % ident, (password,))
+            cur.execute("CREATE ROLE %s LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '%s'"
+                        % (ident, scram.verifier(password)))
         return
-    stored, login, superuser, createdb, createrole = row
+    login, superuser, createdb, createrole = row
     if not login or superuser or createdb or createrole:
         changes.append('attributes of %s' % name)
         if not check_mode:
             cur.execute('ALTER ROLE %s LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE' % ident)
-    if not password_matches(stored, password, name):
+    if not passwords.correct(cur, name, password):
         changes.append('password of %s' % name)
         if not check_mode:
-            cur.execute('ALTER ROLE %s PASSWORD %%s' % ident, (password,))
+            cur.execute("ALTER ROLE %s PASSWORD '%s'" % (ident, scram.verifier(password)))
 
 
-def _ensure_monitor_role(cur, name, password, check_mode, changes):
+def _ensure_monitor_role(cur, passwords, name, password, check_mode, changes):
     """A login role that is a member of pg_monitor and of nothing else."""
-    _ensure_role(cur, name, password, check_mode, changes)
+    _ensure_role(cur, passwords, name, password, check_mode, changes)
     cur.execute('SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid '
                 'JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = %s ORDER BY 1', (name,))
     groups = [row[0] for row in cur.fetchall()]
@@ -217,27 +259,30 @@ def _wait_for_reload(params, since, timeout=15.0):
         time.sleep(0.2)
 
 
-def converge(params, settings=None, app_role=None, app_password=None, container=None,
-             superuser_secret_file='/run/secrets/soulnear/superuser_password', check_mode=False,
+def converge(params, settings=None, app_role=None, app_password=None, container=None, check_mode=False,
              monitor_role=None, monitor_password=None):
     """Passwords, the app role, the monitoring role and the server settings; returns the result dict of the
-    pg_server module."""
+    pg_server module. Without settings, nothing is read that only a superuser may read (a managed service's admin
+    with CREATEROLE converges the roles)."""
     changes = []
-    conn = _connect_superuser(params, container, superuser_secret_file, check_mode, changes)
+    conn = _connect_superuser(params, container, check_mode, changes)
     result = dict(changed_settings=[], restart_required=[], reloaded=False, password_changes=[], role_changes=[])
     if conn is None:  # check mode with a superuser password to fix: nothing more can be read
         result['password_changes'] = changes
         return result
     try:
         with conn.cursor() as cur:
-            _quiet(cur)
+            if _is_superuser(cur):
+                _quiet(cur)
             role_changes = []
-            if app_role:
-                _ensure_role(cur, app_role, app_password, check_mode, role_changes)
-            if monitor_role:
-                _ensure_monitor_role(cur, monitor_role, monitor_password, check_mode, role_changes)
-            current = _auto_conf(cur)
+            if app_role or monitor_role:
+                passwords = _Passwords(params, cur)
+                if app_role:
+                    _ensure_role(cur, passwords, app_role, app_password, check_mode, role_changes)
+                if monitor_role:
+                    _ensure_monitor_role(cur, passwords, monitor_role, monitor_password, check_mode, role_changes)
             wanted = dict((name, setting_text(value)) for name, value in sorted((settings or {}).items()))
+            current = _auto_conf(cur) if wanted else {}
             changed = [name for name, text in wanted.items() if current.get(name) != text]
             cur.execute('SELECT name, context FROM pg_settings WHERE name = ANY(%s)', (list(wanted),))
             contexts = dict(cur.fetchall())

@@ -345,8 +345,6 @@ def test_pg_server(own_server, tmp_path):
         ('monitor_role=<app_role>', 'app_role', dict(monitor_role='bi_app')),
         ('settings={"work_mem = 1; x": 1}', 'settings', dict(settings={'work_mem = 1; x': 1})),
         ('settings={work_mem: {a: 1}}', 'settings.work_mem', dict(settings={'work_mem': {'a': 1}})),
-        ('superuser_password_file="/x; rm -rf /tmp/y"', 'superuser_password_file',
-         dict(superuser_password_file='/x; rm -rf /tmp/y')),
         ('at once: monitor_role=public container="bad name" login_port=0 retries=-1 login_unix_socket=relative',
          ('monitor_role', 'container', 'login_port', 'retries', 'login_unix_socket'),
          dict(monitor_role='public', container='bad name', login_port=0, retries=-1, login_unix_socket='sock')),
