@@ -9,7 +9,8 @@
 #                        (so ProxyJump, ProxyCommand and other options work as they do for Ansible)
 #   local -> runs here
 # A user other than root runs the command through sudo (docker needs root); with a sudo password,
-# sudo asks for it on the terminal.
+# sudo asks for it on the terminal, or - without a terminal - reads it from BECOME_PASSWORD_FILE (sent on the
+# command's standard input, never on a command line: `sudo -S`; the command then gets no other input).
 #
 #   INVENTORY=~/soulnear-inventory/hosts.yml scripts/on-host.sh soulnear ps
 #   SOULNEAR_HOST=bot2 scripts/on-host.sh ...     pick another host of the group
@@ -35,6 +36,12 @@ fi
 
 tty=0
 if [ -t 0 ] && [ -t 1 ]; then tty=1; fi
+password_file="${BECOME_PASSWORD_FILE:-}"
+if [ -n "$password_file" ]; then
+    [ -r "$password_file" ] && [ -f "$password_file" ] \
+        || die "BECOME_PASSWORD_FILE=$password_file is not a readable file. Fix: give the file holding the sudo password"
+    [ "$tty" = 1 ] && password_file=""  # a terminal: sudo asks there, and the command keeps its input
+fi
 
 # The host's variables (inline-vaulted secrets stay encrypted: they are not needed here), turned into the
 # exact command line by Python. NUL-separated so no argument is ever re-split by the shell.
@@ -43,7 +50,10 @@ vars="$("$ANSIBLE_INVENTORY" -i "$INVENTORY" --host "$host")" \
 mapfile -d '' argv < <(printf '%s' "$vars" | "$PYTHON" -c '
 import json, os, shlex, sys
 
-host, tty, command = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
+host, tty, piped, command = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1", sys.argv[4:]
+# -S: the password on standard input; the command itself reads /dev/null (a sudo without a password would leave
+# the password line to the command)
+sudo = ["sudo", "-S", "-p", "", "sh", "-c", "exec \"$@\" </dev/null", "sh"] if piped else ["sudo"]
 v = json.load(sys.stdin)
 
 def get(*names, default=""):
@@ -76,13 +86,17 @@ elif conn in ("ssh", "smart", "ansible.builtin.ssh", "paramiko", "paramiko_ssh")
     argv += shlex.split(get("ansible_ssh_common_args")) + shlex.split(get("ansible_ssh_extra_args"))
     remote = " ".join(shlex.quote(part) for part in command)
     if user and user != "root":
-        remote = "sudo " + remote
+        remote = " ".join(shlex.quote(part) for part in sudo + command)
     argv += [addr, remote]
 elif conn in ("local", "ansible.builtin.local"):
-    argv = (["sudo"] if os.geteuid() != 0 else []) + command
+    argv = (sudo if os.geteuid() != 0 else []) + command
 else:
     sys.exit("on-host: connection %r of host %s is not supported here (docker, ssh or local)" % (conn, host))
 sys.stdout.write("".join(part + "\0" for part in argv))
-' "$host" "$tty" "$@")
+' "$host" "$tty" "$([ -n "$password_file" ] && echo 1 || echo 0)" "$@")
 [ "${#argv[@]}" -gt 0 ] || die "could not work out how to reach $host"
+if [ -n "$password_file" ]; then
+    # The password's first line, then nothing: sudo -S reads one line (a sudo that needs none reads nothing).
+    exec "${argv[@]}" < <(head -n 1 "$password_file"; echo)
+fi
 exec "${argv[@]}"

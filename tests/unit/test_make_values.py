@@ -102,3 +102,49 @@ def test_on_host_arguments_are_data(tmp_path, recorder, work):
     proc, _ = run_make(tmp_path, recorder, 'logs-bot', INVENTORY='inv.yml', LOG_LINES='1; touch PWNED_lines',
                        ANSIBLE=os.path.join(os.path.dirname(sys.executable), 'ansible'))
     assert pwned(work) == [], proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def fake_ssh(tmp_path, work):
+    """An inventory host reached over ssh as a user with sudo, through a recording ssh (ansible_ssh_executable):
+    it writes its argv and its standard input to ssh.json and runs nothing."""
+    record = tmp_path / 'ssh.json'
+    ssh = tmp_path / 'fake-ssh'
+    ssh.write_text('#!%s\nimport json, sys\njson.dump(dict(argv=sys.argv[1:], stdin=sys.stdin.read()), '
+                   'open(%r, "w"))\n' % (sys.executable, str(record)))
+    ssh.chmod(ssh.stat().st_mode | stat.S_IEXEC)
+    (work / 'ssh.yml').write_text('soulnear:\n  hosts:\n    vps: {ansible_host: 192.0.2.10, ansible_user: deploy, '
+                                  'ansible_ssh_executable: %s}\n' % ssh)
+    return record
+
+
+def run_on_host(work, target, **values):
+    env = dict(os.environ, ANSIBLE=os.path.join(os.path.dirname(sys.executable), 'ansible'))
+    args = ['make', '-s', target, 'INVENTORY=ssh.yml', 'PYTHON=%s' % sys.executable]
+    args += ['%s=%s' % item for item in values.items()]
+    return subprocess.run(args, cwd=str(work), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_on_host_targets_take_the_sudo_password_from_become_password_file(tmp_path, work, fake_ssh):
+    """Without a terminal (a script, CI) make ps/logs-*/restart take BECOME_PASSWORD_FILE: the password goes to
+    sudo -S on the command's standard input, never on a command line; the command itself reads nothing."""
+    secret = tmp_path / 'become.txt'
+    secret.write_text('s3cret-sudo-pass\n')
+    proc = run_on_host(work, 'logs-bot', BECOME_PASSWORD_FILE=str(secret), LOG_LINES='5')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = json.loads(fake_ssh.read_text())
+    remote = seen['argv'][-1]
+    assert seen['argv'][-2] == '192.0.2.10' and 'User=deploy' in seen['argv']
+    assert remote.startswith("sudo -S -p '' sh -c 'exec \"$@\" </dev/null' sh soulnear logs bot 5"), remote
+    assert seen['stdin'].splitlines()[0] == 's3cret-sudo-pass'
+    assert 's3cret-sudo-pass' not in ' '.join(seen['argv']) + proc.stdout + proc.stderr
+
+    # Without the file: plain sudo (it asks on a terminal); an unreadable file is named before anything runs.
+    fake_ssh.unlink()
+    proc = run_on_host(work, 'logs-db')
+    assert json.loads(fake_ssh.read_text())['argv'][-1] == 'sudo soulnear logs db 200', proc.stderr
+    fake_ssh.unlink()
+    proc = run_on_host(work, 'restart-bot', BECOME_PASSWORD_FILE=str(tmp_path / 'missing'))
+    assert proc.returncode != 0 and 'BECOME_PASSWORD_FILE=' in proc.stderr and 'not a readable file' in proc.stderr
+    assert not fake_ssh.exists()

@@ -63,3 +63,40 @@ def test_make_reaches_a_host_behind_a_jump_host(host, tmp_path):
     (jumped / 'hosts.yml').write_text(yaml.safe_dump(hosts))
     broken = run_make('ps', 'INVENTORY=%s' % (jumped / 'hosts.yml'), vault=False)
     assert broken.returncode != 0
+
+
+def test_a_sudo_password_from_become_password_file_without_a_terminal(host, tmp_path):
+    """A user whose sudo asks for a password (a provider's default): with BECOME_PASSWORD_FILE both an on-host
+    target (make ps, sudo -S) and a playbook target (make lock-status, --become-password-file) work with no
+    terminal; without it they fail saying sudo needs the password, and the password is never printed."""
+    password = 'molecule-sudo-%d' % os.getpid()
+    host.run('id opsudo >/dev/null 2>&1 || useradd -m -s /bin/bash opsudo')
+    host.run("printf 'opsudo:%s\\n' | chpasswd", password)
+    host.run("printf 'opsudo ALL=(ALL) ALL\\n' > /etc/sudoers.d/opsudo && chmod 0440 /etc/sudoers.d/opsudo")
+    host.run('install -d -o opsudo -m 0700 ~opsudo/.ssh && cp ~deploy/.ssh/authorized_keys ~opsudo/.ssh/ '
+             '&& chown opsudo ~opsudo/.ssh/authorized_keys')
+    try:
+        inventory, _password = operator_inventory()
+        other = tmp_path / 'inventory'
+        shutil.copytree(os.path.dirname(inventory), str(other))
+        with open(inventory) as handle:
+            hosts = yaml.safe_load(handle)
+        (_name, server), = hosts['soulnear']['hosts'].items()
+        server['ansible_user'] = 'opsudo'
+        (other / 'hosts.yml').write_text(yaml.safe_dump(hosts))
+        secret = tmp_path / 'become'
+        secret.write_text(password + '\n')
+        target = 'INVENTORY=%s' % (other / 'hosts.yml')
+        for make_target in ('ps', 'lock-status'):
+            without = run_make(make_target, target, vault=False, timeout=300)
+            assert without.returncode != 0, without.stdout + without.stderr
+            assert 'password' in (without.stdout + without.stderr).lower(), without.stdout + without.stderr
+        ps = run_make('ps', target, 'BECOME_PASSWORD_FILE=%s' % secret, vault=False, timeout=300)
+        assert ps.returncode == 0 and 'soulnear_bot' in ps.stdout, ps.stdout + ps.stderr
+        lock = run_make('lock-status', target, 'BECOME_PASSWORD_FILE=%s' % secret, vault=False)
+        assert lock.returncode == 0, lock.stdout[-2000:] + lock.stderr
+        assert 'not held' in ' '.join(lock.stdout.split())
+        for output in (ps.stdout + ps.stderr, lock.stdout + lock.stderr):
+            assert password not in output
+    finally:
+        host.run('rm -f /etc/sudoers.d/opsudo; userdel -r opsudo 2>/dev/null')
