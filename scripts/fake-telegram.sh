@@ -53,6 +53,8 @@ case "$command" in
     call) ;;   # PATH [JSON]; the host from the environment
     *) if [ $# -ge 1 ]; then HOST="$1"; shift; fi ;;
 esac
+# A container name (Docker's rule); it also names the directory of the CA copy here.
+[[ "$HOST" =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]] || die "'$HOST' is not a container name"
 CACHE="$ROOT/.cache/fake-telegram/$HOST"
 
 on_host() { docker exec "$HOST" "$@"; }
