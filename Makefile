@@ -10,7 +10,7 @@ ASK_VAULT_PASS ?=
 ASK_BECOME_PASS ?=
 ANSIBLE ?= .venv/bin/ansible
 ANSIBLE_PLAYBOOK ?= .venv/bin/ansible-playbook
-PYTHON ?= .venv/bin/python
+VENV_PYTHON ?= .venv/bin/python
 # The playbook targets: scripts/play.sh passes the operator's values (below) to Ansible as data.
 PLAY = scripts/play.sh
 
@@ -58,6 +58,6 @@ lint:
 # not expanded by make) and exported to the recipe's environment; recipes read them as "$$NAME" or through
 # scripts/play.sh (a JSON vars file for Ansible), never pasted into a shell line.
 OPERATOR_VARS := INVENTORY VAULT_PASSWORD_FILE BECOME_PASSWORD_FILE ASK_VAULT_PASS ASK_BECOME_PASS CONFIRM TIME \
-	BACKUP REPO VERSION SOURCE LOG_LINES ANSIBLE ANSIBLE_PLAYBOOK PYTHON
+	BACKUP REPO VERSION SOURCE LOG_LINES ANSIBLE ANSIBLE_PLAYBOOK VENV_PYTHON
 $(foreach name,$(OPERATOR_VARS),$(eval override $(name) := $$(value $(name))))
 export $(OPERATOR_VARS)

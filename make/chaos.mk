@@ -2,7 +2,7 @@
 # (scripts/chaos.py; SANDBOX=name picks the sandbox container, CHAOS_ARGS passes options, e.g.
 # CHAOS_ARGS="--only 1,5 --keep", "-e soulnear_pitr_enabled=false"). Prints the table: fault, recovered, time to
 # recover, rows acknowledged, rows lost (docs/chaos.md).
-PYTHON ?= .venv/bin/python
+VENV_PYTHON ?= .venv/bin/python
 SANDBOX ?= soulnear-chaos
 CHAOS_ARGS ?=
 
@@ -14,4 +14,4 @@ export CHAOS_SANDBOX
 
 ## Inject the faults into a sandbox of its own and print what recovered and what was lost (~25 min)
 chaos:
-	"$$PYTHON" scripts/chaos.py --name "$$CHAOS_SANDBOX" --table .cache/chaos-table.md $(CHAOS_ARGS)
+	"$$VENV_PYTHON" scripts/chaos.py --name "$$CHAOS_SANDBOX" --table .cache/chaos-table.md $(CHAOS_ARGS)

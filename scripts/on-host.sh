@@ -21,7 +21,7 @@ INVENTORY="${INVENTORY:-inventory/sandbox/hosts.yml}"
 ANSIBLE="${ANSIBLE:-.venv/bin/ansible}"
 ANSIBLE_INVENTORY="${ANSIBLE_INVENTORY:-$(dirname "$ANSIBLE")/ansible-inventory}"
 GROUP="${SOULNEAR_GROUP:-soulnear}"
-PYTHON="${PYTHON:-.venv/bin/python}"
+PYTHON="${VENV_PYTHON:-.venv/bin/python}"
 
 die() { printf 'on-host: %s\n' "$*" >&2; exit 2; }
 

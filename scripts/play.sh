@@ -12,7 +12,7 @@
 #     name:=JSON        a constant (true, 3, "text")
 #   Arguments after -- go to ansible-playbook as they are (scripts, not make, pass them: --check, --diff, -e ...).
 # Also from the environment: INVENTORY, VAULT_PASSWORD_FILE, ASK_VAULT_PASS, BECOME_PASSWORD_FILE, ASK_BECOME_PASS,
-# ANSIBLE_PLAYBOOK (the binary), PYTHON.
+# ANSIBLE_PLAYBOOK (the binary), VENV_PYTHON.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,7 +23,7 @@ specs=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do specs+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
 ANSIBLE_PLAYBOOK="${ANSIBLE_PLAYBOOK:-.venv/bin/ansible-playbook}"
-PYTHON="${PYTHON:-.venv/bin/python}"
+PYTHON="${VENV_PYTHON:-.venv/bin/python}"
 
 vars="$(mktemp "${TMPDIR:-/tmp}/soulnear-make-vars.XXXXXX")"
 trap 'rm -f "$vars"' EXIT
