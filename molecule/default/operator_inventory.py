@@ -148,6 +148,11 @@ def main():
                             app_base_image='soulnear/python:3-bookworm',
                             app_base_image_archive=os.path.join(cache, 'soulnear-python-3-bookworm.tar')),
                        handle, sort_keys=False)
+        if len(names) > 1:
+            # Both VPSes run the bot (the tests check each bot host's own bot); the default, app_instances: one,
+            # would run it on one of them only (docs/topologies.md).
+            handle.write('\n# Every bot host runs its bot (docs/topologies.md, "Several bot hosts, one bot").\n')
+            yaml.safe_dump(dict(app_instances='all'), handle, sort_keys=False)
 
     password_file = os.path.join(EPHEMERAL, 'vault-password')
     if not os.path.exists(password_file):
