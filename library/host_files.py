@@ -42,8 +42,8 @@ options:
         default: file
       content:
         description: The file's content (text). Without it, an existing file keeps its content and only its
-          mode and owner converge; a missing one is created empty. Only with O(entries[].state=file); O(entries[].state=absent) ignores it
-          (a role switches one entry between file and absent).
+          mode and owner converge; a missing one is created empty. Only with O(entries[].state=file);
+          O(entries[].state=absent) ignores it (a role switches one entry between file and absent).
         type: str
       src:
         description: Target of a link (required with O(entries[].state=link); only then, or ignored with C(absent)).
