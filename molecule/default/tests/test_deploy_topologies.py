@@ -11,6 +11,7 @@
 The tests reach the second VPS by name (not through testinfra's `host`, which is the first VPS's tests' fixture).
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -82,6 +83,73 @@ def test_the_bot_hosts_health_report_checks_the_database_over_the_network(bot_ho
     assert report.rc == 0, report.stdout + report.stderr
     assert 'db_container  skip not checked: the database at %s:5432 is external' % DB_HOST_IP in report.stdout
     assert 'bot_container ok' in report.stdout and 'database      ok' in report.stdout
+
+
+# -- TLS enforced by the server (issue 23): what the database host accepts from the bot host ---------------------
+def login_from_the_bot_host(bot_host, user, password, sslmode):
+    """psql from the bot host's own address (a throwaway client container on the host's network, the database
+    client image the deploy put there) to the database host; the password on standard input, never a command
+    line. Returns (rc, output): on success 'ssl=t|...' of the session itself."""
+    image = json.loads(bot_host.file('/etc/soulnear/soulnear.json').content_string)['db']['client_image']
+    script = ('read -r PGPASSWORD; export PGPASSWORD; exec psql -X -w -At "$0" -c '
+              '"SELECT \'ssl=\' || ssl || \'|\' || host(inet_client_addr()) FROM pg_stat_ssl '
+              'WHERE pid = pg_backend_pid()"')
+    conninfo = ('host=%s port=5432 dbname=soul_bot user=%s sslmode=%s sslrootcert=/tmp/db-ca.crt '
+                'connect_timeout=10' % (DB_HOST_IP, user, sslmode))
+    out = bot_host.run("printf '%%s\\n' %s | docker run --rm -i --network host -v %s:/tmp/db-ca.crt:ro %s sh -c %s %s",
+                       password, CA, image, script, conninfo)
+    return out.rc, ' '.join((out.stdout + out.stderr).split())
+
+
+def app_password(bot_host):
+    env = bot_host.file('/etc/soulnear/app.env').content_string
+    return next(line.split('=', 1)[1] for line in env.splitlines() if line.startswith('POSTGRES_PASSWORD='))
+
+
+def test_the_database_host_refuses_a_login_without_tls_from_the_bot_host(db_host, bot_host):
+    wait_healthy(db_host)
+    rc, out = login_from_the_bot_host(bot_host, 'soulnear', app_password(bot_host), 'disable')
+    assert rc != 0, out
+    assert ('pg_hba.conf rejects connection for host "%s", user "soulnear"' % BOT_HOST_IP) in out, out
+    assert 'no encryption' in out, out
+    # The same login over verified TLS works: it is the encryption that was refused, not the role or its password.
+    rc, out = login_from_the_bot_host(bot_host, 'soulnear', app_password(bot_host), 'verify-full')
+    assert rc == 0 and out == 'ssl=true|%s' % BOT_HOST_IP, out
+
+
+def test_the_database_host_refuses_the_superuser_from_the_bot_host_even_over_tls(db_host, bot_host):
+    password = db_host.check_output('cat /etc/soulnear/postgres/secrets/superuser_password')
+    assert password
+    rc, out = login_from_the_bot_host(bot_host, 'postgres', password, 'verify-full')
+    assert rc != 0, out
+    assert ('pg_hba.conf rejects connection for host "%s", user "postgres"' % BOT_HOST_IP) in out, out
+    assert 'SSL encryption' in out, out  # the TLS handshake succeeded; the rule refused the superuser
+    rc, out = login_from_the_bot_host(bot_host, 'postgres', password, 'disable')
+    assert rc != 0 and 'no encryption' in out, out
+    # The superuser still logs in on the database host itself (its modules, backups, make shell-db).
+    assert psql(db_host, 'SELECT 1') == '1'
+    # The host commands of the bot host use the app role: the server refuses them nothing.
+    config = json.loads(bot_host.file('/etc/soulnear/soulnear.json').content_string)['db']
+    assert config['superuser'] == 'soulnear' and config['superuser_password'] != password
+
+
+def test_the_ca_key_is_outside_everything_the_database_container_mounts(db_host, bot_host):
+    mounts = json.loads(db_host.check_output("docker inspect -f '{{json .Mounts}}' soulnear_postgres"))
+    binds = [m['Source'] for m in mounts if m.get('Type') == 'bind']
+    assert '/etc/soulnear/postgres/tls' in binds, mounts
+    for source in binds:
+        found = db_host.run("find %s '(' -name ca.key -o -name ca.srl ')' -print", source)
+        assert found.stdout.strip() == '', (source, found.stdout)
+    assert 'ca.key' not in db_host.check_output('docker exec soulnear_postgres ls -a /etc/soulnear-tls')
+    ca_dir = db_host.file('/etc/soulnear/postgres/tls-ca')
+    assert ca_dir.is_directory and ca_dir.mode == 0o700 and ca_dir.user == 'root'
+    key = db_host.file('/etc/soulnear/postgres/tls-ca/ca.key')
+    assert key.exists and key.mode & 0o077 == 0
+    # It is the key of the CA the bot host trusts (moved, never made again).
+    key_public = db_host.check_output('openssl pkey -pubout -in /etc/soulnear/postgres/tls-ca/ca.key')
+    ca_public = db_host.check_output('openssl x509 -noout -pubkey -in /etc/soulnear/postgres/tls/ca.crt')
+    assert key_public == ca_public
+    assert bot_host.file(CA).content_string == db_host.file('/etc/soulnear/postgres/tls/ca.crt').content_string
 
 
 # -- moving the bot host to a managed PostgreSQL ------------------------------------------------------------------
