@@ -27,7 +27,8 @@ from datetime import datetime, timezone
 
 from . import metrics
 
-EVENTS = ('deploy', 'rollback', 'migrate', 'restore', 'clean-redeploy')
+# upgrade-postgres: playbooks/upgrade-postgres.yml (a major upgrade of PostgreSQL, its rollback or confirm).
+EVENTS = ('deploy', 'rollback', 'migrate', 'restore', 'clean-redeploy', 'upgrade-postgres')
 RESULTS = ('success', 'failed', 'rolled back', 'rollback failed', 'refused')
 FIELDS = ('time', 'event', 'who', 'host', 'from_version', 'to_version', 'result', 'failed_step', 'duration',
           'downtime')

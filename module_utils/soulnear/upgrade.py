@@ -1196,11 +1196,18 @@ def _cleanup_before_swap(settings, state, log):
         log('started the bot again' + (': %s' % problem if problem else ''))
 
 
+UPGRADE_ONLY = ('steps', 'downtime', 'write_downtime', 'logical_backup', 'physical_backup', 'counts')
+
+
 def _result_of(state, **extra):
+    """The module's result from the state (a rollback's or confirm's without the upgrade's own figures)."""
     keys = ('phase', 'from_version', 'to_version', 'route', 'database', 'volume', 'kept_volume', 'old_container',
             'old_image', 'new_image', 'system_identifier', 'new_system_identifier', 'downtime', 'write_downtime',
             'logical_backup', 'physical_backup', 'counts', 'steps', 'data_size', 'databases')
     result = dict((k, state.get(k)) for k in keys)
+    if extra.pop('operation', 'upgrade') != 'upgrade':
+        for key in UPGRADE_ONLY:
+            result.pop(key, None)
     result.update(extra)
     return result
 
@@ -1492,6 +1499,8 @@ def _put_back(settings, state, log, why, rolled_back_volume=None):
         problem = _wait_bot(bot, settings['bot_healthy_timeout'])
         if problem:
             log('the bot did not come back: %s (make logs-bot)' % problem)
+        state['rollback_downtime'] = round(time.time() - state['bot_stopped_at'], 1) \
+            if state.get('bot_stopped_at') else None
     if settings['pitr']:
         done = pitr.setup(_pitr_settings(settings), log=log)
         log(done['msg'])
@@ -1524,13 +1533,14 @@ def rollback(settings, confirm, confirm_loss=None, check_mode=False, log=null_lo
                                   state['from_version']))
         if state['phase'] == COPYING:
             if check_mode:
-                return _result_of(state, changed=True, msg='Would clean away the interrupted attempt (phase copying)')
+                return _result_of(state, changed=True, operation='rollback',
+                                  msg='Would clean away the interrupted attempt (phase copying)')
             _cleanup_before_swap(settings, state, log)
             state['phase'] = ROLLED_BACK
             state['rolled_back_at'] = _now_text()
             state['history'].append(dict(at=_now_text(), what='interrupted attempt cleaned away by a rollback'))
             save_state(path, state)
-            return _result_of(state, changed=True, duration=round(time.time() - started, 3), msg=(
+            return _result_of(state, changed=True, operation='rollback', duration=round(time.time() - started, 3), msg=(
                 'The interrupted upgrade never switched: its helpers and new volume are removed, PostgreSQL %d runs '
                 'on its untouched data' % state['from_version']))
         writes = _writes_since_baseline(settings, state)
@@ -1546,9 +1556,10 @@ def rollback(settings, confirm, confirm_loss=None, check_mode=False, log=null_lo
                 'CONFIRM_LOSS=%s): every database that changed is dumped first into %s, and the new data is kept '
                 'as volume %s' % (state['to_version'], writes['summary'], state.get('switched_at') or 'the switch',
                                   db, db, db, settings['backup_dir'], rolled),
-                _result_of(state, changed=False, writes=writes))
+                _result_of(state, changed=False, writes=writes, operation='rollback'))
         if check_mode:
-            return _result_of(state, changed=True, writes=writes, duration=round(time.time() - started, 3), msg=(
+            return _result_of(state, changed=True, writes=writes, operation='rollback',
+                              duration=round(time.time() - started, 3), msg=(
                 'Would put PostgreSQL %d back (volume %s, container %s), keeping the new data as %s%s'
                 % (state['from_version'], state['kept_volume'], state['old_container'], rolled,
                    '; the databases that changed since the switch would be dumped first (%s)' % writes['summary']
@@ -1584,8 +1595,9 @@ def rollback(settings, confirm, confirm_loss=None, check_mode=False, log=null_lo
                   '; PostgreSQL %d took no writes, so nothing is lost' % state['to_version'],
                   state['to_version'], state.get('rolled_back_volume'), state.get('rolled_back_volume'),
                   state['from_version']))
-        return _result_of(state, changed=True, writes=writes, rollback_dumps=dumps,
-                          rolled_back_volume=state.get('rolled_back_volume'), msg=msg,
+        return _result_of(state, changed=True, writes=writes, rollback_dumps=dumps, operation='rollback',
+                          downtime=state.get('rollback_downtime'), rolled_back_volume=state.get('rolled_back_volume'),
+                          msg=msg,
                           duration=round(time.time() - started, 3))
 
 
@@ -1598,8 +1610,9 @@ def confirm_upgrade(settings, confirm, check_mode=False, log=null_log):
     with _operation_lock(path):
         state = load_state(path)
         if state and state.get('phase') == CONFIRMED:
-            return _result_of(state, changed=False, msg='The upgrade to %s was confirmed on %s already' % (
-                state['to_version'], state.get('confirmed_at')), duration=round(time.time() - started, 3))
+            return _result_of(state, changed=False, operation='confirm', duration=round(time.time() - started, 3),
+                              msg='The upgrade to %s was confirmed on %s already' % (state['to_version'],
+                                                                                    state.get('confirmed_at')))
         if not state or state.get('phase') != UPGRADED:
             raise UpgradeError('there is no finished upgrade to confirm (%s)' % (
                 'phase %s: finish it first (make upgrade-postgres) or roll it back' % state['phase'] if state
@@ -1611,7 +1624,7 @@ def confirm_upgrade(settings, confirm, check_mode=False, log=null_log):
                                'whose new server runs (make health)' % (state['container'], running['status'],
                                                                         volume_version))
         if check_mode:
-            return _result_of(state, changed=True, duration=round(time.time() - started, 3), msg=(
+            return _result_of(state, changed=True, operation='confirm', duration=round(time.time() - started, 3), msg=(
                 'Would drop the volume %s and the container %s (PostgreSQL %d); the image %s stays'
                 % (state['kept_volume'], state['old_container'], state['from_version'], state['old_image'])))
         if containers.inspect(state['old_container']) is not None:
@@ -1622,7 +1635,7 @@ def confirm_upgrade(settings, confirm, check_mode=False, log=null_log):
         state['confirmed_at'] = _now_text()
         state['history'].append(dict(at=_now_text(), what='confirmed: old volume and container dropped'))
         save_state(path, state)
-        return _result_of(state, changed=True, duration=round(time.time() - started, 3), msg=(
+        return _result_of(state, changed=True, operation='confirm', duration=round(time.time() - started, 3), msg=(
             'Confirmed the upgrade to PostgreSQL %d: the volume %s and the container %s are dropped; the old image '
             '%s stays (docker image rm %s when nothing needs it)' % (state['to_version'], state['kept_volume'],
                                                                       state['old_container'], state['old_image'],
@@ -1634,10 +1647,13 @@ def status(settings, expect_version=None, upgrade_running=False):
     says (postgres_major_version); ok is False, with the fix in msg, when a deploy would start another version's
     server on the data, or an upgrade is half done (upgrade_running: the upgrade playbook itself asks)."""
     volume = settings['volume']
-    if not volume:
-        data = containers.inspect(settings['container'])
-        volume = _data_volume(data) if data else None
-    data_dir = _volume_dir(volume) if volume else None
+    try:
+        if not volume:
+            data = containers.inspect(settings['container'])
+            volume = _data_volume(data) if data else None
+        data_dir = _volume_dir(volume) if volume else None
+    except containers.DockerError:
+        data_dir = None  # no docker command yet (a dry run on a bare host): no data either
     version = _pg_version_of(data_dir) if data_dir else None
     state = load_state(settings['state_file']) if os.path.exists(settings['state_file']) else None
     result = dict(changed=False, ok=True, volume=volume, data_version=version, expect_version=expect_version,

@@ -356,7 +356,7 @@ def test_make_passes_the_upgrade_values_as_data(tmp_path):
             ('upgrade-postgres-rollback', dict(upgrade_operation='rollback', confirm=text, confirm_loss=text)),
             ('upgrade-postgres-confirm', dict(upgrade_operation='confirm', confirm=text)),
             ('upgrade-postgres-status', dict(upgrade_operation='status'))):
-        proc = subprocess.run(['make', '-s', target, 'ANSIBLE_PLAYBOOK=%s' % stub, 'PYTHON=%s' % sys.executable,
+        proc = subprocess.run(['make', '-s', target, 'ANSIBLE_PLAYBOOK=%s' % stub, 'VENV_PYTHON=%s' % sys.executable,
                                'VERSION=%s' % text, 'CONFIRM=%s' % text, 'CONFIRM_LOSS=%s' % text],
                               cwd=str(work), env=dict(os.environ, RECORD=str(record)), capture_output=True, text=True,
                               timeout=120)
@@ -364,3 +364,15 @@ def test_make_passes_the_upgrade_values_as_data(tmp_path):
         data = json.loads(record.read_text())
         assert data['vars'] == [expected] and 'playbooks/upgrade-postgres.yml' in data['argv']
         assert not [p for p in os.listdir(str(work)) if p.startswith('PWNED')]
+
+
+def test_the_deploys_version_check_on_a_bare_host(tmp_path, monkeypatch):
+    """A dry run of a first deploy on a bare host has no docker command yet (the docker_host role would install it):
+    the version check has no data to compare and passes, as it does for a volume that holds none."""
+    def no_docker():
+        raise upgrade.containers.DockerError('the docker CLI is not installed on this host')
+
+    monkeypatch.setattr(upgrade.containers, 'docker_binary', no_docker)
+    settings = upgrade.make_settings({}, volume='soulnear_postgres_data', state_file=str(tmp_path / 'state.json'))
+    found = upgrade.status(settings, expect_version=17)
+    assert found['ok'] and found['data_version'] is None, found
