@@ -304,6 +304,7 @@ def main():
             module.exit_json(changed=True, ok=True, status='cleared', problem=None, msg=done['msg'],
                              observed=observed, record=done['record'], flag=None)
         observed = observe(module, params)
+
         def evidence():
             settings = make_settings(dict((k, params[k]) for k in connection_argument_spec()),
                                      container=params['db_container'], client_image=params['client_image'] or '',

@@ -340,7 +340,7 @@ def summary(result, check_mode):
         return 'Would back up %s (%s) to %s; would prune %d' % (result['database'], human(result['database_size']),
                                                                 result['path'], pruned)
     return 'Backed up %s to %s (%s) in %.1f s; pruned %d' % (result['database'], result['path'],
-                                                           human(result['size']), result['duration'], pruned)
+                                                             human(result['size']), result['duration'], pruned)
 
 
 def main():

@@ -433,6 +433,7 @@ from ansible.module_utils.soulnear.migrate import Migrator
 from ansible.module_utils.soulnear.migration_files import MigrationError
 from ansible.module_utils.soulnear.migration_text import parse_version
 
+
 def summary(result, check_mode):
     count = len(result['applied'])
     warnings = len([f for f in result.get('lint') or [] if f['severity'] == 'warning'])

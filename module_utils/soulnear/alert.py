@@ -42,7 +42,7 @@ def send(alert_config, subject, text, timeout=10):
                                                             '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'})
             if proc.returncode != 0:
                 errors.append('alert command exited %d: %s' % (proc.returncode,
-                                                                proc.stderr.decode('utf-8', 'replace').strip()[:200]))
+                                                               proc.stderr.decode('utf-8', 'replace').strip()[:200]))
         except (OSError, subprocess.TimeoutExpired) as exc:
             errors.append('alert command failed: %s' % exc)
     if config.get('webhook_url'):

@@ -184,7 +184,7 @@ def create_backup(settings, check_mode=False, log=null_log, directory=None, patt
         name = _free_name(directory, pattern, datetime.datetime.now())
         path = result['path'] = os.path.join(directory, name)
         log('dumping %s (%s) with pg_dump in %s, compression %s' % (db, human(facts['database_size']),
-                                                                     tools_where(settings), label))
+                                                                    tools_where(settings), label))
         try:
             # The dump gets its final name only when the block ends: after the check and its sidecar.
             with private_file(path, buffering=0) as dump:

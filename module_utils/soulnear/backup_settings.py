@@ -129,4 +129,3 @@ def settings_from_config(config, backup_config):
     if options.get('compression_level') in ('', None):
         options['compression_level'] = None
     return make_settings(conn, **options)
-

@@ -229,7 +229,7 @@ def check_connections(conn, warn_percent):
     value = dict(used=used, max_connections=maximum, reserved=su_reserved + reserved, usable=usable,
                  percent=percent)
     message = '%d of %d usable connection slots in use (%.0f%%; max_connections %d)' % (used, usable, percent,
-                                                                                       maximum)
+                                                                                        maximum)
     warning = None
     if percent >= warn_percent:
         warning = ('%s, above %s%%: find the client holding them (SELECT application_name, state, count(*) FROM '
@@ -420,11 +420,11 @@ def check_disk(paths, max_used_percent, db_volume=None):
             full.append(usage)
     value = [dict((k, u[k]) for k in ('path', 'used_percent', 'free_mb', 'total_mb')) for u in usages]
     if full:
-        return check(False, value, '; '.join(
-            'disk of %s is %.1f%% full (%d MB free, limit %s%%)' % (u['path'], u['used_percent'], u['free_mb'],
-                                                                   max_used_percent) for u in full)
-            + ': free space (old backups beyond retention, docker image prune, docker builder prune) or grow the '
-              'disk; PostgreSQL stops with "No space left on device" when it is full', '; '.join(notes) or None)
+        problems = '; '.join('disk of %s is %.1f%% full (%d MB free, limit %s%%)' % (
+            u['path'], u['used_percent'], u['free_mb'], max_used_percent) for u in full)
+        return check(False, value, problems + ': free space (old backups beyond retention, docker image prune, '
+                     'docker builder prune) or grow the disk; PostgreSQL stops with "No space left on device" when '
+                     'it is full', '; '.join(notes) or None)
     summary = ', '.join('%s %.0f%% used' % (u['path'], u['used_percent']) for u in usages) or 'no paths'
     return check(True, value, summary, '; '.join(notes) or None)
 
@@ -669,4 +669,3 @@ def report_lines(report):
              for name, c in report['checks'].items()]
     lines += ['%-13s skip %s' % (name, why) for name, why in report.get('skipped', {}).items()]
     return lines
-

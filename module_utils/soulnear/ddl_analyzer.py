@@ -410,7 +410,7 @@ class Analyzer:
             self.state.columns[(bare, new[-1] if new else old[-1])] = self.state.columns.pop((bare, old[-1]))
             return [Hit('rename', ('new-column', table), 'column %s (added by this run) renamed' % display(old))]
         return [Hit('rename', ('table', table), 'column %s renamed to %s' % (display(old),
-                                                                              display(new) if new else '?'))]
+                                                                             display(new) if new else '?'))]
 
     def _alter_table(self, table, toks, fstate):
         reader = _Reader(toks)
@@ -692,4 +692,3 @@ class Analyzer:
             return found[1], None, display(hit.target[1])
         rel, note = self._rel(hit.target[1], fstate)
         return rel, note, None
-

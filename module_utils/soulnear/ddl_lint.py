@@ -247,7 +247,7 @@ class Linter:
             head = 'lint: refuse - %d statement(s) would lock a table the bot uses for long (docs/pg_migrate.md, ' \
                    'Locking DDL); nothing was applied' % len(refused)
             raise self.error('%s: %s' % (head, ' '.join('(%d) %s' % (k + 1, f.message())
-                                                         for k, f in enumerate(refused))))
+                                                        for k, f in enumerate(refused))))
         self._emit()
         return self.findings
 

@@ -314,7 +314,7 @@ def type_change_rewrites(old, new, utc=False):
             return True, '%s to %s lowers the precision' % (old, new)
         return True, '%s to %s changes the type modifier' % (old, new)
     if pair in (('character varying', 'text'), ('cidr', 'inet')) or (pair == ('text', 'character varying')
-                                                                      and not new.mods):
+                                                                     and not new.mods):
         return False, '%s to %s is binary coercible' % (old.base, new.base)
     if set(pair) == {'timestamp with time zone', 'timestamp without time zone'}:
         if not utc:
@@ -323,4 +323,3 @@ def type_change_rewrites(old, new, utc=False):
             return False, 'timestamp and timestamptz are the same bytes when the TimeZone is UTC'
         return True, '%s to %s lowers the precision' % (old, new)
     return True, '%s to %s is not one of the changes PostgreSQL makes without a rewrite' % (old, new)
-

@@ -75,4 +75,3 @@ def state_of(container):
                 health=(state.get('Health') or {}).get('Status'), exit_code=state.get('ExitCode'),
                 started_at=state.get('StartedAt'), restart_count=int((container or {}).get('RestartCount') or 0),
                 oom_killed=bool(state.get('OOMKilled')))
-

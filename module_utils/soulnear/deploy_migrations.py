@@ -72,7 +72,7 @@ class Migrations:
             return []  # an older image's forward migration never runs: it cannot know the newer schema
         if not check:
             self.probe_said = 'no migration_check_command: %s' % ('same image, not run again' if same_image else
-                                                                   'a new image runs it')
+                                                                  'a new image runs it')
             return [] if same_image else ['command: %s' % command]
         if image is None:
             self.probe_said = 'the image is not built yet (check mode): %s would be probed' % ' '.join(check)

@@ -133,7 +133,7 @@ def _scan_postgres_logs(diag, config, since):
     if container:
         try:
             proc = containers.run(['logs', '--since', since.strftime('%Y-%m-%dT%H:%M:%SZ'), '--tail',
-                                        str(config['log_tail_lines']), container], check=False, timeout=60)
+                                   str(config['log_tail_lines']), container], check=False, timeout=60)
             if proc.returncode == 0:
                 text = (proc.stdout + proc.stderr).decode('utf-8', 'replace')
                 lines_by_source['docker logs %s' % container] = text.splitlines()
@@ -219,7 +219,7 @@ def _check_containers(diag, config):
             continue
         if not state['running']:
             diag.anomaly('containers', 'container %s is %s (exit code %s)' % (name, state['status'],
-                                                                             state.get('exit_code')),
+                                                                              state.get('exit_code')),
                          'make restart, then %s' % logs)
         elif state['health'] == 'unhealthy':
             diag.anomaly('containers', 'container %s is unhealthy' % name, logs)
@@ -256,7 +256,7 @@ def _check_volume(diag, config):
     else:
         info = json.loads(proc.stdout.decode('utf-8'))[0]
         lines.append('volume %s: present, mountpoint %s, created %s' % (volume, info.get('Mountpoint'),
-                                                                         info.get('CreatedAt')))
+                                                                        info.get('CreatedAt')))
     if data is not None:
         mounts = data.get('Mounts') or []
         ours = [m for m in mounts if m.get('Type') == 'volume' and m.get('Name') == volume]
@@ -293,7 +293,7 @@ def _check_disk(diag, config):
     for path in paths:
         usage = disk_usage(path)
         lines.append('%s: %.1f%% used, %d MB free of %d MB' % (path, usage['used_percent'], usage['free_mb'],
-                                                              usage['total_mb']))
+                                                               usage['total_mb']))
         if usage['device'] in seen:
             continue
         seen.add(usage['device'])
@@ -401,7 +401,7 @@ def _check_docker_daemon(diag, config, since):
             lines += [line[:300] for line in crashes[-5:]]
             if crashes and not restarts:
                 diag.anomaly('docker', 'dockerd exited abnormally %d time(s): %s' % (len(crashes),
-                                                                                    crashes[-1][:200]),
+                                                                                     crashes[-1][:200]),
                              'journalctl -u docker')
     else:
         rc, text = _run_tool(['ps', '-o', 'lstart=', '-C', 'dockerd'])

@@ -403,7 +403,7 @@ def evaluate(found, observed, allow_empty=False, evidence=None):
     if flag:
         problem = 'flag'
         reason = 'the data-loss flag was raised %s by %s: %s' % (_when(flag.get('raised_at')), flag.get('by'),
-                                                                flag.get('reason'))
+                                                                 flag.get('reason'))
     elif found and found.get('had_data'):
         recorded_ident, ident = found.get('system_identifier'), observed['system_identifier']
         if recorded_ident and ident and recorded_ident != ident:

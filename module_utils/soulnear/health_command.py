@@ -78,7 +78,6 @@ def _parser(config_path, monitoring_path):
     return parser
 
 
-
 def _locked(path, wait=False):
     """The monitor's exclusive lock, so overlapping cron runs and an operator's restart do not act at once;
     None when busy and not waiting."""
@@ -336,7 +335,7 @@ def _failover(config, args):
         old = result['from'] = row['holder']
         if args.to and args.to == old:
             print('%s already runs the bot (bot lease %s, generation %d): nothing to move' % (old, name,
-                                                                                         row['generation']))
+                                                                                              row['generation']))
             result.update(moved=False, already=True, holder=old)
             if args.json:
                 print(json.dumps(result))
@@ -360,7 +359,7 @@ def _failover(config, args):
                               released_after=None if released_at is None else round(released_at - started, 1),
                               generation=row['generation'])
                 print('the bot moved from %s to %s in %.1f s: %s' % (old, row['holder'], took - started,
-                                                                      lease.describe(row, me)))
+                                                                     lease.describe(row, me)))
                 if args.json:
                     print(json.dumps(result))
                 return 0

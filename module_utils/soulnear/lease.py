@@ -155,6 +155,7 @@ def describe(lease, me=None):
     """One line for people: who holds the lease and how fresh it is, by the database's clock."""
     if lease is None:
         return 'no lease yet (no leader has started against this database)'
+
     def who(host):
         return '%s (this host)' % host if me and host == me else host
     if lease['holder']:

@@ -334,7 +334,7 @@ def record_backup(database, ok, size=None, verified=None, duration=None, now=Non
         values += [('soulnear_backup_last_success_timestamp_seconds', labels, now),
                    ('soulnear_backup_last_size_bytes', labels, size)]
     return update('backup', values, [('soulnear_backup_runs_total', dict(labels, result='success' if ok
-                                                                        else 'failed'), 1)])
+                                                                         else 'failed'), 1)])
 
 
 def record_restore_test(database, ok, duration=None, now=None):
@@ -347,7 +347,7 @@ def record_restore_test(database, ok, duration=None, now=None):
     if ok:
         values.append(('soulnear_restore_test_last_success_timestamp_seconds', labels, now))
     return update('restore', values, [('soulnear_restore_test_runs_total', dict(labels, result='success' if ok
-                                                                               else 'failed'), 1)])
+                                                                                else 'failed'), 1)])
 
 
 SKIPPED_BACKUP_PREFIX = 'pre_'

@@ -286,7 +286,7 @@ class Migrator:
                 'recorded nothing yet: running every migration from the start could repeat what is already there. '
                 'Set takeover_table to the table %s keeps its history in (schema-qualified if needed), or remove '
                 'takeover for a database %s never migrated' % (self.takeover, source.display, self.takeover,
-                                                              self.takeover))
+                                                               self.takeover))
         if not _looks_like(self.takeover, source):
             raise MigrationError('takeover_table %s does not look like %s\'s history table (its columns: %s); set '
                                  'takeover_table to the table %s keeps its history in'

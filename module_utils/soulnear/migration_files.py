@@ -101,7 +101,6 @@ def _numbered_problems(problems, head):
     return '%s (%d): %s' % (head, len(problems), ' '.join('(%d) %s' % (i + 1, p) for i, p in enumerate(problems)))
 
 
-
 # -- migration files -------------------------------------------------------------------------------
 class MigrationFile:
     """One migration (a file, or a Prisma/Diesel folder) as the layout reads it."""

@@ -90,4 +90,3 @@ class Plan:
     def applied_names(self):
         names = [r.name or r.version for k, r in sorted(self.records.items()) if r.success]
         return names + sorted(self.repeat_records)
-

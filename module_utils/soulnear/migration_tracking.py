@@ -304,7 +304,7 @@ def _refuse_foreign(table, owner, evidence):
             'table %s is not pg_migrate\'s: %s, so it belongs to the bot\'s own migration script or another tool, '
             'and pg_migrate neither adopts nor writes it. Give pg_migrate a table of its own: table: %s (in a '
             'deployment: soulnear_migrations_table: %s); nothing was changed' % (table.qualified, evidence, other,
-                                                                              other))
+                                                                                 other))
     default = TAKEOVER_TABLES.get(owner, table.display)
     return MigrationError(
         'table %s belongs to %s (%s), so pg_migrate will not adopt it: adopting adds columns to another tool\'s '

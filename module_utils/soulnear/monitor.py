@@ -100,7 +100,7 @@ class Config:
         log_dir = self.base.get('log_dir') or '/var/log/soulnear'
         self.monitoring['log_file'] = self.monitoring['log_file'] or os.path.join(log_dir, 'health.log')
         self.monitoring['resources_log'] = self.monitoring['resources_log'] or os.path.join(log_dir,
-                                                                                           'resources.log')
+                                                                                            'resources.log')
         db = self.base.get('db', {})
         # A database this deployment does not own (db.mode external: a managed server, a Patroni cluster, the database
         # host of a two-host deployment) has no container here: it is checked over the network, never restarted.
@@ -344,7 +344,7 @@ class Monitor:
             since = datetime.fromtimestamp(float(record.get('since') or 0)).astimezone().isoformat(
                 timespec='seconds')
             return dict(reason='%s by %s since %s' % (record.get('operation') or 'deploy',
-                                                       record.get('holder') or 'unknown', since),
+                                                      record.get('holder') or 'unknown', since),
                         until='while the deploy lock %s is held' % self.config.lock_dir)
         return None
 
@@ -467,7 +467,7 @@ class Monitor:
                                'the monitor does not' % (count, threshold))
             if count >= threshold:
                 self._alert_once('bot-down', 'the bot fails its check on %s' % (self.config.leader.get('me')
-                                                                                 or 'this host'),
+                                                                                or 'this host'),
                                  'The bot check failed %d times in a row. The bot is started and stopped by '
                                  'soulnear-leader on the host that holds the lease, so the monitor does not restart '
                                  'it: look at journalctl -u soulnear-leader and make logs-bot.\n%s' % (count, text))
@@ -532,8 +532,8 @@ class Monitor:
                              '(%s). A hung server does not come back by itself: if the next check (in about %s s) '
                              'fails too, the monitor kills it after %s s and starts it (crash recovery replays its '
                              'WAL: no committed row is lost).\n%s' % (checks['database']['value'].get('seconds'),
-                                                                       self.mon['interval_seconds'],
-                                                                       self.mon['hung_grace_seconds'], text))
+                                                                      self.mon['interval_seconds'],
+                                                                      self.mon['hung_grace_seconds'], text))
         elif exited and self.mon['recover_exited_at_once']:
             self.events.append('%s exited with code %s without a stop by a deploy or an operator: restarting it '
                                'at once' % (name, exited))
@@ -675,7 +675,7 @@ def maintenance(path, now=None):
 def pause(path, minutes, reason):
     """Open a maintenance window: the monitor keeps checking and logging but neither restarts nor alerts."""
     data = dict(reason=reason, until=time.time() + float(minutes) * 60, by='%s (pid %d)' % (socket.gethostname(),
-                                                                                      os.getpid()))
+                                                                                            os.getpid()))
     write_private(path, json.dumps(data))
     return data
 
@@ -705,7 +705,7 @@ def snapshot_line(config):
     if names:
         try:
             proc = containers.run(['stats', '--no-stream', '--format', '{{.Name}}={{.MemUsage}} cpu {{.CPUPerc}}']
-                                       + names, check=False, timeout=60)
+                                  + names, check=False, timeout=60)
             for line in proc.stdout.decode('utf-8', 'replace').splitlines():
                 parts.append('container[%s]' % ' '.join(line.split()))
         except containers.DockerError as exc:

@@ -300,7 +300,7 @@ def converge(params, settings=None, app_role=None, app_password=None, container=
                         cur.execute('ALTER SYSTEM SET %s = %%s' % name, (wanted[name],))
                     except psycopg2.Error as exc:
                         raise ServerConfigError('PostgreSQL refused %s = %s: %s' % (name, wanted[name],
-                                                                                   describe_error(exc))) from None
+                                                                                    describe_error(exc))) from None
                 cur.execute('SELECT pg_reload_conf()')
                 result['reloaded'] = True
             else:

@@ -221,4 +221,3 @@ def toc_tables(toc):
         if match:
             tables.append(match.group(1))
     return tables
-

@@ -113,7 +113,7 @@ def database_info(conn, db):
     # to_jsonb(d): the locale columns differ between versions (datlocprovider/daticulocale in 15 and 16,
     # datlocale and the builtin provider in 17, neither before 15).
     rows = query(conn, 'SELECT to_jsonb(d), pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), '
-                        'pg_database_size(d.oid) FROM pg_database d WHERE d.datname = %s', (db,))
+                 'pg_database_size(d.oid) FROM pg_database d WHERE d.datname = %s', (db,))
     if not rows:
         return None
     row, owner, encoding, size = rows[0]
@@ -141,8 +141,8 @@ def _create_database(conn, name, owner, like):
 def _copy_database_settings(conn, source, target):
     """Database-level GUCs (ALTER DATABASE/ROLE ... SET) and grants: pg_dump without --create leaves them out."""
     rows = query(conn, 'SELECT s.setrole, r.rolname, s.setconfig FROM pg_db_role_setting s JOIN pg_database d '
-                        'ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = %s',
-                  (source,))
+                 'ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = %s',
+                 (source,))
     for setrole, rolname, config in rows:
         for item in config or []:
             key, _, value = item.partition('=')
@@ -155,9 +155,9 @@ def _copy_database_settings(conn, source, target):
                     _ident(rolname), _ident(target), _ident(key), value_sql)
             query(conn, statement)
     acl = query(conn, "SELECT datacl IS NOT NULL, coalesce((SELECT array_agg(format('%%s:%%s:%%s', "
-                       "CASE WHEN a.grantee = 0 THEN '' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, "
-                       "a.is_grantable)) FROM aclexplode(datacl) a), '{}') FROM pg_database WHERE datname = %s",
-                 (source,))
+                "CASE WHEN a.grantee = 0 THEN '' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, "
+                "a.is_grantable)) FROM aclexplode(datacl) a), '{}') FROM pg_database WHERE datname = %s",
+                (source,))
     if acl and acl[0][0]:
         query(conn, pgsql.SQL('REVOKE ALL ON DATABASE {} FROM PUBLIC').format(_ident(target)))
         for entry in acl[0][1]:
@@ -170,9 +170,9 @@ def _copy_database_settings(conn, source, target):
 
 def largest_tables(conn, limit):
     rows = query(conn, "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-                        "AND n.nspname NOT LIKE 'pg\\_toast%%' ORDER BY pg_total_relation_size(c.oid) DESC, 1, 2 "
-                        "LIMIT %s", (int(limit),))
+                 "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                 "AND n.nspname NOT LIKE 'pg\\_toast%%' ORDER BY pg_total_relation_size(c.oid) DESC, 1, 2 "
+                 "LIMIT %s", (int(limit),))
     return [tuple(row) for row in rows]
 
 
@@ -205,7 +205,7 @@ def _container_free(settings, conn):
     code, out, err = exec_run(settings['container'], ['df', '-Pk', data_dir], user=settings['exec_user'], timeout=30)
     if code != 0:
         raise BackupError('df %s in %s failed: %s' % (data_dir, settings['container'],
-                                                       err.decode('utf-8', 'replace').strip()))
+                                                      err.decode('utf-8', 'replace').strip()))
     return int(out.decode().splitlines()[-1].split()[3]) * 1024
 
 
@@ -234,7 +234,7 @@ def check_restored(settings, db, toc, log=null_log):
         if settings['analyze']:
             query(conn, 'ANALYZE')
         present = set('%s %s' % r for r in query(conn, "SELECT schemaname, tablename FROM pg_tables WHERE "
-                                                        "schemaname NOT IN ('pg_catalog', 'information_schema')"))
+                                                 "schemaname NOT IN ('pg_catalog', 'information_schema')"))
         missing = [t.replace(' ', '.', 1) for t in toc_tables(toc) if t not in present]
         if missing:
             raise BackupError('the restored database %s lacks tables that are in the backup: %s'
@@ -242,7 +242,7 @@ def check_restored(settings, db, toc, log=null_log):
         checks = dict(tables=len(present), missing_tables=missing)
         if 'public schema_migrations' in present:
             columns = set(r[0] for r in query(conn, "SELECT column_name FROM information_schema.columns WHERE "
-                                                     "table_schema = 'public' AND table_name = 'schema_migrations'"))
+                                              "table_schema = 'public' AND table_name = 'schema_migrations'"))
             failed = query(conn, 'SELECT count(*) FROM schema_migrations WHERE NOT success')[0][0] \
                 if 'success' in columns else 0
             checks['failed_migrations'] = failed
@@ -259,7 +259,7 @@ def _swap(settings, live, new, old, log):
     try:
         for attempt in range(10):
             query(conn, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname IN (%s, %s) '
-                         'AND pid <> pg_backend_pid()', (live, new))
+                  'AND pid <> pg_backend_pid()', (live, new))
             conn.autocommit = False
             try:
                 with conn.cursor() as cur:
@@ -432,7 +432,7 @@ def loaded_rows(settings, db, tables):
             return row_counts(conn, tables)
         for _ in range(200):
             if not query(conn, 'SELECT 1 FROM pg_stat_activity WHERE datname = current_database() '
-                                'AND pid <> pg_backend_pid()'):
+                         'AND pid <> pg_backend_pid()'):
                 break
             time.sleep(0.05)
         loaded = dict(((s, t), n) for s, t, n in query(
@@ -532,4 +532,3 @@ def restore_test(settings, backup=LATEST, log=null_log):
                 msg='Restore test of %s passed: %d tables, %d rows, %.1f s' % (os.path.basename(path),
                                                                                checks['tables'], checks['rows'],
                                                                                duration))
-

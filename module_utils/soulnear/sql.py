@@ -546,7 +546,7 @@ def dbmate_section(text):
     problems = []
     if not ups:
         return Section(0, 0, 1, problems=[(1, "no '-- migrate:up' section: dbmate refuses such a file and "
-                                             'pg_migrate cannot tell what runs forward')])
+                                           'pg_migrate cannot tell what runs forward')])
     up = ups[0]
     if len(ups) > 1:
         problems.append((_line_at(text, ups[1].start()), "a second '-- migrate:up' section; keep one up section "
@@ -605,7 +605,7 @@ def _annotated_section(text, pattern, tool):
             problems.append((line, 'unknown annotation -- +%s %s' % (tool, match.group('cmd'))))
     if up is None:
         return Section(0, 0, 1, problems=[(1, "no '-- +%s Up' annotation: %s refuses such a file and pg_migrate "
-                                             'cannot tell what runs forward' % (tool, tool))])
+                                           'cannot tell what runs forward' % (tool, tool))])
     if down is not None and down.start() < up.start():
         problems.append((_line_at(text, down.start()), "'-- +%s Down' comes before '-- +%s Up'" % (tool, tool)))
         down = None

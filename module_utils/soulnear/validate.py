@@ -414,7 +414,7 @@ def migration_options(options, values, prefix=''):
     # lint_min_rows and lint_min_mb: a larger one overflows the lint's bounded count or byte count; 32 TB is
     # PostgreSQL's largest table.
     numbers = (('lock_timeout', False, TEN_YEARS, 'seconds'), ('ddl_lock_timeout', False, PG_TIMEOUT_MAX_SECONDS,
-                                                                  'seconds'),
+                                                               'seconds'),
                ('statement_timeout', False, PG_TIMEOUT_MAX_SECONDS, 'seconds'), ('ddl_lock_retries', True, 100, ''),
                ('lint_min_rows', True, 10 ** 12, 'rows'), ('lint_min_mb', False, 32 * 1024 * 1024, 'MB'))
     for key, whole, high, unit in numbers:
