@@ -650,11 +650,13 @@ def waiting_segments(db_volume):
     return len(glob.glob(os.path.join(status, '*.ready')))
 
 
-def _unarchived_exposure(options, current_segment, timeout_seconds):
+def _unarchived_exposure(options, current_segment, timeout_seconds, seen_at):
     """How old the oldest commit not yet in the repositories is: dict(oldest_unarchived_commit, segment,
     unarchived_commit_age_seconds, stall_limit_seconds, stalled, error). Stalled: older than archive_timeout + slack,
     so a disk lost now would take commits the recovery point objective promises (the archiver failing, hanging, or
-    PostgreSQL not switching segments)."""
+    PostgreSQL not switching segments). The age is taken at seen_at, the moment the server named its current
+    segment (epoch seconds): pg_waldump may take half a minute on a loaded host, and the segment it reads may be
+    archived meanwhile - its commits' age then is not how long they waited unarchived."""
     slack = float(options.get('pitr_archive_slack_seconds') or DEFAULTS['archive_slack_seconds'])
     found = dict(oldest_unarchived_commit=None, unarchived_segment=None, unarchived_commit_age_seconds=None,
                  stall_limit_seconds=None, stalled=False)
@@ -672,7 +674,7 @@ def _unarchived_exposure(options, current_segment, timeout_seconds):
         found['error'] = describe_failure(exc)
         return found
     if when is not None:
-        age = max(0.0, time.time() - when.timestamp())
+        age = max(0.0, (seen_at or time.time()) - when.timestamp())
         found.update(oldest_unarchived_commit=show(when), unarchived_segment=segment,
                      unarchived_commit_age_seconds=round(age, 1),
                      stalled=found['stall_limit_seconds'] is not None and age > found['stall_limit_seconds'])
@@ -689,10 +691,11 @@ def check_wal_archiving(conn, options):
                     "a.last_archived_wal, extract(epoch FROM now() - a.last_archived_time), a.failed_count, "
                     "a.last_failed_wal, extract(epoch FROM now() - a.last_failed_time), "
                     "a.last_failed_time >= coalesce(a.last_archived_time, '-infinity'), "
-                    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END "
+                    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, "
+                    "extract(epoch FROM clock_timestamp()) "
                     "FROM pg_stat_archiver a")
         (mode, timeout, timeout_seconds, archived, last_wal, archived_ago, failed, failed_wal, failed_ago, failing,
-         current) = cur.fetchone()
+         current, seen_at) = cur.fetchone()
     ready = waiting_segments(options.get('db_volume'))
     limit = int(options.get('pitr_archive_ready_max') or DEFAULTS['archive_ready_max'])
     value = dict(archive_mode=mode, archive_timeout=timeout, archived_count=archived, last_archived_wal=last_wal,
@@ -705,7 +708,8 @@ def check_wal_archiving(conn, options):
         return _result(False, value, 'archive_mode is %s: no WAL reaches the repositories, so there is no '
                        'point-in-time recovery. Fix: deploy (make deploy) - it turns WAL archiving on (one restart '
                        'of PostgreSQL)' % mode)
-    value.update(_unarchived_exposure(options, current, int(timeout_seconds or 0)))
+    value.update(_unarchived_exposure(options, current, int(timeout_seconds or 0),
+                                      None if seen_at is None else float(seen_at)))
     exposure = ''
     if value['unarchived_commit_age_seconds'] is not None:
         exposure = ('; the oldest commit not yet in the repositories is %s (%s)'
