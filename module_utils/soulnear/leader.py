@@ -26,7 +26,8 @@ G the stop grace (stop_grace_seconds) and T > F + G + a margin for Docker:
   pipe and stops the bot when the deadline passes (a leader that hangs) or the pipe closes (a leader that died, even
   by SIGKILL). The systemd unit adds ExecStopPost (docker stop) and Restart=always, and a leader that starts stops a
   bot it finds running before anything else.
-- While the deploy lock is held (a deploy swaps the bot itself, a restore stops it) or the monitor is paused, the
+- While a safe redeploy swaps the bot (it marks its run next to the deploy lock), while the deploy lock is held by
+  an operation that stops the bot for longer (a restore, a clean redeploy), or while the monitor is paused, the
   leader starts nothing; renewals and fencing never pause. A standby's bot that runs is stopped at once.
 
 The safe redeploy reads the leader's state file (may_start) before it starts a bot: only while this host holds the
@@ -37,6 +38,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import json
 import os
 import select
@@ -214,6 +216,59 @@ def may_start(path, margin=START_MARGIN):
             state['deadline_in'],)
     return True, 'this host holds the bot lease (generation %s, %.1f s before its fence deadline)' % (
         state.get('generation'), state['deadline_in'])
+
+
+# -- a deploy swapping the bot -------------------------------------------------------------------------------------
+# The leader leaves the bot alone while the safe redeploy swaps it (stop -> migrate -> start, or a rollback): the
+# module marks its run in a file next to the deploy lock. A marker whose process is gone (a killed run) is ignored.
+LEAVE_TO_DEPLOY = ('deploy', 'redeploy', 'rollback', 'migrate')  # lock operations that touch the bot only by a swap
+
+
+def swap_marker(lock_dir):
+    return os.path.abspath(lock_dir).rstrip('/') + '.swap'
+
+
+def _process_start(pid):
+    """The start time of process pid (clock ticks since boot, /proc/<pid>/stat field 22), or None: with the boot id
+    it tells a swapping run from another process that got its pid after it was killed."""
+    try:
+        with open('/proc/%d/stat' % pid) as handle:
+            return int(handle.read().rsplit(')', 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def swapping(lock_dir):
+    """Mark a safe redeploy's run for the leader of this host (see swap_in_progress)."""
+    path = swap_marker(lock_dir)
+    pid = os.getpid()
+    write_state(path, dict(pid=pid, start=_process_start(pid), boot_id=boot_id(), since=boottime()))
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def swap_in_progress(lock_dir):
+    """The pid of a safe redeploy swapping the bot on this host now, or None: a marker of another boot, of a process
+    that is gone (a killed run) or whose pid another process has now, or one that cannot be read, is ignored."""
+    try:
+        with open(swap_marker(lock_dir)) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get('boot_id') != boot_id():
+        return None
+    pid = data.get('pid')
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not _pid_alive(pid):
+        return None
+    if data.get('start') is not None and _process_start(pid) not in (None, data['start']):
+        return None
+    return pid
 
 
 # -- the bot container and the watchdog ------------------------------------------------------------------------
@@ -493,13 +548,18 @@ class Leader:
             if paused:
                 return 'the monitor is paused (%s)' % paused['reason']
         if self.lock_dir:
+            swapper = swap_in_progress(self.lock_dir)
+            if swapper:
+                return 'a deploy swaps the bot (safe_redeploy, pid %s)' % swapper
             try:
                 held = deploy_lock.status(self.lock_dir, self.lock_ttl_minutes)
             except OSError:
                 return None
-            if held['held'] and not held['stale']:
-                record = held['record'] or {}
-                return 'the deploy lock is held (%s by %s)' % (record.get('operation') or 'deploy',
+            record = held['record'] or {}
+            # A deploy touches the bot only in its swap (above); a restore, a clean redeploy or an upgrade stops it
+            # for longer, so the bot waits for the lock.
+            if held['held'] and not held['stale'] and record.get('operation') not in LEAVE_TO_DEPLOY:
+                return 'the deploy lock is held (%s by %s)' % (record.get('operation') or 'an operation',
                                                               record.get('holder') or 'unknown')
         return None
 
@@ -633,8 +693,8 @@ class Leader:
         watched = now - self.watch_start
         unchanged = now - self.seen_since
         holder, offered = row['holder'], row['offered_to']
-        if self.stopping:
-            return None
+        if self.stopping or not self.bot_state.get('exists'):
+            return None  # stopping, or no bot container here to run (yet): the lease is for a host that can
         if holder and holder != self.me:
             return self.ttl - unchanged
         if holder is None and offered:
@@ -710,12 +770,11 @@ class Leader:
                             'Previous: %s.' % (self.me, how, self.bot.name, now - since, previous or 'none'))
             return
         self.running_since = None
-        if not state.get('exists'):
-            if self.hold_said != 'missing':
-                self.hold_said = 'missing'
-                self.log('the bot container %s does not exist yet; a deploy creates it' % self.bot.name)
-            return
         held = self.hold()
+        if not state.get('exists'):
+            if not held:  # not a deploy swapping containers: hand the lease to a host that has a bot
+                self.begin_step_down(lease.ANY, 'the bot container %s does not exist on this host' % self.bot.name)
+            return
         if held:
             if self.hold_said != held:
                 self.hold_said = held

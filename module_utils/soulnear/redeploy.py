@@ -327,6 +327,14 @@ class Redeployer(BotContainer, Releases, Migrations):
 
     # -- actions -------------------------------------------------------------------------------------------
     def run(self):
+        p = self.params
+        if p['leader_state_file'] and p['lock_path'] and not self.check_mode:
+            # Several bot hosts, one bot: this host's leader leaves the bot to this run while it swaps it.
+            with bot_leader.swapping(p['lock_path']):
+                return self._run()
+        return self._run()
+
+    def _run(self):
         try:
             if self.action == 'migrate':
                 self.do_migrate()

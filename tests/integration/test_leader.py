@@ -626,6 +626,55 @@ def test_safe_redeploy_standby_mode_and_its_start_gate(tmp_path):
         assert not shipped['standby'] and shipped['msg'].startswith('Deployed v1 -> v2: applied 004_profiles.sql')
         assert bot() == dict(status='running', version='v2')
 
+        def hold():
+            return (bot_leader.read_state(state_file) or {}).get('hold') or ''
+
+        # A deploy's lock alone does not hold the leader back; the safe redeploy's swap marker does: while it swaps
+        # the bot (stopped here as by the swap), the leader leaves the bot alone, and starts it once the swap ends.
+        deploy_lock.acquire(lock_dir, 'run-2', 'pytest@controller', operation='redeploy')
+        try:
+            with bot_leader.swapping(lock_dir):
+                docker('stop', env.bot)
+                wait_until('the leader leaving the bot to the swap', lambda: 'a deploy swaps the bot' in hold(), 30)
+                assert bot()['status'] == 'exited'
+            ended = time.time()
+            wait_until('the leader starting the bot after the swap', lambda: bot()['status'] == 'running', 30)
+            report('swap ended -> the leader started the bot (deploy lock still held)', time.time() - ended, goal=None)
+
+            # A killed run's marker stays behind: once its process is gone the leader ignores it.
+            marker = ('import sys, time; sys.path.insert(0, %r); from soulnear import leader; '
+                      'mark = leader.swapping(%r); mark.__enter__(); print("marked", flush=True); time.sleep(600)'
+                      % (LIBRARY, lock_dir))
+            run = subprocess.Popen([sys.executable, '-c', marker], stdout=subprocess.PIPE, text=True)
+            try:
+                assert run.stdout.readline().strip() == 'marked'
+                assert bot_leader.swap_in_progress(lock_dir) == run.pid
+                docker('stop', env.bot)
+                wait_until('the leader leaving the bot to the run', lambda: 'pid %d' % run.pid in hold(), 30)
+                assert bot()['status'] == 'exited'
+            finally:
+                run.kill()
+                run.wait()
+            killed = time.time()
+            assert os.path.exists(bot_leader.swap_marker(lock_dir))
+            assert bot_leader.swap_in_progress(lock_dir) is None
+            wait_until('the leader starting the bot past a killed run', lambda: bot()['status'] == 'running', 30)
+            report('swap run killed -> the leader started the bot', time.time() - killed, goal=None)
+        finally:
+            deploy_lock.release(lock_dir, 'run-2')
+        os.unlink(bot_leader.swap_marker(lock_dir))
+
+        # A restore holds the deploy lock and stops the bot for longer: the leader leaves it stopped until the lock
+        # is released, then starts it again.
+        deploy_lock.acquire(lock_dir, 'run-3', 'pytest@controller', operation='restore')
+        try:
+            docker('stop', env.bot)
+            wait_until('the leader waiting for the restore', lambda: 'the deploy lock is held (restore' in hold(), 30)
+            assert bot()['status'] == 'exited'
+        finally:
+            deploy_lock.release(lock_dir, 'run-3')
+        wait_until('the leader starting the bot after the restore', lambda: bot()['status'] == 'running', 30)
+
         leader.terminate()  # the leader stops: it stops the bot, releases the lease
         leader.wait(timeout=60)
         assert bot()['status'] == 'exited'
