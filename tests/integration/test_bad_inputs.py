@@ -393,6 +393,37 @@ def test_pg_pitr(pitr_lab, tmp_path):
     run_table(tmp_path, 'pg_pitr', base, cases, state, secrets=[lab.params()['login_password']])
 
 
+
+def test_pg_upgrade(pitr_lab, tmp_path):
+    """A major upgrade's options: every bad one refused before the old server is touched (no control row: a valid
+    upgrade is tests/integration/test_upgrade.py's, minutes long)."""
+    lab = pitr_lab
+    base = dict(lab.params(), operation='upgrade', to_version=17, image='soulnear/postgres:17', confirm='soul_bot',
+                container=lab.name, volume=lab.volume, stanza='soulnear', repo_dir=lab.repo_dir, bot_container=lab.bot,
+                data_guard_file=lab.guard_file, state_file=str(tmp_path / 'upgrade.json'),
+                backup_dir=str(tmp_path / 'backups'))
+    cases = [
+        ('to_version=99 (not a version this upgrade knows)', 'to_version', dict(to_version=99)),
+        ('to_version missing', 'to_version', dict(to_version=None)),
+        ('image=""', 'image', dict(image='')),
+        ('container="bad name"', 'container', dict(container='bad name')),
+        ('volume=../data', 'volume', dict(volume='../data')),
+        ('stanza=../other', 'stanza', dict(stanza='../other')),
+        ('expect_version=3', 'expect_version', dict(expect_version=3)),
+        ('settings: a name that is no setting', 'settings', dict(settings={'work mem; DROP': '1'})),
+        ('at once: state_file="" backup_dir=relative retention_full=0 bot_stop_timeout=-1 space_margin=-1 '
+         'required_tables=[<64 bytes>]',
+         ('state_file', 'backup_dir', 'retention_full', 'bot_stop_timeout', 'space_margin', 'required_tables'),
+         dict(state_file='', backup_dir='backups', retention_full=0, bot_stop_timeout=-1, space_margin=-1,
+              required_tables=['t' * 64])),
+    ]
+
+    def state():
+        return dict(tree(os.path.join(lab.repo_dir, 'backup'), lab.config_dir, tmp_path / 'backups'),
+                    tables=tables(lab.params()), containers=containers(lab.name, lab.bot), volumes=lab.volumes(),
+                    guard=tree(lab.guard_file), upgrade_state=tree(tmp_path / 'upgrade.json'))
+    run_table(tmp_path, 'pg_upgrade', base, cases, state, secrets=[lab.params()['login_password']])
+
 # -- a running bot and its next version (safe_redeploy) -------------------------------------------------------------
 
 @pytest.fixture(scope='module')
