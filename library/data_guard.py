@@ -43,7 +43,7 @@ description:
     what was replaced."
   - O(operation=query) only reports the entry of O(login_db).
 version_added: "1.2.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 options:
   operation:
     description: Compare and record (V(check)), accept the current database and lower the flag (V(clear)), or
@@ -118,9 +118,11 @@ extends_documentation_fragment:
   - soulnear_connection
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Decides exactly as for real; neither records nor raises or lowers the flag.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - psycopg2 on the managed host

@@ -39,7 +39,7 @@ description:
     a missing role or database fails at once.
   - The task fails when a check fails, unless O(fail_on_unhealthy=false); warnings never fail it.
 version_added: "1.0.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 options:
   required_tables:
     description:
@@ -211,10 +211,12 @@ extends_documentation_fragment:
   - soulnear_connection
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Every check is read-only and runs in check mode too; only the O(state_file) and the checksum cache of
       O(backup_dir) are not updated.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - psycopg2 on the managed host

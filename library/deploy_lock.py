@@ -25,7 +25,7 @@ description:
     release the holder's lock; O(force=true) releases any holder's lock (C(make unlock)).
   - O(state=query) only reports.
 version_added: "1.1.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 options:
   path:
     description: The lock directory on the managed host - an absolute path, not C(/), and when it exists a
@@ -62,9 +62,11 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Decides exactly as for real (would it be taken, renewed, taken over, refused) and writes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 notes:
   - The host monitor reads the same lock; while it is held and not stale the monitor neither restarts

@@ -22,7 +22,7 @@ description:
     task. Templates are still rendered by Ansible (the C(ansible.builtin.template) lookup) on the controller."
   - Contents of entries marked O(entries[].secret) never appear in the diff or the result.
 version_added: "1.1.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 options:
   entries:
     description: What must be on the host, in order (a directory before the files in it).
@@ -100,9 +100,11 @@ options:
         default: root
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports exactly which paths a real run would change, and why; writes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Before and after of every changed text file that is not secret.
 '''

@@ -36,7 +36,7 @@ description:
     and logged (RV(dropped_databases)).
   - O(offsite) copies the verified backup and its sidecar to a second location after verification.
 version_added: "1.0.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 options:
   backup_dir:
     description: Directory on the host for the backups, an absolute path (not a file); created with mode 0700 when
@@ -134,11 +134,13 @@ extends_documentation_fragment:
   - soulnear_connection.client_image
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Connects, measures the database and the free space and fails where a real run would refuse; reports the file
         name it would write and what retention would prune. Writes nothing, not even the directory or the lock file.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Before and after are the lists of backups in O(backup_dir).
 requirements:

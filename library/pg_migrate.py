@@ -102,7 +102,7 @@ description:
   - Works against any reachable PostgreSQL 12 or later (container, host or managed service). docs/pg_migrate.md
     in the project describes the layouts and the takeover for each tool.
 version_added: "1.0.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 options:
   path:
     description: Directory holding the migrations.
@@ -227,11 +227,13 @@ extends_documentation_fragment:
   - soulnear_connection
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: >-
       Lists the pending files with their checksums and reports the same problems a real run would; creates
       nothing, not even the tracking table, and records no takeover.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Before is the list of applied files, after adds the pending ones.
 requirements:

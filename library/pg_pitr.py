@@ -40,7 +40,7 @@ description:
   - A restore that fails before the volumes change places leaves the live data as it was; a recovery that fails
     after puts the previous data back and starts it and the bot.
 version_added: "1.2.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 extends_documentation_fragment:
   - soulnear_connection
 options:
@@ -140,10 +140,12 @@ options:
     description: The bot's database; O(confirm) must name it.
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: setup reports what it would create or back up; restore refuses or reports its plan (repository, backup,
       window); backup and verify report what they would do; nothing is changed.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - the docker CLI and psycopg2 on the managed host; pgBackRest, pg_waldump and zstd in the database image

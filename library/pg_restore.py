@@ -43,7 +43,7 @@ description:
   - O(test_only=true) is the restore test - restore into a throwaway database, run the checks, count the rows of
     every table, drop it. It needs no confirmation and touches neither the live database nor the bot.
 version_added: "1.0.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 options:
   backup:
     description: V(latest) (the newest backup with a sidecar), a file name in O(backup_dir), or an absolute path; a
@@ -162,11 +162,13 @@ extends_documentation_fragment:
   - soulnear_connection.client_image
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Requires the confirmation like a real run, checks the sidecar and the archive, the free space, and reports the
         live row counts and what would be replaced. Creates, stops and writes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - psycopg2 and the docker CLI on the host that runs the module (the database host)

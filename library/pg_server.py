@@ -39,7 +39,7 @@ description:
     plain text to the server log (and it reads C(pg_authid), which only a superuser may). The database itself is
     still created by C(community.postgresql.postgresql_db)."
 version_added: "1.1.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 extends_documentation_fragment:
   - soulnear_connection
 options:
@@ -85,10 +85,12 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports the settings, roles and passwords that would change, and which settings would need a
       restart (their context is C(postmaster)); changes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 '''
 

@@ -23,7 +23,7 @@ description:
     modules find out that an image cannot be pulled only when they try, half-way through a deploy. This module
     asks the host the questions a deploy would otherwise answer by failing."
 version_added: "1.1.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 options:
   free_space:
     description: Paths and the free space each needs.
@@ -68,9 +68,11 @@ options:
     default: 5
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads; check mode runs the same checks.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 '''
 
@@ -102,11 +104,10 @@ msg:
 
 import shutil
 import subprocess
-import ssl
 from urllib import error as urlerror
-from urllib import request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError, open_url
 from ansible.module_utils.soulnear.files import disk_usage
 from ansible.module_utils.soulnear import validate
 
@@ -150,11 +151,11 @@ def registry_of(image):
 def registry_answers(host, timeout):
     """True when https://host/v2/ answers at all (401 is the normal answer without credentials)."""
     try:
-        request.urlopen('https://%s/v2/' % host, timeout=timeout, context=ssl.create_default_context())
+        open_url('https://%s/v2/' % host, timeout=timeout)
         return True, 'answers'
     except urlerror.HTTPError:
         return True, 'answers'
-    except (urlerror.URLError, OSError, ValueError) as exc:
+    except (urlerror.URLError, UrlsConnectionError, OSError, ValueError) as exc:
         return False, str(getattr(exc, 'reason', exc))
 
 
@@ -162,7 +163,7 @@ def image_present(name):
     docker = shutil.which('docker')
     if not docker:
         return False
-    proc = subprocess.run([docker, 'image', 'inspect', name], capture_output=True, timeout=60)
+    proc = subprocess.run([docker, 'image', 'inspect', name], capture_output=True, timeout=60, check=False)
     return proc.returncode == 0
 
 

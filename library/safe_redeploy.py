@@ -23,7 +23,7 @@ description:
     C(SELECT 1) (db_health's check), the pending migrations of the release are listed and checked with
     C(pg_migrate)'s own logic (every pending file read and checked before anything runs), and no container of
     O(conflicting_containers) runs."
-  - "Nothing to do (same version, image and configuration, nothing pending, the bot runs): RV(changed=false) and
+  - "Nothing to do (same version, image and configuration, nothing pending, the bot runs): C(changed=false) and
     the running bot is not touched."
   - "Backup: with O(backup=when_migrations) (the default) and pending migrations, or O(backup=always), a verified
     backup (C(pg_dump) in O(db_container), checked with C(pg_restore --list), sha256 sidecar) named
@@ -46,7 +46,7 @@ description:
     and does not touch the bot."
   - The deploy lock given by O(lock_path) and O(lock_run_id) is renewed while the module works.
 version_added: "1.2.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 options:
   action:
     description: Deploy O(version), roll back to a kept version, or only apply the pending migrations.
@@ -278,7 +278,6 @@ options:
   backup_login_password:
     description: Password of O(backup_login_user); passed to C(pg_dump) by environment variable name only.
     type: str
-    no_log: true
   keep_images:
     description: Previous versions kept (images and release directories) besides the running one (0 or more).
     type: int
@@ -329,11 +328,13 @@ extends_documentation_fragment:
   - soulnear_connection
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Runs the preflight (image, database, pending migrations, checked) and reports what a real run would do;
       changes nothing. A version whose image or release is not on the host yet (the role builds them in check mode
       neither) is reported as a change.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Before and after are the running version, the image and the pending migrations.
 requirements:

@@ -38,8 +38,9 @@ def send(alert_config, subject, text, timeout=10):
     if config.get('command'):
         try:
             proc = subprocess.run(config['command'], shell=True, input=message.encode('utf-8'), timeout=timeout,
-                                  capture_output=True, env={'SOULNEAR_ALERT_SUBJECT': subject, 'PATH':
-                                                            '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'})
+                                  capture_output=True, check=False, env={
+                                      'SOULNEAR_ALERT_SUBJECT': subject,
+                                      'PATH': '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'})
             if proc.returncode != 0:
                 errors.append('alert command exited %d: %s' % (proc.returncode,
                                                                proc.stderr.decode('utf-8', 'replace').strip()[:200]))

@@ -98,7 +98,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     extra = {}
     for item in args.extra:
-        key, _, value = item.partition('=')
+        key, _unused, value = item.partition('=')
         try:
             extra[key] = json.loads(value)
         except ValueError:

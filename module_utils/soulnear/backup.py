@@ -67,7 +67,7 @@ def compression_args(method, level, server_version_num):
 
 def _free_name(directory, pattern, when):
     """Final file name for a backup taken at `when`; moves on by a second if the name is taken."""
-    for _ in range(120):
+    for _unused in range(120):
         name = when.strftime(pattern)
         if not os.path.exists(os.path.join(directory, name)):
             return name
@@ -263,7 +263,7 @@ def copy_offsite(settings, path, log=null_log):
             # on the other side means its dump arrived complete.
             for source in (path, path + SIDECAR_SUFFIX):
                 proc = subprocess.run(['rsync', '--times', '--chmod=F600', '--timeout=600', source, dest],
-                                      capture_output=True, timeout=6 * 3600)
+                                      capture_output=True, timeout=6 * 3600, check=False)
                 if proc.returncode != 0:
                     raise BackupError('rsync to %s failed (exit %d): %s'
                                       % (dest, proc.returncode, proc.stderr.decode('utf-8', 'replace').strip()))

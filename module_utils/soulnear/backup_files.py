@@ -231,7 +231,7 @@ def _parse_header(data):
         pos += 1  # compression algorithm (PostgreSQL 16+)
     else:
         _level, pos = read_int(pos)
-    for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
+    for _unused in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
         _value, pos = read_int(pos)
     length, pos = read_int(pos)
     if length < 0 or length > 256 or pos + length > len(data):

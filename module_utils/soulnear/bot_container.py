@@ -49,7 +49,7 @@ def container_options(params):
         ports.append(str(entry) if match.group('address') else '127.0.0.1:' + str(entry))
     hosts = []
     for entry in params.get('extra_hosts') or []:
-        name, _, address = str(entry).partition(':')
+        name, _unused, address = str(entry).partition(':')
         if not name or not address:
             raise ValueError('extra host %r is not "name:address"' % entry)
         hosts.append('%s:%s' % (name, address))
@@ -111,7 +111,8 @@ class BotContainer:
         if tail:
             args += ['--tail', str(tail)]
         try:
-            proc = subprocess.run(args + [name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+            proc = subprocess.run(args + [name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
+                                  check=False)
         except subprocess.TimeoutExpired:
             return ''
         return proc.stdout.decode('utf-8', 'replace')

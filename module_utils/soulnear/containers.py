@@ -36,7 +36,7 @@ def run(args, input_bytes=None, timeout=120, check=True):
     """Run `docker <args>`; returns CompletedProcess with bytes stdout/stderr."""
     try:
         proc = subprocess.run([docker_binary()] + list(args), input=input_bytes, capture_output=True,
-                              timeout=timeout)
+                              timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise DockerError('docker %s did not finish within %ss' % (' '.join(args[:2]), timeout)) from None
     if check and proc.returncode != 0:
@@ -112,7 +112,8 @@ def exec_run(container, argv, user=None, env=None, input_bytes=None, timeout=300
     """Run argv in the container and wait; returns (rc, stdout bytes, stderr bytes)."""
     try:
         proc = subprocess.run(exec_argv(container, argv, user, env, interactive=input_bytes is not None),
-                              input=input_bytes, capture_output=True, timeout=timeout, env=exec_env(env))
+                              input=input_bytes, capture_output=True, timeout=timeout, env=exec_env(env),
+                              check=False)
     except subprocess.TimeoutExpired:
         raise DockerError('%s in %s did not finish within %ss' % (argv[0], container, timeout)) from None
     return proc.returncode, proc.stdout, proc.stderr

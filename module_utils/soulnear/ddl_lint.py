@@ -239,7 +239,7 @@ class Linter:
             return []
         analyzer = Analyzer(LiveFacts(cur, self.min_rows) if cur is not None else Facts())
         for mfile in files:
-            statements, _, transactional = mfile.prepared
+            statements, _unused, transactional = mfile.prepared
             self.findings.extend(self.lint_file(analyzer, mfile.label, mfile.text, statements, transactional))
         refused = [f for f in self.findings if f['severity'] == 'warning' and _RULES[f['rule']].refusable]
         if refused and self.mode == 'refuse':
@@ -277,7 +277,7 @@ class Linter:
         if self.streaming is None or self.streaming[0] is not mfile:
             self.streaming = (mfile, Analyzer(LiveFacts(cur, self.min_rows)), FileState(mfile.label, True),
                               allowed_rules(mfile.text)[0])
-        _, analyzer, fstate, allowed = self.streaming
+        _unused, analyzer, fstate, allowed = self.streaming
         found = self._findings(analyzer, fstate, allowed, line, statement, word)
         self.findings.extend(found)
         self._emit(found)

@@ -218,7 +218,7 @@ class Migrations:
             if PRE_BACKUP.match(name) and os.path.isfile(path):
                 found.append((os.path.getmtime(path), path))
         found.sort(reverse=True)
-        for _, path in found[keep:]:
+        for _unused, path in found[keep:]:
             if path == newest:
                 continue
             for victim in (path, path + SIDECAR_SUFFIX):

@@ -63,7 +63,7 @@ def _run_tool(args, timeout=30):
     if not shutil.which(args[0]):
         return None, ''
     try:
-        proc = subprocess.run(args, capture_output=True, timeout=timeout)
+        proc = subprocess.run(args, capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 1, str(exc)
     return proc.returncode, (proc.stdout + proc.stderr).decode('utf-8', 'replace')
@@ -349,7 +349,7 @@ def meminfo():
     values = {}
     with open('/proc/meminfo') as handle:
         for line in handle:
-            key, _, rest = line.partition(':')
+            key, _unused, rest = line.partition(':')
             values[key] = int(rest.split()[0]) * 1024
     return values
 

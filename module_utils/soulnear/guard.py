@@ -203,7 +203,7 @@ def describe_counts(tables, cap=COUNT_CAP, limit=LISTED):
     if not tables:
         return 'no tables'
     ordered = sorted(tables.items(), key=lambda item: (item[1] is None, -(item[1] or 0), item[0]))
-    return '%d table(s), %d with rows: %s' % (len(ordered), sum(1 for _, rows in ordered if rows), _listed(
+    return '%d table(s), %d with rows: %s' % (len(ordered), sum(1 for _unused, rows in ordered if rows), _listed(
         ['%s %s' % (name, _rows(rows, cap)) for name, rows in ordered], limit))
 
 

@@ -300,7 +300,7 @@ class Migrator:
         found, unknown = history.applied_files(self.catalog)
         if ours:
             recorded = set(r.key for r in ours if r.key is not None)
-            later = [f.name for f, _ in found if f.key not in recorded]
+            later = [f.name for f, _unused in found if f.key not in recorded]
             if later:
                 raise MigrationError(
                     '%s records migration(s) %s as applied, but pg_migrate has not recorded them: %s ran after the '
@@ -312,8 +312,8 @@ class Migrator:
             self.warn('%s records version(s) %s that have no migration in path; they are not recorded in %s'
                       % (source.qualified, _listing(unknown), self.table.qualified))
         self.takeover_rows = found
-        self.planned_takeover = [f.name for f, _ in found]
-        return [Record((version_text(f.key), f.name, 'baseline', f.checksum, True, None)) for f, _ in found]
+        self.planned_takeover = [f.name for f, _unused in found]
+        return [Record((version_text(f.key), f.name, 'baseline', f.checksum, True, None)) for f, _unused in found]
 
     def _check_plan(self, plan):
         if plan.failed and not self.params.get('repair'):
@@ -361,10 +361,10 @@ class Migrator:
         for event in RUN_CALLBACKS:
             files.extend(self.catalog.callbacks.get(event, []))
         for mfile in files:
-            _, found = prepare(mfile, context)
+            _unused, found = prepare(mfile, context)
             problems.extend('%s line %d: %s' % (mfile.label, line, message) for line, message in found)
         if problems and self.streamed is not None:  # report its problems too, all together
-            _, found = prepare(self.streamed, context)
+            _unused, found = prepare(self.streamed, context)
             problems[:0] = ['%s line %d: %s' % (self.streamed.label, line, message) for line, message in found]
             self.streamed = None
         for event in ('beforeEachMigrate', 'afterEachMigrate'):
@@ -621,7 +621,7 @@ class Migrator:
         line, statement = 0, ''
         with conn.cursor() as cur:
             try:
-                for _, statements in parts:
+                for _unused, statements in parts:
                     for line, statement in statements:  # noqa: B007 - line names the failing statement
                         self._execute_outside(conn, cur, mfile, statement)
                         self.db_changed = True

@@ -120,7 +120,7 @@ class StreamedFile:
             scan.stop()
 
     def _prepare_or_raise(self):
-        _, found = prepare(self.mfile, self.migrator.context)
+        _unused, found = prepare(self.mfile, self.migrator.context)
         if found:
             raise _cannot_run(self.mfile, found)
 
@@ -177,7 +177,7 @@ class StreamedFile:
         statements, modes, transactional = [], None, True
         if 'split' not in scan.outcome:
             statements = check_statements(mfile, body, first_line, no_tx, self.raw, problems, self.migrator.context)
-            _, modes, transactional = mfile.prepared
+            _unused, modes, transactional = mfile.prepared
         if problems:
             self.conn.rollback()
             raise _cannot_run(mfile, problems)

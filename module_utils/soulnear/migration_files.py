@@ -572,7 +572,7 @@ def _build_pairs(layout):
         ups = [(e.match.group('version'), e) for e in entries if e.style == 'pair' and e.kind == 'up']
         downs = [e for e in entries if e.style == 'pair' and e.kind == 'down']
         simple = [e for e in entries if e.style != 'pair']
-        up_keys = set(parse_version(v) for v, _ in ups)
+        up_keys = set(parse_version(v) for v, _unused in ups)
         for e in downs:
             if parse_version(e.match.group('version')) not in up_keys:
                 problems.append('%s has no matching up file (%s_*.up.sql); a down file never runs forward, so this '

@@ -153,7 +153,7 @@ def check_statements(mfile, body, first_line, no_tx, statements, problems, conte
         if marker is not None:
             line, words = marker
             line += first_line - 1
-            if any(st_line > line for st_line, _ in statements):
+            if any(st_line > line for st_line, _unused in statements):
                 problems.append((line, 'a down section marker (%r): pg_migrate would run what follows it forward. If '
                                        'the file was written for a tool with up/down sections, set format to that '
                                        'tool; otherwise delete the down part' % words))

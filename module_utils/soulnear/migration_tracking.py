@@ -188,7 +188,7 @@ class TrackingTable:
                 self.ident, pgsql.Identifier(column)))
         if not missing:
             return []
-        had_version = 'version' not in [c for c, _ in missing]
+        had_version = 'version' not in [c for c, _unused in missing]
         self.inspect(cur)
         if not had_version:
             # Fill the new version column from the file names the old runner recorded.
@@ -199,7 +199,7 @@ class TrackingTable:
                     cur.execute(pgsql.SQL('UPDATE {} SET version = %s WHERE ctid = %s::tid').format(self.ident),
                                 (version_text(key), ctid))
         return ['adopted table %s left by an older runner (added columns: %s)'
-                % (self.qualified, ', '.join(c for c, _ in missing))]
+                % (self.qualified, ', '.join(c for c, _unused in missing))]
 
     def read(self, cur):
         """All records; works on a legacy table that was not adopted yet (check mode)."""
@@ -290,7 +290,7 @@ def foreign_owner(table, catalog, cur):
     # pg_migrate adopts a table of its own older releases (or the example bot's first runner): their columns are
     # among its own and the file name columns it reads. Any other column means the bot's own migration script (or
     # a tool not listed above) keeps this table: adopting it would add NOT NULL columns under its inserts.
-    known = set(c for c, _ in TrackingTable.COLUMNS) | set(NAME_COLUMNS) | {'id'}
+    known = set(c for c, _unused in TrackingTable.COLUMNS) | set(NAME_COLUMNS) | {'id'}
     unknown = sorted(cols - known)
     if unknown:
         return None, 'it has columns pg_migrate never writes (%s)' % ', '.join(unknown)

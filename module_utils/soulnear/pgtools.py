@@ -140,7 +140,7 @@ def feed_archive(settings, argv, path, env=None, capture=False):
     with open(path, 'rb') as stdin, tempfile.TemporaryFile() as err:
         cmd = tool_command(settings, argv, env, interactive=True)
         proc = subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                              stderr=err, env=exec_env(env))
+                              stderr=err, env=exec_env(env), check=False)
         failure = (stderr_tail(err) or 'exit %d' % proc.returncode) if proc.returncode else ''
         return proc.returncode, proc.stdout, failure
 

@@ -85,7 +85,7 @@ class Releases:
                               check=False)
         tags = []
         for line in proc.stdout.decode('utf-8', 'replace').splitlines():
-            tag, _, created = line.partition('\t')
+            tag, _unused, created = line.partition('\t')
             if tag and tag != '<none>':
                 tags.append((tag, created))
         tags.sort(key=lambda t: t[1], reverse=True)
@@ -94,7 +94,7 @@ class Releases:
     def prune(self, current):
         kept = self.kept_versions(current)
         self.result['kept_versions'] = kept
-        for tag, _ in self.image_tags():
+        for tag, _unused in self.image_tags():
             if tag in kept:
                 continue
             ref = '%s:%s' % (self.params['image_name'], tag)

@@ -145,7 +145,7 @@ def _copy_database_settings(conn, source, target):
                  (source,))
     for setrole, rolname, config in rows:
         for item in config or []:
-            key, _, value = item.partition('=')
+            key, _unused, value = item.partition('=')
             values = [v.strip() for v in value.split(',')] if key == 'search_path' else [value]
             value_sql = pgsql.SQL(', ').join(pgsql.Literal(v) for v in values)
             if setrole == 0:
@@ -430,7 +430,7 @@ def loaded_rows(settings, db, tables):
     try:
         if query(conn, 'SHOW track_counts')[0][0] != 'on':
             return row_counts(conn, tables)
-        for _ in range(200):
+        for _unused in range(200):
             if not query(conn, 'SELECT 1 FROM pg_stat_activity WHERE datname = current_database() '
                          'AND pid <> pg_backend_pid()'):
                 break
@@ -514,7 +514,7 @@ def restore_test(settings, backup=LATEST, log=null_log):
                 conn = connect_to(settings, scratch)
                 try:
                     # count(*) of every table reads every heap page: unreadable data fails here.
-                    counts = row_counts(conn, [(s, t) for s, t in query(
+                    counts = row_counts(conn, [tuple(row) for row in query(
                         conn, "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN "
                               "('pg_catalog', 'information_schema') ORDER BY 1, 2")])
                 finally:

@@ -559,7 +559,7 @@ def dbmate_section(text):
                             'section)'))
     transaction = True
     for option in up.group('opts').split():
-        key, _, value = option.partition(':')
+        key, _unused, value = option.partition(':')
         if key == 'transaction' and value in ('false', 'true'):
             transaction = value == 'true'
         else:

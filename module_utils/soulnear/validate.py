@@ -212,7 +212,7 @@ NAMES = dict(
 def _docker_image(value):
     """Docker's reference grammar: the first component is a registry only when it has a '.' or a ':' or is
     localhost (else Docker Hub, where uppercase is refused)."""
-    first, _, rest = value.partition('/')
+    first, _unused, rest = value.partition('/')
     return bool(rest) and ('.' in first or ':' in first or first == 'localhost')
 
 
