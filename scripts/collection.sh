@@ -14,11 +14,15 @@
 # and rewrites what only resolves in the flat layout to the collection's names:
 #   from ansible.module_utils.soulnear.x import ... -> from ansible_collections.soulnear.deploy.plugins.module_utils.soulnear.x import ...
 #   extends_documentation_fragment: soulnear_connection -> soulnear.deploy.soulnear_connection
+#   a module named in seealso (- module: pg_backup) or in O()/RV() markup (O(pg_backup#module:x))
+#     -> soulnear.deploy.pg_backup: outside a collection a module has no FQCN to name it by
 # The module_utils files import each other relatively (from .x import), which holds in both layouts.
 #
-# Left out: the host commands (module_utils/soulnear/*_command.py: soulnear-health, soulnear-backup). They are
-# programs run on the host from the copy the soulnear role installs there (they parse argv, print and exit);
-# no module imports them, so shipping them as module_utils would only ship code that is never a module's.
+# Left out: the module_utils files no module imports, directly or through another file (today the host commands
+# health_command.py and backup_command.py - soulnear-health, soulnear-backup - and watch.py, the container event
+# follower of soulnear-health). They are programs run on the host from the copy of the package the soulnear role
+# installs there: they parse argv, print and exit, which module code must not; shipping them as module_utils
+# would ship code that is never a module's.
 #
 # Namespace soulnear, name deploy: the project's name and what the content does (galaxy names: lowercase,
 # letters, digits and underscores).
@@ -41,7 +45,45 @@ mkdir -p "$dest/plugins/modules" "$dest/plugins/module_utils" "$dest/meta" "$out
 
 cp library/*.py "$dest/plugins/modules/"
 cp -r module_utils/soulnear "$dest/plugins/module_utils/"
-rm -f "$dest/plugins/module_utils/soulnear/"*_command.py
+# The module_utils files the modules reach: their `ansible.module_utils.soulnear` imports, then the relative
+# imports between the files, followed to the end.
+"$bin/python" - "$dest/plugins/module_utils/soulnear" library/*.py <<'PY'
+import ast
+import os
+import sys
+
+package, modules = sys.argv[1], sys.argv[2:]
+prefix = 'ansible.module_utils.soulnear'
+
+
+def imported(path, relative):
+    names = set()
+    with open(path) as handle:
+        tree = ast.parse(handle.read())
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if relative and node.level == 1:
+            names |= {node.module.split('.')[0]} if node.module else {alias.name for alias in node.names}
+        elif not relative and node.module == prefix:
+            names |= {alias.name for alias in node.names}
+        elif not relative and (node.module or '').startswith(prefix + '.'):
+            names.add(node.module.split('.')[3])
+    return names
+
+
+todo = set().union(*(imported(path, False) for path in modules))
+reached = set()
+while todo:
+    name = todo.pop()
+    if name not in reached:
+        reached.add(name)
+        todo |= imported(os.path.join(package, name + '.py'), True)
+for entry in sorted(os.listdir(package)):
+    if entry.endswith('.py') and entry != '__init__.py' and entry[:-3] not in reached:
+        os.remove(os.path.join(package, entry))
+        print('left out (no module imports it): module_utils/soulnear/%s' % entry)
+PY
 for kind in doc_fragments filter; do
   cp -r "plugins/$kind" "$dest/plugins/"
 done
@@ -51,6 +93,11 @@ fqcn_utils="ansible_collections.$namespace.$name.plugins.module_utils.soulnear"
 find "$dest/plugins" -name '*.py' -print0 | xargs -0 sed -i -E \
   -e "s/(from|import) ansible\.module_utils\.soulnear\b/\1 $fqcn_utils/" \
   -e "s/^(  - )(soulnear_connection)\b/\1$namespace.$name.\2/"
+modules=$(cd library && ls ./*.py | sed 's|^\./||; s|\.py$||' | paste -sd'|')
+sed -i -E \
+  -e "s/^(\s*- module: )($modules)\s*$/\1$namespace.$name.\2/" \
+  -e "s/\b(O|RV|M)\(($modules)#module:/\1($namespace.$name.\2#module:/g" \
+  "$dest/plugins/modules/"*.py
 
 ansible_version=$("$bin/python" -c 'import ansible.release as r; print(".".join(r.__version__.split(".")[:2]))')
 cat >"$dest/galaxy.yml" <<EOF
@@ -76,11 +123,11 @@ cat >"$dest/README.md" <<EOF
 # $namespace.$name
 
 Built by scripts/collection.sh from the SoulNear repository (library/, module_utils/soulnear/, plugins/).
-The modules: $(cd library && ls ./*.py | sed 's|^\./||; s|\.py$||' | paste -sd' ').
+The modules: ${modules//|/, }.
 EOF
-if [ -f scripts/collection-ignore.txt ]; then
+if [ -f scripts/collection-sanity-ignore.txt ]; then
   mkdir -p "$dest/tests/sanity"
-  grep -v '^#' scripts/collection-ignore.txt | sed '/^$/d' >"$dest/tests/sanity/ignore-$ansible_version.txt" || true
+  grep -v '^#' scripts/collection-sanity-ignore.txt | sed '/^$/d' >"$dest/tests/sanity/ignore-$ansible_version.txt" || true
 fi
 
 "$bin/ansible-galaxy" collection build --force --output-path "$out" "$dest" >/dev/null
