@@ -471,6 +471,7 @@ def main():
         module.fail_json(msg=upgrade.describe_failure(exc), log=steps, **failure)
     result['log'] = steps
     if module.params['operation'] == 'status' and not result['ok']:
+        result.pop('state', None)  # the message says what to do; make upgrade-postgres-status shows the state
         module.fail_json(**result)
     module.exit_json(**result)
 

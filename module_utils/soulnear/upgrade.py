@@ -1671,8 +1671,9 @@ def status(settings, expect_version=None, upgrade_running=False):
             and not upgrade_running:
         if state and phase in (UPGRADED, CONFIRMED) and state.get('to_version') == version:
             fix = ('The data was upgraded to PostgreSQL %d (make upgrade-postgres, %s): set postgres_major_version: %d '
-                   'and postgres_image: %s (offline also postgres_image_archive) in the inventory%s'
-                   % (version, state.get('finished_at'), version, state.get('new_image'),
+                   'and the postgres_image of %d in the inventory (offline soulnear/postgres:%d and its '
+                   'postgres_image_archive; the upgrade ran %s)%s'
+                   % (version, state.get('finished_at'), version, version, version, state.get('new_image'),
                       '; or roll the upgrade back while it is not confirmed: make upgrade-postgres-rollback CONFIRM=%s'
                       % db if phase == UPGRADED else ''))
         elif int(version) < int(expect_version):
