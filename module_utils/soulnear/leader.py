@@ -22,10 +22,10 @@ G the stop grace (stop_grace_seconds) and T > F + G + a margin for Docker:
   database's failover: every leader sees that failover as failed polls).
 - A release (make failover, or the leader stopping) happens only after the bot stopped; it may be offered to one
   host (or '*', any host but the releaser), which takes it at once; the others wait T before taking an offered one.
-- The bot's lifetime is bound to its leader: a watchdog process gets the fence deadline after every renewal over a
-  pipe and stops the bot when the deadline passes (a leader that hangs) or the pipe closes (a leader that died, even
-  by SIGKILL). The systemd unit adds ExecStopPost (docker stop) and Restart=always, and a leader that starts stops a
-  bot it finds running before anything else.
+- The bot's lifetime is bound to its leader (leader_bot.py): a watchdog process gets the fence deadline after every
+  renewal over a pipe and stops the bot when the deadline passes (a leader that hangs) or the pipe closes (a leader
+  that died, even by SIGKILL). The systemd unit adds ExecStopPost (docker stop) and Restart=always, and a leader that
+  starts stops a bot it finds running before anything else.
 - While a safe redeploy swaps the bot (it marks its run next to the deploy lock), while the deploy lock is held by
   an operation that stops the bot for longer (a restore, a clean redeploy), or while the monitor is paused, the
   leader starts nothing; renewals and fencing never pause. A standby's bot that runs is stopped at once.
@@ -41,11 +41,8 @@ __metaclass__ = type
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
@@ -53,6 +50,8 @@ from datetime import datetime
 from . import alert, containers, lease
 from . import lock as deploy_lock
 from .files import append_line
+from .leader_bot import Bot, Watchdog, boottime
+from .leader_bot import watchdog_main  # noqa: F401 - a leader started before the split spawns its watchdog from here
 from .pg import connect_kwargs, describe_error, psycopg2
 
 DEFAULTS = dict(
@@ -80,13 +79,6 @@ class LeaderError(Exception):
 
 class NoAnswer(Exception):
     """The database did not answer a lease query in time (its connection was cut from this side)."""
-
-
-def boottime():
-    """Seconds on CLOCK_BOOTTIME: monotonic (no wall-clock step moves it) and counting a suspended machine's sleep,
-    the same for every process of this boot."""
-    clock = getattr(time, 'CLOCK_BOOTTIME', None)
-    return time.clock_gettime(clock) if clock is not None else time.monotonic()
 
 
 def boot_id():
@@ -269,130 +261,6 @@ def swap_in_progress(lock_dir):
     if data.get('start') is not None and _process_start(pid) not in (None, data['start']):
         return None
     return pid
-
-
-# -- the bot container and the watchdog ------------------------------------------------------------------------
-
-class Bot:
-    """The bot container, by name (a deploy swaps the container behind the name)."""
-
-    def __init__(self, name, stop_timeout, grace):
-        self.name = name
-        self.stop_timeout = int(stop_timeout)
-        self.grace = int(max(1, grace))
-
-    def state(self):
-        return containers.container_state(self.name)
-
-    def start(self):
-        containers.run(['start', self.name], timeout=60)
-
-    def stop(self, timeout=None):
-        """docker stop with timeout seconds before SIGKILL (default the bot's clean-stop time)."""
-        seconds = self.stop_timeout if timeout is None else int(timeout)
-        proc = containers.run(['stop', '-t', str(seconds), self.name], timeout=seconds + 30, check=False)
-        if proc.returncode != 0 and 'No such container' not in proc.stderr.decode('utf-8', 'replace'):
-            containers.run(['kill', self.name], timeout=30, check=False)
-
-
-def stop_bot_now(name, grace):
-    """The fence: SIGTERM, SIGKILL after grace seconds; docker kill when docker stop itself does not answer."""
-    docker = containers.docker_binary()
-    try:
-        subprocess.run([docker, 'stop', '-t', str(int(grace)), name], capture_output=True,
-                       timeout=int(grace) + 20)
-    except subprocess.TimeoutExpired:
-        subprocess.run([docker, 'kill', name], capture_output=True, timeout=30)
-
-
-def watchdog_main(argv=None):
-    """The watchdog process: stdin carries `D <deadline>` lines (boot-time seconds; 0: nothing to enforce). It
-    stops the bot when a deadline passes without a newer one, and when stdin closes (its leader died) or it gets
-    SIGTERM. argv: bot container name, stop grace seconds."""
-    argv = sys.argv[1:] if argv is None else argv
-    name, grace = argv[0], float(argv[1])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    def terminated(_signum, _frame):
-        raise SystemExit(0)
-    signal.signal(signal.SIGTERM, terminated)
-    fd = sys.stdin.fileno()
-    deadline, fired, buffer = 0.0, True, b''
-
-    def fence(why):
-        sys.stderr.write('soulnear-leader watchdog: %s: stopping %s (SIGKILL after %g s)\n' % (why, name, grace))
-        sys.stderr.flush()
-        stop_bot_now(name, grace)
-    try:
-        while True:
-            timeout = None if fired or deadline <= 0 else max(0.0, deadline - boottime())
-            ready, _, _ = select.select([fd], [], [], timeout)
-            if ready:
-                data = os.read(fd, 4096)
-                if not data:
-                    fence('the leader is gone')
-                    return 0
-                buffer += data
-                *lines, buffer = buffer.split(b'\n')
-                for line in lines:
-                    parts = line.split()
-                    if len(parts) == 2 and parts[0] == b'D' and float(parts[1]) != deadline:
-                        deadline, fired = float(parts[1]), float(parts[1]) <= 0
-            elif not fired and deadline > 0 and boottime() >= deadline:
-                fence('no renewal of the lease before the fence deadline')
-                fired = True
-    except SystemExit:
-        fence('stopped with its leader')
-        return 0
-
-
-class Watchdog:
-    """The leader's side of the watchdog: a child process (its own session, so a Ctrl-C of the leader does not reach
-    it) fed the fence deadline; restarted when it dies."""
-
-    def __init__(self, bot_name, grace, log):
-        self.bot_name = bot_name
-        self.grace = grace
-        self.log = log
-        self.proc = None
-        self.deadline = 0.0
-
-    def start(self):
-        library = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = ('import sys; sys.path.insert(0, %r); from soulnear.leader import watchdog_main; '
-                'sys.exit(watchdog_main())' % library)
-        self.proc = subprocess.Popen([sys.executable, '-c', code, self.bot_name, '%g' % self.grace],
-                                     stdin=subprocess.PIPE, close_fds=True, start_new_session=True)
-        self.send(self.deadline)
-
-    def send(self, deadline):
-        self.deadline = deadline
-        if self.proc is None or self.proc.poll() is not None:
-            if self.proc is not None:
-                self.log('the watchdog exited (code %s); starting it again' % self.proc.returncode)
-            self.proc = None
-            self.start()
-            return
-        try:
-            self.proc.stdin.write(b'D %.3f\n' % deadline)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            self.proc = None
-            self.start()
-
-    def close(self):
-        """A clean exit: the bot is stopped already; the watchdog sees its stdin close and exits."""
-        if self.proc is None:
-            return
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 # -- the leader ---------------------------------------------------------------------------------------------------
