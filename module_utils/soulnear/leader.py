@@ -51,7 +51,7 @@ from . import alert, containers, lease
 from . import lock as deploy_lock
 from .files import append_line
 from .leader_bot import Bot, Watchdog, boottime
-from .leader_bot import watchdog_main  # noqa: F401 - a leader started before the split spawns its watchdog from here
+from .leader_bot import watchdog_main as bot_watchdog_main
 from .pg import connect_kwargs, describe_error, psycopg2
 
 DEFAULTS = dict(
@@ -261,6 +261,12 @@ def swap_in_progress(lock_dir):
     if data.get('start') is not None and _process_start(pid) not in (None, data['start']):
         return None
     return pid
+
+
+def watchdog_main(argv=None):
+    """The watchdog (leader_bot.py) for a leader started before it moved there: it spawns it from here until it
+    restarts."""
+    return bot_watchdog_main(argv)
 
 
 # -- the leader ---------------------------------------------------------------------------------------------------

@@ -55,9 +55,9 @@ def stop_bot_now(name, grace):
     docker = containers.docker_binary()
     try:
         subprocess.run([docker, 'stop', '-t', str(int(grace)), name], capture_output=True,
-                       timeout=int(grace) + 20)
+                       timeout=int(grace) + 20, check=False)
     except subprocess.TimeoutExpired:
-        subprocess.run([docker, 'kill', name], capture_output=True, timeout=30)
+        subprocess.run([docker, 'kill', name], capture_output=True, timeout=30, check=False)
 
 
 def watchdog_main(argv=None):
@@ -82,7 +82,7 @@ def watchdog_main(argv=None):
     try:
         while True:
             timeout = None if fired or deadline <= 0 else max(0.0, deadline - boottime())
-            ready, _, _ = select.select([fd], [], [], timeout)
+            ready = select.select([fd], [], [], timeout)[0]
             if ready:
                 data = os.read(fd, 4096)
                 if not data:
