@@ -29,7 +29,7 @@ def recorder(tmp_path):
 def run_make(tmp_path, recorder, target, **values):
     stub, record = recorder
     env = dict(os.environ, RECORD=str(record))
-    args = ['make', '-s', target, 'ANSIBLE_PLAYBOOK=%s' % stub, 'PYTHON=%s' % sys.executable]
+    args = ['make', '-s', target, 'ANSIBLE_PLAYBOOK=%s' % stub, 'VENV_PYTHON=%s' % sys.executable]
     args += ['%s=%s' % item for item in values.items()]
     proc = subprocess.run(args, cwd=str(tmp_path / 'work'), env=env, capture_output=True, text=True, timeout=120)
     data = json.loads(record.read_text()) if record.exists() else None
@@ -120,7 +120,7 @@ def fake_ssh(tmp_path, work):
 
 def run_on_host(work, target, **values):
     env = dict(os.environ, ANSIBLE=os.path.join(os.path.dirname(sys.executable), 'ansible'))
-    args = ['make', '-s', target, 'INVENTORY=ssh.yml', 'PYTHON=%s' % sys.executable]
+    args = ['make', '-s', target, 'INVENTORY=ssh.yml', 'VENV_PYTHON=%s' % sys.executable]
     args += ['%s=%s' % item for item in values.items()]
     return subprocess.run(args, cwd=str(work), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=120)
