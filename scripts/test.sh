@@ -3,8 +3,9 @@
 #   1. setup: virtualenv, Docker engine, images        (scripts/setup.sh)
 #   2. PostgreSQL server binaries for the pytest suite (scripts/test-deps.sh)
 #   3. lint: yamllint, ansible-lint, ruff              (scripts/lint.sh)
-#   4. pytest: modules against real PostgreSQL servers and containers (tests/)
-#   5. Molecule: deploy.yml on a disposable systemd VPS, idempotence, verify (molecule/)
+#   4. ansible-test sanity on the modules built as a collection (scripts/collection.sh; 2-4 min)
+#   5. pytest: modules against real PostgreSQL servers and containers (tests/)
+#   6. Molecule: deploy.yml on a disposable systemd VPS, idempotence, verify (molecule/)
 # PYTEST_ARGS and MOLECULE_SCENARIOS narrow a run while developing; CI uses the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ step() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 step "setup"; scripts/setup.sh
 step "test dependencies"; scripts/test-deps.sh
 step "lint"; scripts/lint.sh
+step "ansible-test sanity"; scripts/collection.sh --sanity
 step "pytest"
 # shellcheck disable=SC2086 # PYTEST_ARGS is a word list on purpose
 .venv/bin/python -m pytest ${PYTEST_ARGS:--q}
