@@ -316,3 +316,33 @@ def test_two_deploys_at_once_one_is_refused(env, tmp_path):
     assert 'TASK [Swap]' not in second.stdout  # refused before the bot step
     assert env.container()['version'] == 'v1' and env.running_bots() == [env.bot]
     assert not os.path.exists(lock_dir)  # released by the run that held it
+
+
+# The example bot answering /health 503 for its first SLOW_START seconds after every start: healthy, but slow (Docker
+# says "starting" meanwhile, its start period is 60 s).
+SLOW_START = 25
+SLOW_TO_BE_HEALTHY = ('bot/health.py', lambda text: text.replace(
+    'log = logging.getLogger(__name__)\n', 'log = logging.getLogger(__name__)\n_BORN = time.monotonic()\n', 1).replace(
+    "            return (200 if body['status'] == 'ok' else 503), body",
+    "            if time.monotonic() - _BORN < %d:\n"
+    "                return 503, dict(body, status='warming up')\n"
+    "            return (200 if body['status'] == 'ok' else 503), body" % SLOW_START))
+
+
+def test_a_slow_but_healthy_old_bot_gets_the_rollbacks_own_wait(env, tmp_path):
+    """Issue 22 item 6: after a failed deploy the previous bot is waited for with rollback_timeout, not the failed
+    deploy's healthy_timeout. Here the previous bot becomes healthy 25 s after it starts again and the failed deploy's
+    healthy_timeout is 8 s: it is "rolled back", not "ROLLBACK FAILED" (with rollback_timeout 8, the old behaviour,
+    it was)."""
+    env.version('s1', edits=[SLOW_TO_BE_HEALTHY])
+    env.version('s2', edits=[CRASH_AT_START])
+    code, result = deploy(tmp_path, env, 's1', healthy_timeout=240)
+    assert code == 0, result['msg']
+    assert env.container()['health'] == 'healthy'
+    running = env.container()
+    code, result = deploy(tmp_path, env, 's2', healthy_timeout=8, rollback_timeout=240)
+    assert code != 0
+    assert 'ROLLBACK FAILED' not in result['msg'], result['msg']
+    assert_rolled_back(env, result, 'wait_healthy', running)
+    rollback = [s for s in result['steps'] if s['name'] == 'rollback'][0]
+    assert rollback['duration'] > 8, rollback  # it waited longer than the failed deploy's healthy_timeout
