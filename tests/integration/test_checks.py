@@ -6,6 +6,7 @@ the local Docker engine.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -397,3 +398,81 @@ def test_module_fails_while_the_data_loss_flag_is_raised(app_db, tmp_path):
     assert proc.returncode != 0 and result['failed_checks'] == ['tables']
     assert 'the data-loss flag was raised' in result['msg'] and 'by ansible deploy' in result['msg']
     assert 'make guard-clear CONFIRM=%s' % app_db['login_db'] in result['msg']
+
+
+# -- the health report's grace for a flapping container healthcheck (roles/monitoring/tasks/health.yml) ----------
+
+GRACE_TASK = 'Give a flapping container healthcheck its grace'
+
+
+def bot_line(output, group=1):
+    """The bot_container line of the report the play printed (after the grace, when there was one): its verdict."""
+    line = re.search(r'bot_container +(\S+) .*', output.split('Show the health report')[-1])
+    return line and line.group(group)
+
+
+def health_report(tmp_path, app_db, bot, grace, on_grace=None):
+    """The monitoring role's health report (make health; a deploy's last step) as playbooks/health.yml includes it,
+    read-only, for a database reached over the network and the bot container `bot`; on_grace() runs once the grace
+    task starts. Returns (return code, output, seconds between the grace task's start and the next task's)."""
+    play = [{'name': 'Health', 'hosts': 'localhost', 'gather_facts': False,
+             'vars': {'soulnear_read_only': True, 'soulnear_root': str(tmp_path / 'opt'),
+                      'soulnear_config_dir': str(tmp_path / 'etc'), 'soulnear_log_dir': str(tmp_path / 'log'),
+                      'soulnear_backup_dir': str(tmp_path / 'backups'), 'soulnear_db_mode': 'external',
+                      'soulnear_db_host': app_db['login_host'], 'soulnear_db_port': app_db['login_port'],
+                      'soulnear_db_name': app_db['login_db'], 'soulnear_db_app_user': app_db['login_user'],
+                      'vault_app_db_password': app_db['login_password'], 'soulnear_db_sslmode': 'prefer',
+                      'soulnear_migrations_dir': MIGRATIONS, 'soulnear_bot_container': bot,
+                      'monitoring_health_grace_seconds': grace},
+             'tasks': [{'name': 'Check the deployment and print the report',
+                        'ansible.builtin.include_role': {'name': 'monitoring', 'tasks_from': 'health'}}]}]
+    book = tmp_path / 'health-report.yml'
+    book.write_text(yaml.safe_dump(play))
+    env = dict(os.environ, ANSIBLE_NOCOLOR='1', PYTHONUNBUFFERED='1', ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'),
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_ROLES_PATH=os.path.join(ROOT, 'roles'))
+    proc = subprocess.Popen([os.path.join(BIN, 'ansible-playbook'), '-i', 'localhost,', '-c', 'local', str(book)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, grace_started, grace_took = [], None, None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith('TASK [') and grace_started is not None and grace_took is None:
+                grace_took = time.monotonic() - grace_started
+            if line.startswith('TASK [') and GRACE_TASK in line:
+                grace_started = time.monotonic()
+                if on_grace:
+                    on_grace()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, ''.join(lines), grace_took
+
+
+def test_health_report_gives_a_flapping_container_healthcheck_its_grace(app_db, throwaway, tmp_path):
+    """Issue 22 item 6 (monitoring_health_grace_seconds): a bot container whose healthcheck is unhealthy when the
+    report is taken but healthy again within the grace passes the report (taken again after the grace); one that stays
+    unhealthy fails it once the grace is over. Without the grace the first report failed."""
+    bot = throwaway('--health-cmd', 'test ! -e /tmp/sick', '--health-interval', '1s', '--health-retries', '1',
+                    '--health-timeout', '5s')
+    wait_healthy(bot, timeout=120)
+
+    def sick(on):
+        docker('exec', bot, 'sh', '-c', 'touch /tmp/sick' if on else 'rm -f /tmp/sick')
+        wanted = 'unhealthy' if on else 'healthy'
+        wait_for(lambda: inspect(bot, '{{.State.Health.Status}}') == wanted, 120, 'health %s' % wanted)
+
+    sick(True)
+    code, output, took = health_report(tmp_path, app_db, bot, 300, on_grace=lambda: sick(False))
+    assert code == 0, output[-4000:]
+    assert output.count('health_check.yml for localhost') == 2, output[-4000:]  # taken again after the grace
+    assert took is not None and took < 200, took  # over when it was healthy again, not at the end of the grace
+    assert bot_line(output) == 'ok', output[-4000:]
+    started = inspect(bot, '{{.State.StartedAt}} {{.RestartCount}}')
+
+    sick(True)
+    code, output, took = health_report(tmp_path, app_db, bot, 8)
+    assert code != 0, output[-4000:]
+    assert output.count('health_check.yml for localhost') == 2, output[-4000:]
+    assert took is not None and took >= 7, took  # it waited out the grace
+    assert bot_line(output) != 'ok' and 'unhealthy' in bot_line(output, 0), output[-4000:]
+    assert inspect(bot, '{{.State.StartedAt}} {{.RestartCount}}') == started  # reported, not restarted
