@@ -41,7 +41,7 @@ description:
     data volume's version and the state; with O(expect_version) it fails when a deploy would start another version's
     server on the data, or an upgrade is half done.
 version_added: "1.3.0"
-author: SoulNear operations contributors
+author: SoulNear operations contributors (!UNKNOWN)
 extends_documentation_fragment:
   - soulnear_connection
 options:
@@ -175,11 +175,13 @@ options:
     description: The bot's database; O(confirm) must name it.
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: upgrade runs the preflight and reports the plan (or what it would resume); rollback counts the writes
       the new cluster took and reports what it would do or refuses; confirm reports what it would drop; nothing
       changes.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - the docker CLI and psycopg2 on the managed host; Docker's C(local) volume driver (the volumes' directories change

@@ -220,7 +220,7 @@ class Runner:
         env.setdefault('TZ', 'UTC')
         cmd = self.command(argv, throwaway=throwaway, volume=volume, env=env)
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout, env=containers.exec_env(env),
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, check=False)
         return proc.returncode, proc.stdout.decode('utf-8', 'replace'), proc.stderr.decode('utf-8', 'replace')
 
 
@@ -480,10 +480,10 @@ def setup(settings, check_mode=False, log=null_log, archiving_resumed=False, new
                         'to start a new history on purpose (e.g. after restoring a logical dump onto a new volume), '
                         'deploy once with -e backup_pitr_new_history=true (the old backups stay as the stanza\'s '
                         'prior history)' % (', '.join('repo%d' % r['key'] for r in foreign),
-                                                      foreign[0]['system_id'], system_id,
-                                                      settings['conn'].get('login_db') or 'the database'))
+                                            foreign[0]['system_id'], system_id,
+                                            settings['conn'].get('login_db') or 'the database'))
     broken = [r for r in repos.values() if r['status'] not in (STATUS_OK, STATUS_MISSING_PATH, STATUS_NO_BACKUP,
-                                                                  STATUS_MISSING_DATA, STATUS_BUSY)]
+                                                               STATUS_MISSING_DATA, STATUS_BUSY)]
     if broken:
         raise PitrError('pgBackRest cannot use %s. Fix the repository (the directory %s must be writable by the '
                         'server\'s uid 999; the offsite bucket reachable with the vault credentials) and deploy again'
@@ -551,8 +551,8 @@ def backup(settings, backup_type='diff', repo=None, log=null_log):
                          backup=newest[-1] if newest else None))
     msg = '; '.join(
         'repo%d: %s backup %s (%s, %.1f s)' % (d['repo'], (d['backup'] or {}).get('type') or backup_type,
-                                              (d['backup'] or {}).get('label'),
-                                              human((d['backup'] or {}).get('repo_size') or 0), d['duration'])
+                                               (d['backup'] or {}).get('label'),
+                                               human((d['backup'] or {}).get('repo_size') or 0), d['duration'])
         for d in done)
     if repaired:
         msg = '%s%s' % (repaired['msg'], '; ' + msg if msg else '')
@@ -607,7 +607,7 @@ def describe(settings, exact=True):
         repo = repos[key]
         where = ' (%s)' % settings['repo_dir'] if key == 1 and settings.get('repo_dir') else ''
         lines.append('repo%d%s: %s, %d backup(s), encryption %s' % (key, where, repo['message'], len(repo['backups']),
-                                                                     repo['cipher'] or 'none'))
+                                                                    repo['cipher'] or 'none'))
         for item in repo['backups']:
             lines.append('  %s  %-4s  %s .. %s  %s in the repository' % (
                 item['label'], item['type'], show(item['start']), show(item['stop']), human(item['repo_size'] or 0)))

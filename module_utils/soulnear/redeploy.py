@@ -52,8 +52,8 @@ from . import audit, containers, lock
 from . import leader as bot_leader
 from .bot_container import BotContainer, container_options
 from .deploy_common import (  # noqa: F401 - RedeployError and the helpers are this module's public names too
-    CONFIG_LABEL, LOG_TAIL, PREVIOUS, RENEW_SECONDS, RedeployError, _StepFailed, argv_of, repository_of, safe_name,
-    state_of, version_of)
+    CONFIG_LABEL, LOG_TAIL, PREVIOUS, RENEW_SECONDS, RedeployError, _StepFailed, argv_of, repository_of, state_of,
+    version_of)
 from .deploy_migrations import Migrations
 from .pg import connection_argument_spec
 from .releases import Releases
@@ -130,23 +130,6 @@ DEFAULTS = dict(
     standby=False,
     leader_state_file=None,
 )
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 class Redeployer(BotContainer, Releases, Migrations):
@@ -288,44 +271,16 @@ class Redeployer(BotContainer, Releases, Migrations):
 
     # -- docker ------------------------------------------------------------------------------------------
 
-
-
-
-
-
-
-
     # -- waiting -----------------------------------------------------------------------------------------
-
-
-
 
     # -- the database -----------------------------------------------------------------------------------
 
-
-
-
-
-
-
-
-
-
-
-
     # -- releases and history -----------------------------------------------------------------------------
-
-
-
-
-
-
-
-
 
     # -- leftovers of an interrupted run ------------------------------------------------------------------
 
     # -- actions -------------------------------------------------------------------------------------------
+
     def run(self):
         p = self.params
         if p['leader_state_file'] and p['lock_path'] and not self.check_mode:
@@ -370,7 +325,7 @@ class Redeployer(BotContainer, Releases, Migrations):
             raise _StepFailed('preflight', 'image_name is required to roll back (the repository of the kept images)')
         wanted = p['version'] or PREVIOUS
         history = self.history()
-        tags = [t for t, _ in self.image_tags()]
+        tags = [t for t, _created in self.image_tags()]
         if wanted == PREVIOUS:
             candidates = [e['version'] for e in reversed(history) if e['version'] != current_version]
             candidates = [v for v in candidates if v in tags]
@@ -462,8 +417,6 @@ class Redeployer(BotContainer, Releases, Migrations):
         if image != run_image:
             containers.run(['tag', image, run_image])
         self.swap(version, run_image, image_id, config, migrations_dir, pending, current, current_state)
-
-
 
     def plan(self, kind, version, pending, current_state, same):
         p = self.params
@@ -560,6 +513,7 @@ class Redeployer(BotContainer, Releases, Migrations):
             tail = self.logs(self.name, tail=LOG_TAIL).splitlines()
         r['log_tail'] = tail
         restored = None
+        rollback_error = None
         try:
             with self.step('rollback') as entry:
                 self.remove(self.name if progress['new_renamed'] else self.next_name)
@@ -607,7 +561,6 @@ class Redeployer(BotContainer, Releases, Migrations):
                    failure.step)  # 'standby' counts as rolled back: the previous container is back, stopped
         raise RedeployError('\n'.join(lines), self.finish())
 
-
     def ship_standby(self, version, image, run_image, image_id, config, migrations_dir, pending, current,
                      current_state, same):
         """This host stands by: the version is made ready - container created or replaced and never started, the
@@ -632,11 +585,11 @@ class Redeployer(BotContainer, Releases, Migrations):
                 would.insert(0, 'stop %s (a standby\'s bot must not run)' % self.name)
             if migrate_here:
                 would.append('back up the database and apply %d migration(s): %s' % (len(pending),
-                                                                                   ', '.join(pending)))
+                                                                                     ', '.join(pending)))
             for name in ('create', 'stop', 'migrate', 'switch'):
                 self.steps.append(dict(name=name, duration=0.0, outcome='would run'))
             r['msg'] = 'Would prepare %s as the standby bot (%s): %s' % (version, self.standby_reason,
-                                                                          '; '.join(would) or 'switch the release')
+                                                                         '; '.join(would) or 'switch the release')
             return
         kind = 'rollback' if self.action == 'rollback' else 'deploy'
         if migrate_here and (p['backup'] == 'always' or p['backup'] == 'when_migrations'):

@@ -540,7 +540,7 @@ def preflight(settings, log=null_log):
         plan.refuse('PostgreSQL %s is not a version this upgrade knows (it upgrades to %s). Fix: VERSION=%d'
                     % (to_version, ', '.join(str(v) for v in KNOWN_TARGETS), KNOWN_TARGETS[-1]))
     if volume_version is not None and volume_version != from_version:
-        plan.refuse('the volume %s holds PostgreSQL %d data while the server answers as %d: the container does not '
+        plan.refuse('the volume %s holds PostgreSQL %s data while the server answers as %s: the container does not '
                     'run on this volume. Fix: make deploy, then run the upgrade again' % (volume, volume_version,
                                                                                           from_version))
     if spaces:
@@ -653,7 +653,7 @@ def _check_settings(plan, settings, auto_conf, preload, probe, image):
             continue  # an extension's own setting (its library is checked below)
         if lower in REMOVED_SETTINGS or (probe['settings'] and lower not in probe['settings']):
             unknown.append('%s (%s)' % (name, REMOVED_SETTINGS.get(lower, 'unknown to PostgreSQL %s'
-                                                                     % probe['version'])))
+                                                                   % probe['version'])))
     if unknown:
         plan.refuse('settings PostgreSQL %s does not have: %s. Fix: remove them from postgres_extra_settings, or '
                     'ALTER SYSTEM RESET them on the running server' % (probe['version'], ', '.join(unknown)))
@@ -697,7 +697,7 @@ def clone_args(data, old_image, new_image, name):
     for item in config.get('Env') or []:
         if item in image_env:
             continue
-        key, _, value = item.partition('=')
+        key, _sep, value = item.partition('=')
         if SECRET_ENV.search(key) and not key.endswith('_FILE'):
             secret_env[key] = value
             args += ['--env', key]
@@ -716,7 +716,7 @@ def clone_args(data, old_image, new_image, name):
     for port, binds in sorted((host.get('PortBindings') or {}).items()):
         for bind in binds or []:
             args += ['--publish', '%s%s:%s' % (bind.get('HostIp') + ':' if bind.get('HostIp') else '',
-                                                bind.get('HostPort') or '', port)]
+                                               bind.get('HostPort') or '', port)]
     policy = host.get('RestartPolicy') or {}
     if policy.get('Name'):
         args += ['--restart', policy['Name'] + (':%d' % policy['MaximumRetryCount']
@@ -846,7 +846,7 @@ class Upgrade:
             args += ['--shm-size', str(shm)]
         args += [settings['image'], '-c', 'listen_addresses=127.0.0.1']
         proc = subprocess.run([containers.docker_binary()] + args, capture_output=True, timeout=300,
-                              env=containers.exec_env(passthrough))
+                              env=containers.exec_env(passthrough), check=False)
         if proc.returncode != 0:
             raise UpgradeError('the new cluster\'s container could not be created: %s'
                                % _tail(proc.stderr.decode('utf-8', 'replace')))
@@ -927,7 +927,7 @@ class Upgrade:
                 '--mount', 'type=volume,source=%s,target=%s' % (s['volume'], PGDATA)]
         for mount in binds:
             args += ['--mount', 'type=bind,source=%s,target=%s%s' % (mount['Source'], mount['Destination'],
-                                                                    '' if mount.get('RW', True) else ',readonly')]
+                                                                     '' if mount.get('RW', True) else ',readonly')]
         shm = (old.get('HostConfig') or {}).get('ShmSize')
         if shm:
             args += ['--shm-size', str(shm)]
@@ -952,7 +952,7 @@ class Upgrade:
         if rc != 0:
             raise UpgradeError('copying the data failed (exit %d): %s' % (rc, _tail(err)))
         self.log('roles and %d database(s) copied in %.1f s: %s' % (len(databases), time.time() - since,
-                                                                   ' '.join(out.split())))
+                                                                    ' '.join(out.split())))
 
     def verify(self):
         """The exact row count of every table, on both clusters: one psql session each."""
@@ -967,7 +967,7 @@ class Upgrade:
             for table in sorted(set(old) | set(new)):
                 if old.get(table) != new.get(table):
                     differences.append('%s.%s: %s rows before, %s after' % (db, table, old.get(table, 'no table'),
-                                                                           new.get(table, 'no table')))
+                                                                            new.get(table, 'no table')))
         if differences:
             raise UpgradeError('the new cluster does not hold the same rows as the old one: %s'
                                % '; '.join(differences[:10]))
@@ -1055,7 +1055,7 @@ class Upgrade:
             args, more_networks, secret_env = clone_args(
                 old, _image_info(s['old_image_id']) or _image_info(s['old_image']), settings['image'], s['container'])
             proc = subprocess.run([containers.docker_binary()] + args, capture_output=True, timeout=300,
-                                  env=containers.exec_env(secret_env), stdin=subprocess.DEVNULL)
+                                  env=containers.exec_env(secret_env), stdin=subprocess.DEVNULL, check=False)
             if proc.returncode != 0:
                 raise UpgradeError('the new database container could not be created: %s'
                                    % _tail(proc.stderr.decode('utf-8', 'replace')))
@@ -1078,7 +1078,7 @@ class Upgrade:
             conn.close()
         if version // 10000 != s['to_version']:
             raise UpgradeError('the new container answers as PostgreSQL %d, not %d' % (version // 10000,
-                                                                                     s['to_version']))
+                                                                                       s['to_version']))
 
     # -- after the switch --
     def record_guard(self):
@@ -1276,7 +1276,7 @@ def upgrade(settings, confirm, check_mode=False, log=null_log, stop_after=None):
         elif check_mode:
             return _result_of(state, changed=True, duration=round(time.time() - started, 3),
                               msg='Would resume the upgrade to %s from phase %s' % (state['to_version'],
-                                                                                   state['phase']))
+                                                                                    state['phase']))
         return _run(settings, state, log, stop_after, started)
 
 
@@ -1333,7 +1333,7 @@ def _run(settings, state, log, stop_after, started):
                                                                state['kept_volume']), _result_of(state)) from None
             raise UpgradeError('The switch to PostgreSQL %d failed: %s. PostgreSQL %d runs again on its untouched '
                                'data (and the bot); nothing was lost' % (state['to_version'], why,
-                                                                          state['from_version']),
+                                                                         state['from_version']),
                                _result_of(state, changed=True)) from None
         raise UpgradeError('The switch to PostgreSQL %d failed after the new server took writes (%s): %s. Nothing was '
                            'put back automatically. Run make upgrade-postgres again to finish, or '
@@ -1355,7 +1355,7 @@ def _run(settings, state, log, stop_after, started):
     state['finished_at'] = _now_text()
     state['duration'] = round(time.time() - state['started'], 1)
     state['history'].append(dict(at=_now_text(), what='upgraded from %d to %d' % (state['from_version'],
-                                                                                   state['to_version'])))
+                                                                                  state['to_version'])))
     run.save()
     total = sum(sum(c.values()) for c in (state.get('counts') or {}).values())
     msg = ('Upgraded PostgreSQL %d to %d in %.1f s (dump and restore of %s, %d rows, counts equal in every table); '
@@ -1384,14 +1384,14 @@ def _writes_since_baseline(settings, state):
         if not state.get('writes_resumed_at'):
             return dict(count=0, databases={}, summary='the new server never accepted a connection')
         return dict(count=None, databases={}, summary='the new server accepted connections and is stopped now, so '
-                                                         'what it took cannot be counted (start it to count)')
+                    'what it took cannot be counted (start it to count)')
     try:
         conn = _connect(settings, retries=1, timeout=5)
     except ConnectError:
         if not state.get('writes_resumed_at'):
             return dict(count=0, databases={}, summary='the new server never accepted a connection')
         return dict(count=None, databases={}, summary='the new server does not answer, so its writes cannot be '
-                                                        'counted')
+                    'counted')
     try:
         databases = [r[0] for r in _rows(conn, _DATABASES)]
     finally:
@@ -1558,12 +1558,12 @@ def rollback(settings, confirm, confirm_loss=None, check_mode=False, log=null_lo
                                   db, db, db, settings['backup_dir'], rolled),
                 _result_of(state, changed=False, writes=writes, operation='rollback'))
         if check_mode:
-            return _result_of(state, changed=True, writes=writes, operation='rollback',
-                              duration=round(time.time() - started, 3), msg=(
-                'Would put PostgreSQL %d back (volume %s, container %s), keeping the new data as %s%s'
-                % (state['from_version'], state['kept_volume'], state['old_container'], rolled,
-                   '; the databases that changed since the switch would be dumped first (%s)' % writes['summary']
-                   if lost else '')))
+            return _result_of(
+                state, changed=True, writes=writes, operation='rollback', duration=round(time.time() - started, 3),
+                msg=('Would put PostgreSQL %d back (volume %s, container %s), keeping the new data as %s%s'
+                     % (state['from_version'], state['kept_volume'], state['old_container'], rolled,
+                        '; the databases that changed since the switch would be dumped first (%s)'
+                        % writes['summary'] if lost else '')))
         dumps = []
         if lost and writes['databases'] and containers.container_state(state['container'])['running']:
             from .backup import create_backup
@@ -1576,11 +1576,11 @@ def rollback(settings, confirm, confirm_loss=None, check_mode=False, log=null_lo
                     conn, container=state['container'], exec_user=settings['exec_user'],
                     backup_dir=settings['backup_dir'],
                     name_pattern='rolled_back_pg%d_%s_%%Y%%m%%d_%%H%%M%%S.dump' % (state['to_version'],
-                                                                                  re.sub(r'[^\w.-]', '_', name))),
-                    log=log, retention=False, offsite=False, db=name)
+                                                                                   re.sub(r'[^\w.-]', '_', name))),
+                                      log=log, retention=False, offsite=False, db=name)
                 dumps.append(taken['path'])
                 log('the writes made on PostgreSQL %d to %s are kept in %s' % (state['to_version'], name,
-                                                                                taken['path']))
+                                                                               taken['path']))
         state['rollback_dumps'] = dumps
         state['writes_given_up'] = writes if lost else None
         why = ('rollback asked by the operator%s' % (
@@ -1612,7 +1612,7 @@ def confirm_upgrade(settings, confirm, check_mode=False, log=null_log):
         if state and state.get('phase') == CONFIRMED:
             return _result_of(state, changed=False, operation='confirm', duration=round(time.time() - started, 3),
                               msg='The upgrade to %s was confirmed on %s already' % (state['to_version'],
-                                                                                    state.get('confirmed_at')))
+                                                                                     state.get('confirmed_at')))
         if not state or state.get('phase') != UPGRADED:
             raise UpgradeError('there is no finished upgrade to confirm (%s)' % (
                 'phase %s: finish it first (make upgrade-postgres) or roll it back' % state['phase'] if state
@@ -1638,8 +1638,8 @@ def confirm_upgrade(settings, confirm, check_mode=False, log=null_log):
         return _result_of(state, changed=True, operation='confirm', duration=round(time.time() - started, 3), msg=(
             'Confirmed the upgrade to PostgreSQL %d: the volume %s and the container %s are dropped; the old image '
             '%s stays (docker image rm %s when nothing needs it)' % (state['to_version'], state['kept_volume'],
-                                                                      state['old_container'], state['old_image'],
-                                                                      state['old_image'])))
+                                                                     state['old_container'], state['old_image'],
+                                                                     state['old_image'])))
 
 
 def status(settings, expect_version=None, upgrade_running=False):
@@ -1670,21 +1670,21 @@ def status(settings, expect_version=None, upgrade_running=False):
     if expect_version is not None and version is not None and int(version) != int(expect_version) \
             and not upgrade_running:
         if state and phase in (UPGRADED, CONFIRMED) and state.get('to_version') == version:
-            fix = ('The data was upgraded to PostgreSQL %d (make upgrade-postgres, %s): set postgres_major_version: %d '
-                   'and the postgres_image of %d in the inventory (offline soulnear/postgres:%d and its '
+            fix = ('The data was upgraded to PostgreSQL %s (make upgrade-postgres, %s): set postgres_major_version: %s '
+                   'and the postgres_image of %s in the inventory (offline soulnear/postgres:%s and its '
                    'postgres_image_archive; the upgrade ran %s)%s'
                    % (version, state.get('finished_at'), version, version, version, state.get('new_image'),
                       '; or roll the upgrade back while it is not confirmed: make upgrade-postgres-rollback CONFIRM=%s'
                       % db if phase == UPGRADED else ''))
         elif int(version) < int(expect_version):
             fix = ('A deploy never upgrades the data: run make upgrade-postgres VERSION=%s CONFIRM=%s '
-                   '(docs/upgrade.md), or set postgres_major_version back to %d' % (expect_version, db, version))
+                   '(docs/upgrade.md), or set postgres_major_version back to %s' % (expect_version, db, version))
         else:
-            fix = ('Set postgres_major_version: %d (and its postgres_image) in the inventory%s'
+            fix = ('Set postgres_major_version: %s (and its postgres_image) in the inventory%s'
                    % (version, ' (the upgrade was rolled back on %s)' % state.get('rolled_back_at')
                       if state and phase == ROLLED_BACK else ''))
         result.update(ok=False, msg=(
-            'The database volume %s holds PostgreSQL %d data, and the inventory says postgres_major_version: %s: '
+            'The database volume %s holds PostgreSQL %s data, and the inventory says postgres_major_version: %s: '
             'PostgreSQL %s cannot start on it. Nothing was changed. %s' % (volume, version, expect_version,
                                                                            expect_version, fix)))
         return result

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 from ansible.module_utils.soulnear import audit
-from ansible.module_utils.soulnear.redeploy import repository_of, safe_name
+from ansible.module_utils.soulnear.deploy_common import safe_name
+from ansible.module_utils.soulnear.redeploy import repository_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
