@@ -1,13 +1,17 @@
-# make test-full: every test of make test, plus the slow scenarios that are skipped there (SOULNEAR_TEST_FULL=1):
-# the host-loss test of point-in-time recovery with the deployment's own 60 s archive_timeout and a writer
-# (tests/integration/test_pitr.py; make test runs it with 10 s), and the Molecule scenario of a Debian 13 host
-# (molecule/trixie after molecule/default; IMAGES_TRIXIE=1 makes the setup build soulnear/sandbox:trixie;
+# make test-full: every test of make test, plus the slow ones skipped there (SOULNEAR_TEST_FULL=1; pytest's marker
+# full and the skips that read the variable): the host-loss test of point-in-time recovery with the deployment's own
+# 60 s archive_timeout (tests/integration/test_pitr.py; make test runs it with 10 s); the leader's fault variants
+# (test_leader.py: killed alone, hung, partition, database away, async failover, clock jump, deliberate failover;
+# make test keeps exactly-one-polls, the takeover and the safe redeploy's standby mode); the interrupted and resumed
+# PostgreSQL upgrades (test_upgrade.py); in Molecule, two framework bots deployed as a team would (test_bots.py, ~40
+# min) and one poller across the two bot hosts (test_poller.py, ~15 min); and the Molecule scenario of a Debian 13
+# host (molecule/trixie after molecule/default; IMAGES_TRIXIE=1 makes the setup build soulnear/sandbox:trixie;
 # docs/debian.md). PYTEST_ARGS and MOLECULE_SCENARIOS narrow it like make test (MOLECULE_SCENARIOS=trixie: that
 # scenario alone; MOLECULE_SCENARIOS=" ": none).
 
 .PHONY: test-full images-trixie images-pg17
 
-## Every test, the slow ones too (make test plus 10-25 min: the 60 s PITR test, molecule/trixie; docs/debian.md)
+## Every test, the slow ones too (make test plus about 90 min: framework bots, one poller, leader faults, trixie)
 test-full:
 	SOULNEAR_TEST_FULL=1 IMAGES_TRIXIE=1 MOLECULE_SCENARIOS="$${MOLECULE_SCENARIOS-default trixie}" ./scripts/test.sh
 

@@ -19,6 +19,16 @@ sys.dont_write_bytecode = True
 
 import pytest
 
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked full run in make test-full only (SOULNEAR_TEST_FULL=1): make test stays inside CI's budget."""
+    if os.environ.get('SOULNEAR_TEST_FULL'):
+        return
+    skip = pytest.mark.skip(reason='make test-full (SOULNEAR_TEST_FULL=1)')
+    for item in items:
+        if item.get_closest_marker('full'):
+            item.add_marker(skip)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 

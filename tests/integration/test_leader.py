@@ -446,6 +446,7 @@ def test_the_active_leader_and_its_bot_killed(scenario):
     assert 'the bot runs on b now' in open(scenario.b.alerts).read()  # the alert names the new active host
 
 
+@pytest.mark.full
 def test_the_active_leader_killed_alone_its_watchdog_stops_the_bot(scenario):
     lost = time.time()
     scenario.a.signal(signal.SIGKILL)
@@ -459,6 +460,7 @@ def test_the_active_leader_killed_alone_its_watchdog_stops_the_bot(scenario):
     scenario.verdict()
 
 
+@pytest.mark.full
 def test_a_hung_leader_is_fenced_by_its_watchdog(scenario):
     lost = time.time()
     scenario.a.signal(signal.SIGSTOP)
@@ -476,6 +478,7 @@ def test_a_hung_leader_is_fenced_by_its_watchdog(scenario):
     scenario.verdict()
 
 
+@pytest.mark.full
 def test_the_active_hosts_database_connection_cut(scenario):
     lost = time.time()
     scenario.a.proxy.blackhole()
@@ -494,6 +497,7 @@ def test_the_active_hosts_database_connection_cut(scenario):
     scenario.verdict()
 
 
+@pytest.mark.full
 def test_the_database_unavailable_longer_than_the_fence_time(scenario, lab):
     lost = time.time()
     docker('pause', lab.pg.name)  # every query and connection hangs: a hung or failing-over primary
@@ -515,6 +519,7 @@ def test_the_database_unavailable_longer_than_the_fence_time(scenario, lab):
     scenario.verdict()
 
 
+@pytest.mark.full
 def test_an_async_failover_that_lost_the_last_lease_commits(scenario, lab):
     """b takes over from a cut-off a; then the database 'fails over' to a replica that never got b's take: the row
     goes back to (a, the generation a last wrote). b's next renewal fails and it fences at once; a (its watch started
@@ -537,6 +542,7 @@ def test_an_async_failover_that_lost_the_last_lease_commits(scenario, lab):
     scenario.verdict()
 
 
+@pytest.mark.full
 def test_the_databases_clock_jumping_forward_moves_nothing(scenario, lab):
     """The database's clock decides nothing: a row whose times say 'expired an hour ago' (the clock jumped forward)
     keeps its holder, because b waits for T of unchanged generations on its own clock."""
@@ -547,6 +553,7 @@ def test_the_databases_clock_jumping_forward_moves_nothing(scenario, lab):
     scenario.verdict()
 
 
+@pytest.mark.full
 def test_a_deliberate_failover_moves_the_bot_with_no_overlap(scenario):
     # A standby that has just started takes even an offered lease only after watching the database for F + G (it
     # cannot know yet whether a failover lost someone's commits); a standby of long standing takes it at once.

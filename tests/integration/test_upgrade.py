@@ -208,6 +208,7 @@ def test_upgrade_while_a_writer_commits_then_pitr_health_rollback_refusal_and_co
     assert upgrade.load_state(lab.state_file)['phase'] == upgrade.CONFIRMED
 
 
+@pytest.mark.full
 @pytest.mark.timeout(2400)
 def test_interrupted_upgrades_resume_and_rollbacks_bring_15_back(tmp_path):
     lab = lab_with_data(tmp_path, 'lab2', users=5000, messages=20000)
