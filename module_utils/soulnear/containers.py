@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 
 class DockerError(Exception):
@@ -67,6 +68,21 @@ def container_state(name):
                 health=health, restart_count=int(data.get('RestartCount', 0)), started_at=state.get('StartedAt'),
                 exit_code=state.get('ExitCode'), oom_killed=bool(state.get('OOMKilled')),
                 image=data.get('Config', {}).get('Image'), image_id=data.get('Image'))
+
+
+def wait_ready(name, timeout, interval=1.0):
+    """Until the container runs and is healthy (or has no healthcheck): None, or why not once timeout seconds have
+    passed or it stopped (exited, removed)."""
+    deadline = time.time() + timeout
+    state = {}
+    while time.time() < deadline:
+        state = container_state(name)
+        if state['running'] and state['health'] in (None, 'healthy'):
+            return None
+        if not state['exists'] or state['status'] == 'exited':
+            break
+        time.sleep(interval)
+    return 'the bot %s is %s%s' % (name, state.get('status'), ' (%s)' % state['health'] if state.get('health') else '')
 
 
 def exec_argv(container, argv, user=None, env=None, interactive=False):

@@ -138,19 +138,6 @@ def _start_container(name):
     return None
 
 
-def _wait_bot(name, timeout):
-    """Until the bot runs and is healthy (or has no healthcheck); returns None or why not."""
-    deadline = time.time() + timeout
-    state = {}
-    while time.time() < deadline:
-        state = containers.container_state(name)
-        if state['running'] and state['health'] in (None, 'healthy'):
-            return None
-        if not state['exists'] or state['status'] == 'exited':
-            break
-        time.sleep(1)
-    return 'the bot %s is %s%s' % (name, state.get('status'), ' (%s)' % state['health'] if state.get('health') else '')
-
 
 def _server_log_tail(runner, lines=15):
     """The last lines of PostgreSQL's log that say why a recovery stopped (FATAL, PANIC, recovery)."""
@@ -601,7 +588,7 @@ def _start_bot(settings, result, log):
     log('starting the bot (%s)' % bot['container'])
     problem = _start_container(bot['container'])
     if problem is None:
-        problem = _wait_bot(bot['container'], int(settings['bot_healthy_timeout']))
+        problem = containers.wait_ready(bot['container'], int(settings['bot_healthy_timeout']))
     bot['started'] = problem is None
     bot['downtime'] = round(time.time() - bot.get('stopped_at', time.time()), 1)
     if problem:

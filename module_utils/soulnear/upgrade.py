@@ -1112,7 +1112,7 @@ class Upgrade:
             return
         self.log('starting the bot (%s)' % bot)
         containers.start(bot)
-        problem = _wait_bot(bot, settings['bot_healthy_timeout'])
+        problem = containers.wait_ready(bot, settings['bot_healthy_timeout'], interval=0.5)
         s['downtime'] = round(time.time() - s['bot_stopped_at'], 1) if s.get('bot_stopped_at') else None
         if problem:
             raise UpgradeError('%s; PostgreSQL %d runs with the data. Fix the bot (make logs-bot), then run the '
@@ -1145,18 +1145,6 @@ def _wait_connect(settings, timeout):
                 raise UpgradeError('the new server does not accept the deployment\'s connection: %s' % exc) from None
             time.sleep(0.5)
 
-
-def _wait_bot(name, timeout):
-    deadline = time.time() + timeout
-    state = {}
-    while time.time() < deadline:
-        state = containers.container_state(name)
-        if state['running'] and state['health'] in (None, 'healthy'):
-            return None
-        if not state['exists'] or state['status'] == 'exited':
-            break
-        time.sleep(0.5)
-    return 'the bot %s is %s%s' % (name, state.get('status'), ' (%s)' % state['health'] if state.get('health') else '')
 
 
 def _new_state(settings, plan):
@@ -1192,7 +1180,7 @@ def _cleanup_before_swap(settings, state, log):
     bot = settings['bot_container']
     if bot and state.get('bot_was_running') and not containers.container_state(bot)['running']:
         containers.start(bot)
-        problem = _wait_bot(bot, settings['bot_healthy_timeout'])
+        problem = containers.wait_ready(bot, settings['bot_healthy_timeout'], interval=0.5)
         log('started the bot again' + (': %s' % problem if problem else ''))
 
 
@@ -1496,7 +1484,7 @@ def _put_back(settings, state, log, why, rolled_back_volume=None):
                                                                          observed['system_identifier'], why))
     if bot and state.get('bot_was_running') and not containers.container_state(bot)['running']:
         containers.start(bot)
-        problem = _wait_bot(bot, settings['bot_healthy_timeout'])
+        problem = containers.wait_ready(bot, settings['bot_healthy_timeout'], interval=0.5)
         if problem:
             log('the bot did not come back: %s (make logs-bot)' % problem)
         state['rollback_downtime'] = round(time.time() - state['bot_stopped_at'], 1) \
