@@ -138,7 +138,6 @@ def _start_container(name):
     return None
 
 
-
 def _server_log_tail(runner, lines=15):
     """The last lines of PostgreSQL's log that say why a recovery stopped (FATAL, PANIC, recovery)."""
     found = []

@@ -1146,7 +1146,6 @@ def _wait_connect(settings, timeout):
             time.sleep(0.5)
 
 
-
 def _new_state(settings, plan):
     f = plan.facts
     stamp = _stamp()
