@@ -50,8 +50,10 @@ def test_no_root_role_errors_after_a_minute_of_healthchecks(host):
     assert checks and all(check['ExitCode'] == 0 for check in checks[-3:])
     logs = host.run('docker logs %s', DB)
     server_log = host.file('/var/log/soulnear/postgres/postgresql.log').content_string
+    # test_backup's restore swaps the database while the second bot host's bot keeps running (a restore stops the bot
+    # of its own host only: docs/topologies.md); that bot's reconnect can land in the swap's rename.
     expected = re.compile(r'the database system is (starting up|shutting down)|terminating connection due to '
-                          r'administrator command')
+                          r'administrator command|database "soul_bot" does not exist')
     for text in (logs.stdout, logs.stderr, server_log):
         assert 'role "root" does not exist' not in text
         unexpected = [line for line in text.splitlines() if 'FATAL' in line and not expected.search(line)]

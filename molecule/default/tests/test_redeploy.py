@@ -115,7 +115,8 @@ def test_v4_with_a_failing_migration_applies_nothing_and_keeps_v2(host, versions
     proc = redeploy(versions['v4'])
     output = flat(proc)
     assert proc.returncode != 0
-    assert 'failed at step migrate' in output and 'no_such_table' in output
+    # Caught by the rehearsal on a copy restored from the pre-deploy backup: the old bot never stopped (issue 22).
+    assert 'failed at step rehearse' in output and 'no_such_table' in output
     assert psql(host, 'SELECT count(*) FROM schema_migrations') == applied
     assert psql(host, "SELECT to_regclass('half_done') IS NULL") == 't'
     assert running_version(host) == v2 and wait_healthy(host)[BOT] == 'running healthy'
