@@ -159,6 +159,29 @@ def test_prometheus_scrapes_both_exporters(host, metrics):
     assert 'SoulNearDatabaseDown' in rules and 'SoulNearBackupTooOld' in rules
 
 
+def test_the_exporter_connects_with_tls_when_the_server_serves_bot_hosts(host, metrics):
+    """Issue 23: postgres_exporter verifies the database host's certificate against the deployment's CA (sslmode
+    verify-ca) and its session is encrypted. Here, while metrics are on (later tests deploy without them)."""
+    if not json.loads(host.file('/etc/soulnear/soulnear.json').content_string)['db'].get('listen_address'):
+        pytest.skip('this database host serves no bot host: its server has no TLS')
+    env = host.file('/etc/soulnear/metrics/postgres-exporter.env').content_string
+    assert '?sslmode=verify-ca&sslrootcert=/run/soulnear-postgres-exporter/db-ca.crt"' in env, env
+    scrape = ('import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9187/metrics", timeout=20)'
+              '.read().decode())')
+    sessions = "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) FROM pg_stat_activity a " \
+               "JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'soulnear_metrics'"
+    deadline = time.time() + 60
+    while True:
+        scraped = host.check_output('python3 -c %s', scrape)
+        assert re.search(r'^pg_up 1$', scraped, re.M), [line for line in scraped.splitlines() if 'pg_up' in line]
+        encrypted, plain = (int(n) for n in psql(host, sessions).split('|'))
+        assert plain == 0, 'a session of the exporter without TLS'
+        if encrypted or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert encrypted >= 1, 'no TLS session of the exporter after a scrape'
+
+
 def test_project_metrics_are_scraped(host, metrics):
     """The monitor writes them at its next run (every 60 s)."""
     def monitored():

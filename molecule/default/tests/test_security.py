@@ -5,15 +5,13 @@ trust over TCP; the bot a non-superuser without the superuser password; no FATAL
 run. Every vault value of the operator's inventory is looked for.
 """
 
-import json
 import os
-import re
 import shlex
 import sys
 import time
 
 import pytest
-from conftest import PROJECT, psql, run_playbook, run_playbook_background, wait_healthy
+from conftest import PROJECT, run_playbook, run_playbook_background, wait_healthy
 
 sys.path.insert(0, os.path.join(PROJECT, 'scripts'))
 import chaos  # noqa: E402
@@ -83,27 +81,3 @@ def test_no_password_in_the_postgres_log_after_a_rotation(host, lab):
     assert new not in log and old not in log, 'a password reached the PostgreSQL log'
     wait_healthy(host)
 
-
-def test_the_exporter_connects_with_tls_when_the_server_serves_bot_hosts(host):
-    """Issue 23: postgres_exporter (on after test_metrics; skipped when the metrics role is off) verifies the
-    database host's certificate against the deployment's CA (sslmode verify-ca) and its session is encrypted."""
-    if not host.service('prometheus-postgres-exporter').is_running:
-        pytest.skip('the metrics role is off: no postgres_exporter on this host')
-    if not json.loads(host.file('/etc/soulnear/soulnear.json').content_string)['db'].get('listen_address'):
-        pytest.skip('this database host serves no bot host: its server has no TLS')
-    env = host.file('/etc/soulnear/metrics/postgres-exporter.env').content_string
-    assert '?sslmode=verify-ca&sslrootcert=/run/soulnear-postgres-exporter/db-ca.crt"' in env, env
-    scrape = ('import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9187/metrics", timeout=20)'
-              '.read().decode())')
-    sessions = "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) FROM pg_stat_activity a " \
-               "JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'soulnear_metrics'"
-    deadline = time.time() + 60
-    while True:
-        metrics = host.check_output('python3 -c %s', scrape)
-        assert re.search(r'^pg_up 1$', metrics, re.M), [line for line in metrics.splitlines() if 'pg_up' in line]
-        encrypted, plain = (int(n) for n in psql(host, sessions).split('|'))
-        assert plain == 0, 'a session of the exporter without TLS'
-        if encrypted or time.time() > deadline:
-            break
-        time.sleep(2)
-    assert encrypted >= 1, 'no TLS session of the exporter after a scrape'
