@@ -199,8 +199,8 @@ observed:
     holding (the tables whose rows are data), bookkeeping (tracking tables), required, empty, tables_total).
   returned: unless operation is query
   type: dict
-  sample: {database: soul_bot, system_identifier: "7313214194725303163", tables: {public.users: 12,
-           public.events: 40, public.schema_migrations: 3}, holding: [public.events, public.users],
+  sample: {database: soul_bot, system_identifier: "7313214194725303163", tables: {public.customers: 12,
+           public.orders: 40, public.schema_migrations: 3}, holding: [public.orders, public.customers],
            bookkeeping: [public.schema_migrations], required: [], empty: false, tables_total: 3}
 record:
   description: The record's entry of O(login_db) after the call (database, system_identifier, tables, held,
@@ -208,7 +208,7 @@ record:
     none (query).
   returned: always
   type: dict
-  sample: {database: soul_bot, system_identifier: "7313214194725303163", held: [public.events, public.users],
+  sample: {database: soul_bot, system_identifier: "7313214194725303163", held: [public.orders, public.customers],
            had_data: true, flag: null}
 databases:
   description: The database names the record has entries of.

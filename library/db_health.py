@@ -249,7 +249,7 @@ EXAMPLES = r'''
     login_user: soulnear
     login_password: "{{ vault_app_db_password }}"
     login_db: soul_bot
-    required_tables: [aiogram_states, schema_migrations, users, events]
+    required_tables: [subscriptions, customers, orders]
     fail_on_unhealthy: false
   register: health
 
@@ -282,8 +282,8 @@ checks:
     database: {ok: true, message: "SELECT 1 as soulnear on soul_bot answered in 0.4 ms",
                value: {user: soulnear, database: soul_bot, server_version: 150010, latency_ms: 0.4,
                        system_identifier: "7313214194725303163"}}
-    tables: {ok: false, message: "required table(s) missing: aiogram_states. DATA LOSS SUSPECTED ...",
-             value: {missing: [aiogram_states], required: [aiogram_states, schema_migrations]}}
+    tables: {ok: false, message: "required table(s) missing: subscriptions. DATA LOSS SUSPECTED ...",
+             value: {missing: [subscriptions], required: [subscriptions, schema_migrations]}}
     connections: {ok: true, message: "5 of 197 usable connection slots in use (3%; max_connections 200)",
                   value: {used: 5, max_connections: 200, reserved: 3, usable: 197, percent: 2.5}}
 failed_checks:
@@ -315,7 +315,7 @@ report_lines:
   type: list
   elements: str
   sample: ["database      ok   SELECT 1 as soulnear on soul_bot answered in 0.4 ms",
-           "tables        FAIL required table(s) missing: aiogram_states. DATA LOSS SUSPECTED ..."]
+           "tables        FAIL required table(s) missing: subscriptions. DATA LOSS SUSPECTED ..."]
 duration_ms:
   description: Wall time of all checks in milliseconds.
   returned: always

@@ -408,7 +408,7 @@ lint:
   elements: dict
   sample: [{file: 002_score.sql, line: 1,
             statement: "ALTER TABLE events ADD COLUMN score int DEFAULT (random()*1000)::int",
-            rule: add-column-volatile-default, table: public.events, size: 150011904, size_pretty: 143 MB,
+            rule: add-column-volatile-default, table: public.orders, size: 150011904, size_pretty: 143 MB,
             rows: 2000000, rows_how: estimate, severity: warning, lock: ACCESS EXCLUSIVE,
             effect: "rewrites the table and all its indexes, computing the default for every row",
             detail: "column score DEFAULT (random()*1000)::int is volatile: random()", note: null,

@@ -248,7 +248,7 @@ data_guard:
     an error; null without O(data_guard_file).
   returned: success and not O(test_only)
   type: dict
-  sample: {system_identifier: "7313214194725303163", tables: {aiogram_states: 50}, previous_flag: null}
+  sample: {system_identifier: "7313214194725303163", tables: {subscriptions: 50}, previous_flag: null}
 dropped_databases:
   description: Scratch databases of an interrupted earlier restore that were dropped.
   returned: success
@@ -283,7 +283,7 @@ row_counts:
       is null.
   returned: success
   type: dict
-  sample: {before: {public.events: 120331, public.users: 5120}, after: {public.events: 119872, public.users: 5101}}
+  sample: {before: {public.orders: 120331, public.customers: 5120}, after: {public.orders: 119872, public.customers: 5101}}
 checks:
   description: Checks on the restored database (tables, missing_tables, failed_migrations; rows for O(test_only)).
   returned: success and not check mode

@@ -22,7 +22,7 @@ Rows are counted up to COUNT_CAP per table (SELECT count(*) FROM (SELECT 1 FROM 
 costs little. The cost is bounded: at most TABLES_OBSERVED (100) tables, the largest first (pg_class.reltuples,
 the statistics' live tuples, relpages), plus the tables that held rows when last recorded (at most as many again)
 and the optional required_tables; a database with thousands of tables costs what one with 200 does. Tables are
-named schema.table (public.users). The tracking tables of migration tools (BOOKKEEPING_TABLES and the deployment's
+named schema.table (public.customers). The tracking tables of migration tools (BOOKKEEPING_TABLES and the deployment's
 migrations_table) are counted and recorded, but their rows are not data: a freshly migrated schema has never held
 data, and one migrated again after its data was lost is empty. A required table counts whatever its name.
 
@@ -199,7 +199,7 @@ def _listed(items, limit=LISTED):
 
 
 def describe_counts(tables, cap=COUNT_CAP, limit=LISTED):
-    """The tables for people, the fullest first: '3 table(s), 2 with rows: public.events 1500 rows, ...'."""
+    """The tables for people, the fullest first: '3 table(s), 2 with rows: public.orders 1500 rows, ...'."""
     if not tables:
         return 'no tables'
     ordered = sorted(tables.items(), key=lambda item: (item[1] is None, -(item[1] or 0), item[0]))
