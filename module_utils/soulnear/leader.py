@@ -161,16 +161,6 @@ def write_state(path, state):
     os.replace(tmp, path)
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError):
-        return True
-    return True
-
-
 def read_state(path, now=None):
     """The leader's state on this host, with `alive` (its process runs, this boot, written within STATE_FRESH s),
     `age` and `deadline_in` (seconds of the fence deadline left, None unless active); None without a state file."""
@@ -184,7 +174,7 @@ def read_state(path, now=None):
     now = boottime() if now is None else now
     same_boot = state.get('boot_id') == boot_id()
     state['age'] = round(now - float(state.get('updated') or 0), 3) if same_boot else None
-    state['alive'] = bool(same_boot and _pid_alive(state.get('pid')) and state['age'] is not None
+    state['alive'] = bool(same_boot and deploy_lock.pid_alive(state.get('pid')) and state['age'] is not None
                           and state['age'] <= STATE_FRESH)
     deadline = state.get('deadline')
     state['deadline_in'] = round(float(deadline) - now, 3) if same_boot and deadline else None
@@ -256,7 +246,7 @@ def swap_in_progress(lock_dir):
     if not isinstance(data, dict) or data.get('boot_id') != boot_id():
         return None
     pid = data.get('pid')
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not _pid_alive(pid):
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not deploy_lock.pid_alive(pid):
         return None
     if data.get('start') is not None and _process_start(pid) not in (None, data['start']):
         return None

@@ -68,7 +68,9 @@ def read(path):
     return record
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+    """False only when no process with this id runs on this host; one of another user, or a pid that cannot be
+    read, counts as alive (never taken for gone). Also the leader's test of its state file (leader.read_state)."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -83,7 +85,7 @@ def is_stale(record, ttl_minutes=DEFAULT_TTL_MINUTES, now=None):
     now = time.time() if now is None else now
     pid = record.get('pid')
     if pid and record.get('host') == socket.gethostname():
-        return not _pid_alive(pid)
+        return not pid_alive(pid)
     return now - float(record.get('heartbeat') or 0) >= float(ttl_minutes) * 60
 
 
