@@ -443,29 +443,12 @@ class Redeployer(BotContainer, Releases, Migrations):
         r = self.result
         had_old = current is not None
         old_running = current_state['running']
-        progress = dict(created=False, stopped=False, old_renamed=False, new_renamed=False)
-        down_since = None
+        progress = dict(created=False, stopped=False, old_renamed=False, new_renamed=False, down_since=None)
         try:
-            with self.step('create'):
-                self.create(self.next_name, run_image, version, config)
-                progress['created'] = True
-            with self.step('stop') as entry:
-                down_since = self.clock()
-                if old_running:
-                    containers.stop(self.name, timeout=int(self.params['stop_timeout']))
-                    progress['stopped'] = True
-                else:
-                    entry['outcome'] = 'ok: the bot was not running (%s)' % (
-                        current_state['status'] if had_old else 'no bot container yet')
-                if had_old:
-                    self.rename(self.name, self.prev_name)
-                    progress['old_renamed'] = True
-                self.rename(self.next_name, self.name)
-                progress['new_renamed'] = True
+            self.put_in_place(version, run_image, config, current_state, had_old, progress, 'the bot was not running')
+            down_since = progress['down_since']
             if pending:
-                with self.step('migrate') as entry:
-                    self.migrate_now(migrations_dir, run_image)
-                    entry['outcome'] = 'ok: applied %s' % (', '.join(r['applied']) or 'nothing')
+                self.migrate_step(migrations_dir, run_image)
             else:
                 self.skipped('migrate', 'migrations: none' if self.params['migrations'] == 'none' else
                              'nothing pending')
@@ -487,9 +470,47 @@ class Redeployer(BotContainer, Releases, Migrations):
                 if progress['created']:
                     self.remove(self.next_name)
                 raise
-            self.rollback(exc, progress, had_old, old_running, down_since)
-        with self.step('switch'):
+            self.rollback(exc, progress, had_old, old_running, progress['down_since'])
+        self.switch_and_prune(version, run_image, image_id, progress)
+        r['msg'] = ('%s %s -> %s: %s; %s' % (
+            'Rolled back' if self.action == 'rollback' else 'Deployed', r['from_version'] or 'none', version,
+            ('applied %s' % ', '.join(r['applied'])) if r['applied'] else 'no migrations',
+            'downtime %.1fs' % r['downtime'] if r['downtime'] is not None else 'no bot was running before'))
+        self.audit(self.action, 'success')
+
+    def put_in_place(self, version, run_image, config, current_state, had_old, progress, idle):
+        """Steps create and stop of a swap (and of a standby's): create the new container under next_name, stop the
+        bot that runs (progress['down_since']: the moment the stop began) and rename the new container into the
+        bot's name, the old one (if any) to prev_name; progress records each change for the undoing. idle: the stop
+        step's outcome when no bot was running."""
+        with self.step('create'):
+            self.create(self.next_name, run_image, version, config)
+            progress['created'] = True
+        with self.step('stop') as entry:
+            progress['down_since'] = self.clock()
+            if current_state['running']:
+                containers.stop(self.name, timeout=int(self.params['stop_timeout']))
+                progress['stopped'] = True
+            else:
+                entry['outcome'] = 'ok: %s (%s)' % (idle, current_state['status'] if had_old else
+                                                    'no bot container yet')
             if had_old:
+                self.rename(self.name, self.prev_name)
+                progress['old_renamed'] = True
+            self.rename(self.next_name, self.name)
+            progress['new_renamed'] = True
+
+    def migrate_step(self, migrations_dir, image):
+        with self.step('migrate') as entry:
+            self.migrate_now(migrations_dir, image)
+            entry['outcome'] = 'ok: applied %s' % (', '.join(self.result['applied']) or 'nothing')
+
+    def switch_and_prune(self, version, run_image, image_id, progress):
+        """Steps switch and prune after a swap (or a standby's) that succeeded: the previous container goes (when
+        this run renamed it aside), the current link and the deploy record name the new version, old images and
+        releases are pruned (a failed prune only warns)."""
+        with self.step('switch'):
+            if progress['old_renamed']:
                 self.remove(self.prev_name)
             self.switch(version)
             self.record(version, run_image, image_id)
@@ -498,12 +519,7 @@ class Redeployer(BotContainer, Releases, Migrations):
                 self.prune(version)
             except (OSError, containers.DockerError) as exc:
                 self.warn('pruning old images and releases failed: %s' % exc)
-            entry['outcome'] = 'ok: kept %s' % ', '.join(r['kept_versions'])
-        r['msg'] = ('%s %s -> %s: %s; %s' % (
-            'Rolled back' if self.action == 'rollback' else 'Deployed', r['from_version'] or 'none', version,
-            ('applied %s' % ', '.join(r['applied'])) if r['applied'] else 'no migrations',
-            'downtime %.1fs' % r['downtime'] if r['downtime'] is not None else 'no bot was running before'))
-        self.audit(self.action, 'success')
+            entry['outcome'] = 'ok: kept %s' % ', '.join(self.result['kept_versions'])
 
     def rollback(self, failure, progress, had_old, old_running, down_since):
         """Put the previous bot back after a failure at or after stopping it, then raise the failure for people."""
@@ -601,29 +617,14 @@ class Redeployer(BotContainer, Releases, Migrations):
         if image != run_image:
             containers.run(['tag', image, run_image])
         had_old = current is not None
-        progress = dict(created=False, old_renamed=False, new_renamed=False)
+        progress = dict(created=False, stopped=False, old_renamed=False, new_renamed=False, down_since=None)
         try:
             if same:
                 self.skipped('create', 'the container already holds %s with this configuration' % version)
             else:
-                with self.step('create'):
-                    self.create(self.next_name, run_image, version, config)
-                    progress['created'] = True
-                with self.step('stop') as entry:
-                    if current_state['running']:
-                        containers.stop(self.name, timeout=int(p['stop_timeout']))
-                    else:
-                        entry['outcome'] = 'ok: not running (%s)' % (current_state['status'] if had_old else
-                                                                     'no bot container yet')
-                    if had_old:
-                        self.rename(self.name, self.prev_name)
-                        progress['old_renamed'] = True
-                    self.rename(self.next_name, self.name)
-                    progress['new_renamed'] = True
+                self.put_in_place(version, run_image, config, current_state, had_old, progress, 'not running')
             if migrate_here:
-                with self.step('migrate') as entry:
-                    self.migrate_now(migrations_dir, run_image)
-                    entry['outcome'] = 'ok: applied %s' % (', '.join(r['applied']) or 'nothing')
+                self.migrate_step(migrations_dir, run_image)
             else:
                 self.skipped('migrate', why_not)
             self.skipped('start', 'standby: soulnear-leader starts the bot when this host takes the lease')
@@ -639,17 +640,7 @@ class Redeployer(BotContainer, Releases, Migrations):
                      'The standby keeps its previous container (%s), stopped.' % (r['from_version'] or 'none')]
             lines += self.aftermath()
             raise RedeployError('\n'.join(lines), self.finish()) from None
-        with self.step('switch'):
-            if had_old and progress['old_renamed']:
-                self.remove(self.prev_name)
-            self.switch(version)
-            self.record(version, run_image, image_id)
-        with self.step('prune') as entry:
-            try:
-                self.prune(version)
-            except (OSError, containers.DockerError) as exc:
-                self.warn('pruning old images and releases failed: %s' % exc)
-            entry['outcome'] = 'ok: kept %s' % ', '.join(r['kept_versions'])
+        self.switch_and_prune(version, run_image, image_id, progress)
         r['msg'] = ('Standby (%s): %s -> %s ready, not started (soulnear-leader starts it when this host takes the '
                     'lease); %s' % (self.standby_reason, r['from_version'] or 'none', version,
                                     ('applied %s' % ', '.join(r['applied'])) if r['applied'] else
