@@ -3,7 +3,8 @@
 # 60 s archive_timeout (tests/integration/test_pitr.py; make test runs it with 10 s); the leader's fault variants
 # (test_leader.py: killed alone, hung, partition, database away, async failover, clock jump, deliberate failover;
 # make test keeps exactly-one-polls, the takeover and the safe redeploy's standby mode); the interrupted and resumed
-# PostgreSQL upgrades (test_upgrade.py); in Molecule, two framework bots deployed as a team would (test_bots.py, ~40
+# PostgreSQL upgrades (test_upgrade.py); the exporters of Debian 12 and 13 against PostgreSQL 17
+# (test_metrics_exporter.py); in Molecule, two framework bots deployed as a team would (test_bots.py, ~40
 # min) and one poller across the two bot hosts (test_poller.py, ~15 min); and the Molecule scenario of a Debian 13
 # host (molecule/trixie after molecule/default; IMAGES_TRIXIE=1 makes the setup build soulnear/sandbox:trixie;
 # docs/debian.md). PYTEST_ARGS and MOLECULE_SCENARIOS narrow it like make test (MOLECULE_SCENARIOS=trixie: that
