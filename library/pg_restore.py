@@ -283,7 +283,8 @@ row_counts:
       is null.
   returned: success
   type: dict
-  sample: {before: {public.orders: 120331, public.customers: 5120}, after: {public.orders: 119872, public.customers: 5101}}
+  sample: {before: {public.orders: 120331, public.customers: 5120},
+           after: {public.orders: 119872, public.customers: 5101}}
 checks:
   description: Checks on the restored database (tables, missing_tables, failed_migrations; rows for O(test_only)).
   returned: success and not check mode
