@@ -48,6 +48,14 @@ options:
       a value a string, a number or a boolean.
     type: dict
     default: {}
+  reset_settings:
+    description: Setting names to take out of C(postgresql.auto.conf) with C(ALTER SYSTEM RESET) when an earlier
+      C(ALTER SYSTEM) wrote them (a setting this deployment no longer wants, such as the TLS settings of a database
+      host that stopped serving bot hosts); a name not written there changes nothing. Not also in O(settings).
+      Ignored with O(report_only).
+    type: list
+    elements: str
+    default: []
   app_role:
     description: The application's login role to create or converge; not O(login_user) nor O(monitor_role), and not
       a name PostgreSQL reserves (C(pg_*), C(public), ...).
@@ -127,7 +135,7 @@ EXAMPLES = r'''
 
 RETURN = r'''
 changed_settings:
-  description: Settings that were (or would be) set with ALTER SYSTEM.
+  description: Settings that were (or would be) set, or reset (O(reset_settings)), with ALTER SYSTEM.
   returned: always
   type: list
   elements: str
@@ -185,6 +193,7 @@ def argument_spec():
     spec = connection_argument_spec()
     spec.update(
         settings=dict(type='dict', default={}),
+        reset_settings=dict(type='list', elements='str', default=[]),
         app_role=dict(type='str'),
         app_password=dict(type='str', no_log=True),
         monitor_role=dict(type='str'),
@@ -227,6 +236,10 @@ def check_options(module):
     for setting in sorted(p['settings']):
         options.value('settings', setting, validate.name, 'setting')
         options.value('settings.%s' % setting, p['settings'][setting], _setting_value)
+    for setting in p['reset_settings']:
+        if options.value('reset_settings', setting, validate.name, 'setting') and setting in p['settings']:
+            options.add('reset_settings', setting, validate.Invalid(
+                'a setting to reset or one to set, not both', why='it is in settings too'))
     _role(options, 'app_role', ('login_user', 'monitor_role'))
     _role(options, 'monitor_role', ('login_user',))
     options.check('container', validate.name, 'container')
@@ -272,7 +285,8 @@ def main():
     try:
         result = converge(p, p['settings'], p['app_role'], p['app_password'], p['container'],
                           check_mode=module.check_mode,
-                          monitor_role=p['monitor_role'], monitor_password=p['monitor_password'])
+                          monitor_role=p['monitor_role'], monitor_password=p['monitor_password'],
+                          reset_settings=p['reset_settings'])
     except ConnectError as exc:
         if p['unreachable_ok'] and server_unreachable(exc):
             module.exit_json(changed=False, reachable=False, changed_settings=[], restart_required=[], reloaded=False,

@@ -260,9 +260,10 @@ def _wait_for_reload(params, since, timeout=15.0):
 
 
 def converge(params, settings=None, app_role=None, app_password=None, container=None, check_mode=False,
-             monitor_role=None, monitor_password=None):
-    """Passwords, the app role, the monitoring role and the server settings; returns the result dict of the
-    pg_server module. Without settings, nothing is read that only a superuser may read (a managed service's admin
+             monitor_role=None, monitor_password=None, reset_settings=None):
+    """Passwords, the app role, the monitoring role and the server settings (reset_settings: names taken out of
+    postgresql.auto.conf with ALTER SYSTEM RESET when an earlier ALTER SYSTEM wrote them); returns the result dict of
+    the pg_server module. Without settings, nothing is read that only a superuser may read (a managed service's admin
     with CREATEROLE converges the roles)."""
     changes = []
     conn = _connect_superuser(params, container, check_mode, changes)
@@ -282,36 +283,40 @@ def converge(params, settings=None, app_role=None, app_password=None, container=
                 if monitor_role:
                     _ensure_monitor_role(cur, passwords, monitor_role, monitor_password, check_mode, role_changes)
             wanted = dict((name, setting_text(value)) for name, value in sorted((settings or {}).items()))
-            current = _auto_conf(cur) if wanted else {}
+            reset = sorted(set(reset_settings or ()) - set(wanted))
+            current = _auto_conf(cur) if wanted or reset else {}
             changed = [name for name, text in wanted.items() if current.get(name) != text]
-            cur.execute('SELECT name, context FROM pg_settings WHERE name = ANY(%s)', (list(wanted),))
+            cleared = [name for name in reset if name in current]
+            cur.execute('SELECT name, context FROM pg_settings WHERE name = ANY(%s)', (list(wanted) + reset,))
             contexts = dict(cur.fetchall())
-            unknown = [name for name in wanted if name not in contexts]
+            unknown = [name for name in list(wanted) + reset if name not in contexts]
             if unknown:
                 raise ServerConfigError('unknown setting(s) %s: check the names in postgres_extra_settings'
                                         % ', '.join(unknown))
             since = time.time()
             pending = []
             if check_mode:
-                pending = [name for name in changed if contexts.get(name) == 'postmaster']
-            elif changed:
+                pending = [name for name in changed + cleared if contexts.get(name) == 'postmaster']
+            elif changed or cleared:
                 for name in changed:
                     try:
                         cur.execute('ALTER SYSTEM SET %s = %%s' % name, (wanted[name],))
                     except psycopg2.Error as exc:
                         raise ServerConfigError('PostgreSQL refused %s = %s: %s' % (name, wanted[name],
                                                                                     describe_error(exc))) from None
+                for name in cleared:  # a name pg_settings knows (checked above), so safe as an identifier
+                    cur.execute('ALTER SYSTEM RESET %s' % name)
                 cur.execute('SELECT pg_reload_conf()')
                 result['reloaded'] = True
             else:
                 # Nothing new, but a change an earlier run made may still wait for its restart.
                 cur.execute('SELECT name FROM pg_settings WHERE pending_restart ORDER BY name')
                 pending = [row[0] for row in cur.fetchall()]
-        if changed and not check_mode:
+        if (changed or cleared) and not check_mode:
             pending = _wait_for_reload(params, since - 1)
     finally:
         conn.close()
-    result.update(changed_settings=changed, restart_required=pending,
+    result.update(changed_settings=sorted(changed + cleared), restart_required=pending,
                   password_changes=changes + [c for c in role_changes if c.startswith('password')],
                   role_changes=[c for c in role_changes if not c.startswith('password')])
     return result

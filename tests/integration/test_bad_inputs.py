@@ -345,6 +345,8 @@ def test_pg_server(own_server, tmp_path):
         ('monitor_role=<app_role>', 'app_role', dict(monitor_role='bi_app')),
         ('settings={"work_mem = 1; x": 1}', 'settings', dict(settings={'work_mem = 1; x': 1})),
         ('settings={work_mem: {a: 1}}', 'settings.work_mem', dict(settings={'work_mem': {'a': 1}})),
+        ('reset_settings=[work_mem] (also in settings)', 'reset_settings', dict(reset_settings=['work_mem'])),
+        ('reset_settings=["ssl; DROP TABLE x"]', 'reset_settings', dict(reset_settings=['ssl; DROP TABLE x'])),
         ('at once: monitor_role=public container="bad name" login_port=0 retries=-1 login_unix_socket=relative',
          ('monitor_role', 'container', 'login_port', 'retries', 'login_unix_socket'),
          dict(monitor_role='public', container='bad name', login_port=0, retries=-1, login_unix_socket='sock')),

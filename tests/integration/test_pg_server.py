@@ -70,6 +70,27 @@ def test_postmaster_setting_is_reported_for_a_restart_and_check_mode_predicts_it
     assert converge(params, dict(max_connections=77))['restart_required'] == []
 
 
+def test_reset_settings_takes_out_what_alter_system_wrote_and_nothing_else(server):
+    """Two hosts made one: the TLS settings an earlier deploy wrote are reset (hba_file, postmaster context, waits
+    for the restart the container's recreation brings); on a server that never had them nothing changes."""
+    params = server.params()
+    hba = server.query('SHOW hba_file')[0][0]
+    converge(params, dict(tcp_keepalives_interval=11, hba_file=hba))
+    assert converge(params, reset_settings=['hba_file', 'ssl'], check_mode=True) == dict(
+        changed_settings=['hba_file'], restart_required=['hba_file'], reloaded=False, password_changes=[],
+        role_changes=[])
+    assert 'hba_file' in dict(server.query("SELECT name, setting FROM pg_file_settings "
+                                           "WHERE sourcefile LIKE '%%auto.conf'"))  # check mode changed nothing
+    done = converge(params, dict(tcp_keepalives_interval=11), reset_settings=['hba_file', 'ssl'])
+    assert done['changed_settings'] == ['hba_file'] and done['reloaded'] is True, done
+    written = dict(server.query("SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%%auto.conf'"))
+    assert 'hba_file' not in written and written['tcp_keepalives_interval'] == '11', written
+    again = converge(params, dict(tcp_keepalives_interval=11), reset_settings=['hba_file', 'ssl'])
+    assert again['changed_settings'] == [] and again['reloaded'] is False, again
+    with pytest.raises(ServerConfigError, match='unknown setting.*no_such_setting'):
+        converge(params, reset_settings=['no_such_setting'])
+
+
 def test_unknown_or_invalid_setting_names_it(server):
     with pytest.raises(ServerConfigError, match='unknown setting.*no_such_setting'):
         converge(server.params(), dict(no_such_setting=1))
