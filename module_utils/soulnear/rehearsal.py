@@ -15,6 +15,11 @@ then stops the old bot:
 
 The scratch database is dropped also on failure; one a killed run left is dropped by the next restore or
 rehearsal (backup.stale_restore_databases knows the name). The restore code is restore.py's own.
+
+A login that may not create databases (the app role of a bot host whose database lives on another host: no
+superuser, no CREATEDB) rehearses in the database the database host keeps for it, <db>__rehearsal, owned by the app
+role (the postgres role creates it when the host serves bot hosts): emptied, restored into, emptied again. Without it
+the rehearsal is skipped with a warning, as when the copy cannot be made for want of space.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -26,8 +31,9 @@ import re
 import time
 
 from .backup import drop_stale_restore_databases
-from .pgtools import connect_to, drop_database
-from .restore import _create_database, _db_name, database_info, restore_into
+from .backup_files import BackupError
+from .pgtools import connect_to, drop_database, query
+from .restore import _create_database, _db_name, database_info, pgsql, restore_into
 
 SUFFIX = '__restore_rehearsal_'
 
@@ -36,18 +42,66 @@ def scratch_name(live):
     return _db_name(live, SUFFIX + time.strftime('%H%M%S'))
 
 
+KEPT_SUFFIX = '__rehearsal'
+
+
+def kept_name(live):
+    """The database a database host keeps for the rehearsals of its bot hosts' app role (no CREATEDB)."""
+    return _db_name(live, KEPT_SUFFIX)
+
+
+def may_create_databases(conn):
+    return bool(query(conn, 'SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user')[0][0])
+
+
+def empty_database(settings, db):
+    """Drop every schema the login owns in db (public too, made again), and its large objects: what a restore put
+    there. Objects of other roles (an extension a superuser made) make it fail, which the caller reports."""
+    conn = connect_to(settings, db)
+    try:
+        schemas = [row[0] for row in query(
+            conn, "SELECT nspname FROM pg_namespace WHERE (pg_has_role(nspowner, 'USAGE') OR nspname = 'public') "
+                  "AND nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_%'")]
+        for schema in schemas:
+            query(conn, pgsql.SQL('DROP SCHEMA {} CASCADE').format(pgsql.Identifier(schema)))
+        query(conn, 'CREATE SCHEMA public')
+        query(conn, 'SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE pg_has_role(lomowner, \'USAGE\')')
+    finally:
+        conn.close()
+
+
 def rehearse(settings, backup_path, apply, log=lambda _m: None):
     """Restore backup_path into a scratch database owned like the live one, call apply(scratch name) (the pending
     migrations against it), drop it. Returns dict(database, size, restore_seconds, migrate_seconds). Errors of
-    apply propagate (after the drop); restore errors raise BackupError."""
+    apply propagate (after the drop); restore errors raise BackupError. A login without CREATEDB uses the kept
+    <db>__rehearsal (emptied before and after) instead of a new database."""
     live = settings['conn']['login_db']
-    scratch = scratch_name(live)
     drop_stale_restore_databases(settings, live, log)
     admin = connect_to(settings, settings['maintenance_db'])
     try:
         info = database_info(admin, live)
         owner = info['owner']
-        _create_database(admin, scratch, owner, info)
+        if may_create_databases(admin):
+            scratch = scratch_name(live)
+            _create_database(admin, scratch, owner, info)
+
+            def clean():
+                drop_database(admin, scratch)
+                log('dropped the rehearsal database %s' % scratch)
+        else:
+            scratch = kept_name(live)
+            kept = database_info(admin, scratch)
+            if kept is None or kept['owner'] != owner:
+                raise BackupError(
+                    'the login %s may not create databases (no CREATEDB), and the database host keeps no %s owned by '
+                    '%s for the rehearsals of bot hosts (%s). Fix: deploy the database host (its postgres role makes '
+                    'it when it serves bot hosts)' % (settings['conn']['login_user'], scratch, owner,
+                                                      'it is owned by %s' % kept['owner'] if kept else 'none found'))
+            empty_database(settings, scratch)
+
+            def clean():
+                empty_database(settings, scratch)
+                log('emptied the rehearsal database %s' % scratch)
         try:
             began = time.time()
             restore_into(dict(settings, owner=owner), backup_path, scratch, log)
@@ -56,8 +110,7 @@ def rehearse(settings, backup_path, apply, log=lambda _m: None):
             apply(scratch)
             migrated = time.time() - began
         finally:
-            drop_database(admin, scratch)
-            log('dropped the rehearsal database %s' % scratch)
+            clean()
     finally:
         admin.close()
     return dict(database=scratch, size=info['size'], restore_seconds=round(restored, 3),
