@@ -93,12 +93,19 @@ def settings_argument_spec(names):
     return spec
 
 
+def with_defaults(defaults, conn, options):
+    """defaults overridden by the options that are not None, plus the superuser's connection parameters (module
+    style) as settings['conn']: how backup, restore, point-in-time recovery and the major upgrade make theirs."""
+    settings = dict(defaults)
+    settings.update((k, v) for k, v in options.items() if v is not None)
+    settings['conn'] = dict(conn or {})
+    return settings
+
+
 def make_settings(conn, **options):
     """Settings for backup, restore and restore-test: connection parameters (module style) plus DEFAULTS overridden
     by options."""
-    settings = dict(DEFAULTS)
-    settings.update((k, v) for k, v in options.items() if v is not None)
-    settings['conn'] = dict(conn)
+    settings = with_defaults(DEFAULTS, conn, options)
     if not settings['conn'].get('login_db'):
         raise BackupError('no database given: set login_db to the database to back up or restore (e.g. soul_bot)')
     if settings['compression'] not in COMPRESSIONS:

@@ -80,6 +80,7 @@ import time
 from . import containers, guard, pitr
 from .files import disk_usage, human, lock, write_private
 from .pg import ConnectError, connect, psycopg2
+from .pitr_runner import HELPER_MOUNTS
 
 PGDATA = '/var/lib/postgresql/data'
 SOCKET_DIR = '/var/run/postgresql'
@@ -919,7 +920,7 @@ class Upgrade:
         s, settings = self.state, self.settings
         old = _inspect(s['container'])
         binds = [m for m in old.get('Mounts') or [] if m.get('Type') == 'bind'
-                 and m.get('Destination') in pitr.HELPER_MOUNTS]
+                 and m.get('Destination') in HELPER_MOUNTS]
         # In the new cluster's network namespace, on 127.0.0.1:SOURCE_PORT: the new version's pg_dump in that
         # container reaches it; nothing outside does (no published port, not under the database's name).
         args = ['run', '-d', '--name', s['source_container'], '--label', 'soulnear.component=upgrade-source',

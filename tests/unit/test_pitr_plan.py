@@ -4,7 +4,7 @@ repository and the refusals with the window, the pg_waldump line, the role's pgB
 import datetime
 
 import pytest
-from ansible.module_utils.soulnear import pitr
+from ansible.module_utils.soulnear import pitr, pitr_runner
 from ansible.module_utils.soulnear.pitr_restore import _choose
 from pitrenv import render_config
 
@@ -96,10 +96,10 @@ def test_the_repository_is_chosen_by_the_window_and_outside_targets_are_refused_
 def test_pg_waldump_commit_lines():
     line = ('000000010000000000000008 rmgr: Transaction len (rec/tot):     34/    34, tx:        727, lsn: '
             '0/080000A0, prev 0/08000028, desc: COMMIT 2026-11-29 12:46:17.725706 UTC')
-    stamp, zone = pitr._COMMIT.search(line).groups()
+    stamp, zone = pitr_runner._COMMIT.search(line).groups()
     assert (stamp, zone) == ('2026-11-29 12:46:17.725706', 'UTC')
     line = 'x desc: COMMIT 2026-11-29 12:46:03.064929 UTC; inval msgs: catcache 55'
-    assert pitr._COMMIT.search(line).groups() == ('2026-11-29 12:46:03.064929', 'UTC')
+    assert pitr_runner._COMMIT.search(line).groups() == ('2026-11-29 12:46:03.064929', 'UTC')
 
 
 def test_the_role_configuration_with_and_without_the_offsite_repository():
