@@ -30,7 +30,7 @@ import time
 
 from benchpaths import MB, timed
 import psycopg2  # noqa: E402
-from ansible.module_utils.soulnear import pitr, upgrade  # noqa: E402
+from ansible.module_utils.soulnear import pitr, upgrade, upgrade_host  # noqa: E402
 from pgcontainer import docker  # noqa: E402
 from pitrenv import DB, PASSWORD  # noqa: E402
 from upgradeenv import NEW_IMAGE, OLD_IMAGE, UpgradeLab  # noqa: E402
@@ -211,7 +211,7 @@ def main():
         lab = make_lab(work, 'a%d' % thousands, thousands)
         try:
             db_size = lab.sql("SELECT pg_database_size('%s')" % DB, db='postgres')[0][0]
-            cluster = upgrade._dir_size(upgrade._volume_dir(lab.volume))
+            cluster = upgrade_host._dir_size(upgrade._volume_dir(lab.volume))
             print('database %s: %.1f MB, data directory %.1f MB' % (DB, db_size / MB, cluster / MB), flush=True)
             restart_gap, restart_s, _ = probed(lab, restart, lab)
             print('docker restart: writes stopped for %.2f s (command %.2f s)' % (restart_gap, restart_s), flush=True)
