@@ -43,6 +43,7 @@ version_added: "1.2.0"
 author: SoulNear operations contributors (!UNKNOWN)
 extends_documentation_fragment:
   - soulnear_connection
+  - soulnear_docker_db
 options:
   operation:
     description: What to do (see the description).
@@ -54,11 +55,6 @@ options:
       container name.
     type: str
     default: soulnear_postgres
-  stanza:
-    description: pgBackRest's stanza of the cluster - letters, digits, C(_), C(.) and C(-), starting with a letter or
-      digit (it is a directory of the repository and a section of C(pgbackrest.conf)).
-    type: str
-    default: soulnear
   repo_dir:
     description: The local repository's directory on the host, for its free space in RV(repositories); empty, or an
       absolute path of a directory.
@@ -82,14 +78,6 @@ options:
       history, and every repository gets a first full backup. Without it such a server is refused.
     type: bool
     default: false
-  retention_full:
-    description: Full backups kept per repository after a backup (1 to 9999999, as pgBackRest allows).
-    type: int
-    default: 2
-  retention_diff:
-    description: Differential backups kept per repository after a backup (1 to 9999999, as pgBackRest allows).
-    type: int
-    default: 7
   target:
     description: O(operation=restore) - a time with its zone (C(2026-11-29 14:05:00+00)) or V(latest) (the last
       archived commit).
@@ -104,22 +92,6 @@ options:
       Only with O(operation=backup) and O(operation=restore); one of the repositories C(pgbackrest.conf) configures
       (pgBackRest numbers them 1 to 256).
     type: int
-  bot_container:
-    description: The bot's container, stopped during a restore and started again after it.
-    type: str
-    default: ''
-  bot_stop_timeout:
-    description: Seconds C(docker stop) gives the bot (1 or more).
-    type: int
-    default: 30
-  bot_healthy_timeout:
-    description: Seconds the restarted bot gets to become healthy (1 or more).
-    type: int
-    default: 120
-  db_stop_timeout:
-    description: Seconds C(docker stop) gives PostgreSQL for its clean stop (which archives its last WAL); 1 or more.
-    type: int
-    default: 60
   recovery_timeout:
     description: Seconds to wait for the recovery to the target and the promotion (1 or more).
     type: int

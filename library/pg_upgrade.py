@@ -44,6 +44,7 @@ version_added: "1.3.0"
 author: SoulNear operations contributors (!UNKNOWN)
 extends_documentation_fragment:
   - soulnear_connection
+  - soulnear_docker_db
 options:
   operation:
     description: What to do (see the description).
@@ -112,38 +113,10 @@ options:
       C(pgbackrest.conf); the stanza follows the new cluster, which gets a first full backup.
     type: bool
     default: true
-  stanza:
-    description: pgBackRest's stanza - letters, digits, C(_), C(.) and C(-).
-    type: str
-    default: soulnear
   repo_dir:
     description: The local pgBackRest repository on the host (for messages); empty, or an absolute path.
     type: path
     default: ''
-  retention_full:
-    description: Full physical backups kept per repository after the backups this module takes (1 to 9999999).
-    type: int
-    default: 2
-  retention_diff:
-    description: Differential physical backups kept per repository (1 to 9999999).
-    type: int
-    default: 7
-  bot_container:
-    description: The bot's container, stopped for the switch and started after it; empty for none.
-    type: str
-    default: ''
-  bot_stop_timeout:
-    description: Seconds C(docker stop) gives the bot (1 or more).
-    type: int
-    default: 30
-  bot_healthy_timeout:
-    description: Seconds the restarted bot gets to become healthy (1 or more).
-    type: int
-    default: 120
-  db_stop_timeout:
-    description: Seconds C(docker stop) gives PostgreSQL for its clean stop (1 or more).
-    type: int
-    default: 60
   start_timeout:
     description: Seconds a new or restarted server gets to accept connections (1 or more).
     type: int
