@@ -117,6 +117,18 @@ class S3Server:
         docker('rm', '-f', self.name, check=False)
 
 
+def run_sql(kwargs, statement, args=None):
+    """statement (autocommit) over a new connection of psycopg2.connect(**kwargs); its rows, or None."""
+    conn = psycopg2.connect(**kwargs)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
 class PitrLab:
     """The database container and what surrounds it on the host (see the module docstring)."""
 
@@ -175,11 +187,19 @@ class PitrLab:
                 '--shm-size', self.shm, '-e', 'POSTGRES_PASSWORD=' + PASSWORD,
                 '-p', '127.0.0.1:%d:5432' % self.port,
                 '--health-cmd', healthcheck(self.wake), '--health-interval', '2s',
-                '--stop-timeout', '60',
-                '--mount', 'type=volume,source=%s,target=/var/lib/postgresql/data' % self.volume,
-                '--mount', 'type=bind,source=%s,target=/var/lib/pgbackrest' % self.repo_dir,
-                '--mount', 'type=bind,source=%s,target=/etc/pgbackrest,readonly' % self.config_dir,
-                '--mount', 'type=bind,source=%s,target=/var/log/postgresql' % self.log_dir, self.image]
+                '--stop-timeout', '60']
+        self.run_container(args, start)
+
+    def run_container(self, args, start=True, mounts=()):
+        """docker run (docker create when not start) of the database container: args, then its mounts - the data
+        volume, mounts (--mount values), pgBackRest's repository and configuration, the log directory - and the
+        image."""
+        args = list(args) + ['--mount', 'type=volume,source=%s,target=/var/lib/postgresql/data' % self.volume]
+        for mount in mounts:
+            args += ['--mount', mount]
+        args += ['--mount', 'type=bind,source=%s,target=/var/lib/pgbackrest' % self.repo_dir,
+                 '--mount', 'type=bind,source=%s,target=/etc/pgbackrest,readonly' % self.config_dir,
+                 '--mount', 'type=bind,source=%s,target=/var/log/postgresql' % self.log_dir, self.image]
         docker('run' if start else 'create', *(['-d'] if start else []), *args)
 
     def lose_the_host(self):
@@ -232,14 +252,7 @@ class PitrLab:
                     login_db=db, connect_timeout=5, retries=3)
 
     def sql(self, statement, args=None, db=DB):
-        conn = psycopg2.connect(**self._kwargs(db))
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement, args)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
+        return run_sql(self._kwargs(db), statement, args)
 
     def settings(self, **options):
         options.setdefault('container', self.name)

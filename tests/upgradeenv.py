@@ -13,10 +13,9 @@ role's secrets file (POSTGRES_PASSWORD_FILE), labels and app role, and a bot-lik
 import hashlib
 import os
 
-import psycopg2
 from ansible.module_utils.soulnear import pgserver, upgrade
 from pgcontainer import docker
-from pitrenv import DB, PASSWORD, STANZA, UID, PitrLab, healthcheck
+from pitrenv import DB, PASSWORD, STANZA, UID, PitrLab, healthcheck, run_sql
 
 OLD_IMAGE = os.environ.get('SOULNEAR_TEST_PG_IMAGE', 'soulnear/postgres:15')
 NEW_IMAGE = os.environ.get('SOULNEAR_TEST_PG_NEW_IMAGE', 'soulnear/postgres:17')
@@ -76,13 +75,9 @@ class UpgradeLab(PitrLab):
                 '--label', 'soulnear.component=database', '--label', 'soulnear.deployment=%s' % self.name,
                 '-p', '127.0.0.1:%d:5432' % self.port,
                 '--health-cmd', healthcheck(self.wake), '--health-interval', '2s', '--health-timeout', '5s',
-                '--health-retries', '5', '--stop-timeout', '60',
-                '--mount', 'type=volume,source=%s,target=/var/lib/postgresql/data' % self.volume,
-                '--mount', 'type=bind,source=%s,target=/run/secrets/soulnear,readonly' % self.secrets_dir,
-                '--mount', 'type=bind,source=%s,target=/var/lib/pgbackrest' % self.repo_dir,
-                '--mount', 'type=bind,source=%s,target=/etc/pgbackrest,readonly' % self.config_dir,
-                '--mount', 'type=bind,source=%s,target=/var/log/postgresql' % self.log_dir, self.image]
-        docker('run' if start else 'create', *(['-d'] if start else []), *args)
+                '--health-retries', '5', '--stop-timeout', '60']
+        self.run_container(args, start, mounts=['type=bind,source=%s,target=/run/secrets/soulnear,readonly'
+                                                % self.secrets_dir])
 
     def init_database(self):
         """The deploy's cluster: WAL archiving converged (pg_server's code, then the restart it reports), the app
@@ -108,14 +103,7 @@ class UpgradeLab(PitrLab):
                     connect_timeout=5)
 
     def app_sql(self, statement, args=None):
-        conn = psycopg2.connect(**self.app_kwargs())
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement, args)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
+        return run_sql(self.app_kwargs(), statement, args)
 
     def load(self, users=20000, messages=60000):
         """The bot's schema (as the app role) and its rows: about 1 MB per 10,000 messages."""
