@@ -25,6 +25,8 @@ def main():
         try:
             with urllib.request.urlopen(URL % (TOKEN, 2, offset), timeout=20, context=context) as response:
                 for update in json.load(response).get('result', []):
+                    # What this bot does with an update: one log line (the test counts them on both hosts).
+                    print('processed update %d' % update['update_id'], flush=True)
                     offset = max(offset, update['update_id'] + 1)
         except urllib.error.HTTPError as exc:
             print('getUpdates answered %s: %s' % (exc.code, exc.read().decode('utf-8', 'replace')[:200]), flush=True)

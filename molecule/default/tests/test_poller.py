@@ -8,7 +8,9 @@ app_instances: one, proves it, and puts the scenario back as it found it.
   answers 409 to a second concurrent getUpdates and counts it: every test ends with 0 conflicts.
 - The bot (molecule/default/poller-bot) only polls getUpdates.
 - Both deploy; exactly one polls. The active host's bot container is killed and its leader stopped: the standby
-  polls within 30 s (printed). A redeploy updates both without a second poller. make failover moves it.
+  polls within 30 s (printed), and every update the fake generated meanwhile (5/s for 60 s) is processed - the table
+  of generated, confirmed, redelivered, processed, duplicated and lost is printed; lost must be 0. A redeploy
+  updates both without a second poller. make failover moves it.
 
 test_deploy_topologies.py moved vps-bot to a managed PostgreSQL that is gone by now; the deploy here brings it back
 to the database host, after dropping the data-loss guard's record of that removed database (what make guard-clear
@@ -55,6 +57,32 @@ def fake_state(hosts):
             % (CONTROL + 'state?token=' + TOKEN))
     out = hosts[instance_name()].check_output('python3 -c %s', code)
     return json.loads(out)['result']
+
+
+def fake_generate(hosts, rate, count):
+    """A bounded update generator on the fake (count updates at rate per second); returns its description."""
+    code = ('import json, urllib.request; print(urllib.request.urlopen(urllib.request.Request(%r, method="POST"), '
+            'timeout=10).read().decode())' % (CONTROL + 'generate?token=%s&rate=%s&count=%d' % (TOKEN, rate, count)))
+    return json.loads(hosts[instance_name()].check_output('python3 -c %s', code))['result']
+
+
+def generated(state, gen_id):
+    """The generator's description in the fake's state, and the ids of its updates confirmed so far."""
+    described = [g for g in state['generators'] if g['id'] == gen_id][0]
+    first = described['first_update_id']
+    return described, [n for n in state['confirmed'] if first is not None and n >= first]
+
+
+def processed(hosts, first, last):
+    """How many times each update id in [first, last] was processed, over both hosts' bot logs."""
+    counts = dict.fromkeys(range(first, last + 1), 0)
+    for host in hosts.values():
+        for line in host.run('docker logs %s 2>&1', BOT).stdout.splitlines():
+            if line.startswith('processed update '):
+                number = int(line.split()[-1])
+                if number in counts:
+                    counts[number] += 1
+    return counts
 
 
 @pytest.fixture(scope='module')
@@ -214,7 +242,14 @@ def test_both_deploy_and_exactly_one_polls(hosts, deployed, inventory):
 def test_the_active_host_lost_the_standby_takes_over(hosts, deployed):
     who = active(hosts)
     standby = [name for name in hosts if name != who][0]
+    # Updates keep coming before, during and after the loss (5/s for 60 s): each must be processed, none lost.
+    generator = fake_generate(hosts, 5, 300)
     with Sampler() as sampler:
+        # The active bot confirms some of them before it is lost.
+        deadline = time.time() + 60
+        while len(generated(fake_state(hosts), generator['id'])[1]) < 10:
+            assert time.time() < deadline, 'the active bot %s confirmed no generated update in 60 s' % who
+            time.sleep(0.5)
         lost = time.time()
         hosts[who].check_output('docker kill %s && systemctl kill --signal=SIGKILL soulnear-leader '
                                 '&& systemctl stop soulnear-leader', BOT)
@@ -230,10 +265,33 @@ def test_the_active_host_lost_the_standby_takes_over(hosts, deployed):
         print('\ntakeover %s -> %s after its bot was killed and its leader stopped: %.1f s (goal %.0f s)'
               % (who, standby, took - lost, GOAL))
         assert took - lost <= GOAL
-        assert 'ALERT the bot runs on %s now' % standby in hosts[standby].check_output(
-            'cat /var/log/soulnear/leader.log')
+        # The alert follows on the leader's next look at the running bot (every 2 s).
+        alert, deadline = 'ALERT the bot runs on %s now' % standby, time.time() + 30
+        while alert not in hosts[standby].check_output('cat /var/log/soulnear/leader.log'):
+            assert time.time() < deadline, '%r not in %s\'s leader.log within 30 s' % (alert, standby)
+            time.sleep(0.5)
         hosts[who].check_output('systemctl start soulnear-leader')  # back as a standby: its bot stays stopped
         only_one_polls(hosts, standby)
+        # Every generated update confirmed (generator done, nothing queued), then counted in both bots' logs.
+        deadline = time.time() + 180
+        while True:
+            state = fake_state(hosts)
+            done = generated(state, generator['id'])[0]
+            if done['done'] and not state['queued']:
+                break
+            assert time.time() < deadline, 'updates still queued: %s' % state['queued'][:20]
+            time.sleep(1)
+        first, last = done['first_update_id'], done['last_update_id']
+        counts = processed(hosts, first, last)
+        delivered = state['delivered']
+        row = dict(generated=last - first + 1, produced=done['produced'],
+                   confirmed=len(set(state['confirmed']) & set(counts)),
+                   redelivered=sum(1 for n in counts if delivered.get(str(n), 0) > 1),
+                   processed=sum(1 for n in counts.values() if n), duplicated=sum(1 for n in counts.values() if n > 1),
+                   lost=sum(1 for n in counts.values() if not n))
+        print('\nupdates across the takeover %s -> %s: %s' % (who, standby, json.dumps(row)))
+        assert row['generated'] == row['produced'] == 300, row
+        assert row['confirmed'] == row['generated'] and row['lost'] == 0, row
     assert sampler.both == []
 
 
@@ -248,7 +306,8 @@ def test_a_redeploy_updates_both_without_a_second_poller(hosts, deployed, invent
                                             BOT) for name in hosts)
     assert len(versions) == 1, versions  # the standby holds the same new version, not started
     assert 'poller bot version 2 polling' in hosts[who].check_output('docker logs %s 2>&1', BOT)
-    assert 'Standby (this host stands by' in proc.stdout
+    assert 'Standby (this host stands by' in proc.stdout, '\n'.join(
+        line for line in proc.stdout.splitlines() if 'tandby' in line or 'msg' in line)[-3000:]
     assert active(hosts) == who
     only_one_polls(hosts, who)
     assert fake_state(hosts)['conflicts'] == before == 0
