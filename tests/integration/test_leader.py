@@ -28,12 +28,12 @@ import time
 import urllib.request
 import uuid
 
-import psycopg2
 import pytest
 from ansible.module_utils.soulnear import leader as bot_leader
 from ansible.module_utils.soulnear import lock as deploy_lock
 from ansible.module_utils.soulnear.checks import docker_time
 from ansible.module_utils.soulnear.redeploy import Redeployer
+from pgclient import query
 from pgcontainer import PgContainer, docker
 from redeployenv import RedeployEnv
 
@@ -215,14 +215,7 @@ class Lab:
                     login_password=APP_PASSWORD, login_db=DB, connect_timeout=5)
 
     def sql(self, statement, args=None):
-        conn = psycopg2.connect(host='127.0.0.1', port=self.pg.port, user=APP_USER, password=APP_PASSWORD, dbname=DB)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement, args)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
+        return query(self.app_params(), statement, args)
 
     def close(self):
         docker('rm', '-f', self.fake, check=False)
