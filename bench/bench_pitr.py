@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Physical backups and point-in-time recovery (pgBackRest) against the logical tools, on the backup benchmark's
 >= 500 MB pgbench database, in a database container laid out like the postgres role lays it out
-(tests/pitrenv.py: pgBackRest's repository and configuration bind-mounted, WAL archiving on, archive_timeout 60 s).
+(tests/support/pitrenv.py: pgBackRest's repository and configuration bind-mounted, WAL archiving on,
+archive_timeout 60 s).
 
 1. Backup: a full physical backup (pitr.backup: `pgbackrest backup --type=full` in the container, zstd, 2
    processes, then expiry) vs `docker exec pg_dump -Fc bench > file`.

@@ -11,8 +11,8 @@ the probe's first failed request to its next 200 (resolution: the poll interval)
    Goal: median(1) / median(2) <= 1.5.
 3. safe_redeploy with nothing changed: no downtime at all (0 s; the container is not touched).
 
-Everything runs on the local Docker engine against a throwaway PostgreSQL container (tests/redeployenv.py) and the
-real example bot image (its healthcheck unchanged).
+Everything runs on the local Docker engine against a throwaway PostgreSQL container
+(tests/support/redeployenv.py) and the real example bot image (its healthcheck unchanged).
 
 Usage: .venv/bin/python bench/bench_redeploy.py [--runs 3]
 """

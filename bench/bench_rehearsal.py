@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The migration rehearsal (issue 22): its predicted downtime against the real one, its cost against the raw tools.
 
-For each table size a fresh bot deployment on the local Docker engine (tests/redeployenv.py: a PostgreSQL 15
+For each table size a fresh bot deployment on the local Docker engine (tests/support/redeployenv.py: a PostgreSQL 15
 container, here with the postgres role's 256 MB /dev/shm, versions of examples/bot built as images):
 
 1. v1 of the example bot adds a realistic bot table,

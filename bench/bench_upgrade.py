@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The major upgrade PostgreSQL 15 -> 17 (issue 24, part 3): each route's downtime against a bare `docker restart`, and
 the upgrade's time against a raw `pg_dump | pg_restore` of the same data, on the bot-like database of the tests
-(tests/upgradeenv.py: a deployment laid out like the postgres role's, pgBackRest and WAL archiving on).
+(tests/support/upgradeenv.py: a deployment laid out like the postgres role's, pgBackRest and WAL archiving on).
 
 Per size (--sizes, thousands of messages; the users are a third of it):
 

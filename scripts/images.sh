@@ -9,7 +9,7 @@
 #   soulnear/sandbox:bookworm   images/sandbox: systemd "VPS" host (no docker.io preinstalled)
 #   soulnear/python:3-bookworm  images/python: python3 + psycopg2, base for the sample bot
 #   soulnear/patroni:15         images/patroni: soulnear/postgres:15 plus Debian's patroni and etcd, for the
-#                               Patroni switchover test (tests/patronienv.py)
+#                               Patroni switchover test (tests/support/patronienv.py)
 # Only when asked (docs/debian.md; CI's make test needs none of them):
 #   IMAGES_TRIXIE=1             soulnear/debian:trixie and soulnear/sandbox:trixie, a Debian 13 "VPS"
 #                               (molecule/trixie; make test-full and make images-trixie set it)

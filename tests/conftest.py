@@ -1,12 +1,12 @@
 """Shared pytest fixtures: a real PostgreSQL cluster and Ansible's module_utils path.
 
 Fixtures
-- pg_server (session): a running throwaway cluster (tests.pgcluster.Cluster).
+- pg_server (session): a running throwaway cluster (tests/support/pgcluster.py: Cluster).
 - pg_db (function): a fresh, empty database on it; returns module-style
   connection parameters (login_host, login_port, login_user, login_password,
   login_db, connect_timeout). Dropped afterwards.
 - pg_container (session): a running PostgreSQL container on the local Docker
-  engine (tests.pgcontainer.PgContainer: .name, .port, .params(db), .query()),
+  engine (tests/support/pgcontainer.py: PgContainer .name, .port, .params(db), .query()),
   for modules that work through `docker exec`. Removed afterwards.
 """
 
@@ -30,7 +30,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
+# The harness (tests/support/: servers, containers, labs, the Ansible runner) is imported by module name:
+# `from pgclient import query`.
+sys.path.insert(0, os.path.join(ROOT, 'tests', 'support'))
 
 # Our package is imported as ansible.module_utils.soulnear.<name> by the modules;
 # make that import work in-process for the tests, as Ansible does when it packs a module.

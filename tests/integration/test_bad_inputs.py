@@ -1,7 +1,8 @@
 """Every module refuses a bad option before it changes anything (issue 23, item 4; module_utils/soulnear/validate.py).
 
 One table per module: each row is a bad value (or several) over arguments that work - against a real PostgreSQL, real
-directories and real containers - run through ansible-playbook as a playbook runs the module (tests/ansiblerun.py).
+directories and real containers - run through ansible-playbook as a playbook runs the module
+(tests/support/ansiblerun.py).
 Each row must fail, name its option in the message, print no traceback and no secret; the state the module works on
 is compared before and after the whole table: directories (names, types, sizes, modes, mtimes), databases (tables,
 their columns and row counts; databases, roles, settings where the module creates them) and containers (id,

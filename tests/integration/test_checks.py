@@ -1,6 +1,6 @@
 """The health checks (checks.py) and the db_health module against a real PostgreSQL and real containers.
 
-Nothing is mocked: the checks run against throwaway clusters (tests/pgcluster.py) and containers on
+Nothing is mocked: the checks run against throwaway clusters (tests/support/pgcluster.py) and containers on
 the local Docker engine.
 """
 

@@ -1,5 +1,5 @@
 """soulnear_db_mode external at the module level: migrations, health, backup and restore against a PostgreSQL the
-project did not deploy (tests/externaldb.py: TLS only, its own CA), logging in as the app role the way a managed
+project did not deploy (tests/support/externaldb.py: TLS only, its own CA), logging in as the app role the way a managed
 service's customer does - no superuser, no docker exec into the server.
 
 Proven here: sslmode=verify-full with the right CA works and with another CA fails before anything is sent; the

@@ -2,9 +2,10 @@
 python-telegram-bot, asyncpg, plain SQL files with its own schema_migrations) built offline and run in Docker against
 a real PostgreSQL and the fake Telegram Bot API (images/fake-telegram) - no mocks.
 
-On a private --internal Docker network (the bots reach nothing else): a TLS-only PostgreSQL (tests/externaldb.py) the
-bots verify with sslmode=verify-full, and the fake with the alias api.telegram.org, whose test CA each bot trusts by
-the mechanism its README names (SSL_CERT_FILE for python-telegram-bot/httpx; a bundle mounted over certifi's file for
+On a private --internal Docker network (the bots reach nothing else): a TLS-only PostgreSQL
+(tests/support/externaldb.py) the bots verify with sslmode=verify-full, and the fake with the alias
+api.telegram.org, whose test CA each bot trusts by the mechanism its README names (SSL_CERT_FILE for
+python-telegram-bot/httpx; a bundle mounted over certifi's file for
 aiogram/aiohttp). For each bot: pending migrations are probed, the bot's own migration command runs in a one-off
 container, the bot starts, /start and a text message go through the fake's control API, and the rows and the answers
 appear - with no 409. A second copy of a bot polling the same token is caught by the fake (conflicts counted).

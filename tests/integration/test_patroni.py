@@ -1,4 +1,4 @@
-"""A real Patroni cluster (tests/patronienv.py: etcd + 3 nodes, synchronous_mode) through a switchover
+"""A real Patroni cluster (tests/support/patronienv.py: etcd + 3 nodes, synchronous_mode) through a switchover
 with a writer committing all along - no mocks (issue 15, docs/patroni.md).
 
 - check_cluster (module_utils/soulnear/patroni.py) reads the real REST API before and after.

@@ -1,5 +1,5 @@
 """pg_migrate's refusals before anything runs (issue 23, item 6 and pg_migrate's part of item 4), against a real
-PostgreSQL and real directories of the other tools (tests/fixtures/migrations, tests/migration_tools.py):
+PostgreSQL and real directories of the other tools (tests/fixtures/migrations, tests/support/migration_tools.py):
 
 - a database another tool migrated, run without takeover: refused naming takeover and the tool's table;
 - a Prisma (or Diesel) folder without its migration file; versions that are equal once normalised (1 / 1.0 / 01);

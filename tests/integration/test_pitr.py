@@ -1,6 +1,6 @@
 """Point-in-time recovery (issue 13) against real PostgreSQL, pgBackRest and S3 (SeaweedFS) containers: the restore
 code the pg_pitr module runs (module_utils/soulnear/pitr_restore.py) on a database laid out like the postgres role
-lays it out (tests/pitrenv.py), with a writer committing rows the whole time.
+lays it out (tests/support/pitrenv.py), with a writer committing rows the whole time.
 
 - PITR to a time T after a DROP TABLE: every row committed before T is back, none sent after T.
 - Host loss: the container AND its volume removed while the writer runs; restore latest: the rows lost are only

@@ -1,5 +1,5 @@
 """safe_redeploy for any team's bot (issue 20), against the real Docker engine and a real PostgreSQL container
-(tests/redeployenv.py):
+(tests/support/redeployenv.py):
 
 - the container options a bot needs - volumes (named and a host directory), published ports (127.0.0.1 unless an
   address is given), extra hosts, its own command, its own healthcheck - reach the container, and a second run

@@ -1,4 +1,5 @@
-"""safe_redeploy's decisions against the real Docker engine and a real PostgreSQL container (tests/redeployenv.py).
+"""safe_redeploy's decisions against the real Docker engine and a real PostgreSQL container
+(tests/support/redeployenv.py).
 
 One deployment for the whole file, taken through its life as an operator would: a first deploy, nothing to do,
 a swap with a new migration, failed versions that must leave the previous bot running (a crash at start, a health
@@ -6,7 +7,7 @@ timeout, an error in the log, a failed migration), an explicit rollback, make mi
 at once through the deploy lock. The versions are examples/bot copied with small edits; their HEALTHCHECK
 interval is 2 s instead of 10 s so the suite does not wait for Docker's first probe (the decisions are the same).
 
-Most runs go through ansible-playbook (tests/ansiblerun.py), as the app role calls the module.
+Most runs go through ansible-playbook (tests/support/ansiblerun.py), as the app role calls the module.
 """
 
 import json

@@ -1,7 +1,7 @@
 """The major upgrade of PostgreSQL 15 to 17 (issue 24, part 3) against real containers: soulnear/postgres:15 and
 soulnear/postgres:17 (trixie's postgresql-17 and pgBackRest 2.55, scripts/images.sh IMAGES_PG17=1), a deployment laid
-out like the postgres role's (tests/upgradeenv.py: volume, secrets file, pgBackRest repository, healthcheck, labels,
-the app role) with a bot-like schema and a few MB of rows, and the code the pg_upgrade module runs
+out like the postgres role's (tests/support/upgradeenv.py: volume, secrets file, pgBackRest repository, healthcheck,
+labels, the app role) with a bot-like schema and a few MB of rows, and the code the pg_upgrade module runs
 (module_utils/soulnear/upgrade.py).
 
 - The upgrade while a writer commits through the published port as the app role: every acknowledged row is on 17
@@ -48,8 +48,9 @@ def utc_now():
 
 
 class AppWriter(Writer):
-    """The writer of tests/pitrenv.py as the bot would write: connected as the app role (whose password the upgrade
-    carries over with the roles) through the published port, one row per transaction, reconnecting after an error."""
+    """The writer of tests/support/pitrenv.py as the bot would write: connected as the app role (whose password the
+    upgrade carries over with the roles) through the published port, one row per transaction, reconnecting after an
+    error."""
 
     def __init__(self, lab, table='upgrade_writes', rate=40):
         lab.app_sql('CREATE TABLE IF NOT EXISTS %s (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT '

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(
     not (os.environ.get('SOULNEAR_TEST_FULL') or os.environ.get('SOULNEAR_BOTLAB_HOST')),
     reason='make test-full (SOULNEAR_TEST_FULL=1): two framework bots, ten deploys each, about 40 min')
 
-sys.path.insert(0, os.path.join(PROJECT, 'tests'))
+sys.path.insert(0, os.path.join(PROJECT, 'tests', 'support'))
 import botlab  # noqa: E402
 
 RESULTS = []       # rows of the loss table

@@ -164,8 +164,8 @@ def ansible(inventory, playbook, *args, timeout=900):
 
 @pytest.fixture(scope='module')
 def managed(tmp_path_factory):
-    """A TLS-only PostgreSQL the project did not deploy, on the VPSes' private network (tests/externaldb.py)."""
-    sys.path.insert(0, os.path.join(PROJECT, 'tests'))
+    """A TLS-only PostgreSQL the project did not deploy, on the VPSes' private network (tests/support/externaldb.py)."""
+    sys.path.insert(0, os.path.join(PROJECT, 'tests', 'support'))
     from externaldb import ExternalPg  # noqa: PLC0415 - the project's test helpers, not a package
     server = ExternalPg(tmp_path_factory.mktemp('managed'), network=instance_name() + '-net', address=MANAGED_IP)
     server.start()

@@ -30,7 +30,7 @@ import pytest
 
 from pgcluster import SUPERUSER_PASSWORD
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'migrations')
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'fixtures', 'migrations')
 HISTORY_TABLES = ('schema_migrations', 'pg_schema_migrations', 'flyway_schema_history', 'goose_db_version',
                   'gorp_migrations', '_sqlx_migrations', '_prisma_migrations', '__diesel_schema_migrations')
 

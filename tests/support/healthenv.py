@@ -16,7 +16,7 @@ from ansible.module_utils.soulnear.migrate import Migrator
 from pgcluster import free_port
 from pgcontainer import PgContainer, docker
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MIGRATIONS = os.path.join(ROOT, 'examples', 'bot', 'database', 'migrations')
 
 

@@ -19,7 +19,7 @@ from pgclient import ServerClient
 
 SUPERUSER = 'postgres'
 SUPERUSER_PASSWORD = 'test-superuser-secret'
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def intended_major():

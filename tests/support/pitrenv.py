@@ -25,7 +25,7 @@ from ansible.module_utils.soulnear import pgserver, pitr
 from pgcluster import free_port
 from pgcontainer import IMAGE, docker
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEMPLATE = os.path.join(ROOT, 'roles', 'postgres', 'templates', 'pgbackrest.conf.j2')
 ROLE_VARS = os.path.join(ROOT, 'roles', 'postgres', 'vars', 'main.yml')
 WEED = os.path.join(ROOT, '.cache', 'tools', 'weed')

@@ -13,7 +13,7 @@ import uuid
 
 from pgcontainer import PgContainer, docker
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BOT_SOURCE = os.path.join(ROOT, 'examples', 'bot')
 BASE_IMAGE = os.environ.get('SOULNEAR_TEST_BOT_BASE_IMAGE', 'soulnear/python:3-bookworm')
 APP_USER = 'soulnear'

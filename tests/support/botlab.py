@@ -27,7 +27,7 @@ import uuid
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BOTS = ('aiogram-alembic', 'ptb-sql')
 DB_CONTAINER = 'soulnear_postgres'
 BOT_CONTAINER = 'soulnear_bot'
@@ -273,7 +273,7 @@ class Lab:
         values.update(self.test_settings())
         with open(main, 'w') as handle:
             handle.write('---\n# The operator\'s main.yml + examples/%s/deploy.yml + the test\'s own settings '
-                         '(tests/botlab.py).\n' % self.bot)
+                         '(tests/support/botlab.py).\n' % self.bot)
             yaml.safe_dump(values, handle, sort_keys=False, width=1000)
         return os.path.join(copy, os.path.basename(self.target.inventory))
 
