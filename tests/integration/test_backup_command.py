@@ -8,8 +8,8 @@ import sys
 
 import yaml
 from ansible.module_utils.soulnear.backup_files import list_backups
-from test_backup import bot_db_fixture, bot_template  # noqa: F401 - makes the fixtures available here
-from test_pg_migrate_ansible import ansible
+from ansiblerun import ansible_playbook
+from backupenv import bot_db_fixture, bot_template_fixture  # noqa: F401 - the bot_db fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,7 +40,7 @@ def render_host_command(tmp_path, pg_container, db, **overrides):
                  for role, src, dest, mode in templates]}]
     book = tmp_path / 'render.yml'
     book.write_text(yaml.safe_dump(play))
-    proc = ansible(book, '-e', '@' + str(tmp_path / 'extra.json'))
+    proc = ansible_playbook(book, '-e', '@' + str(tmp_path / 'extra.json'))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return bin_dir / 'soulnear-backup'
 

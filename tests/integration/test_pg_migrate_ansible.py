@@ -1,14 +1,8 @@
 """pg_migrate run through Ansible itself (ansible-playbook on localhost) against a real PostgreSQL."""
 
-import json
-import os
-import subprocess
-import sys
-
 import yaml
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.dirname(sys.executable)
+from ansiblerun import ansible_playbook, task_result
+from migration_tools import fixture
 
 
 def playbook(tmp_path, params, path, **options):
@@ -25,19 +19,6 @@ def playbook(tmp_path, params, path, **options):
     return book
 
 
-def ansible(book, *extra):
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_NOCOLOR='1',
-               ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'), ANSIBLE_PYTHON_INTERPRETER=sys.executable)
-    proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', 'localhost,', '-c', 'local', str(book)]
-                          + list(extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    return proc
-
-
-def task_result(proc):
-    data = json.loads(proc.stdout[proc.stdout.index('{'):])
-    return data['plays'][0]['tasks'][0]['hosts']['localhost']
-
-
 def test_playbook_check_apply_rerun_and_failure(pg_db, tmp_path):
     path = tmp_path / 'migrations'
     path.mkdir()
@@ -45,26 +26,26 @@ def test_playbook_check_apply_rerun_and_failure(pg_db, tmp_path):
     (path / '002_users.sql').write_text('CREATE TABLE users (id bigint PRIMARY KEY);\n')
     book = playbook(tmp_path, pg_db, path)
 
-    check = ansible(book, '--check', '--diff')
+    check = ansible_playbook(book, '--check', '--diff')
     assert check.returncode == 0, check.stdout + check.stderr
     result = task_result(check)
     assert result['changed'] is True
     assert result['msg'] == 'Would apply 2 migration(s)'
     assert '002_users.sql' in result['diff']['after']
 
-    applied = ansible(book)
+    applied = ansible_playbook(book)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     result = task_result(applied)
     assert result['changed'] is True and result['msg'] == 'Applied 2 new migration(s)'
     assert result['applied'] == ['001_init.sql', '002_users.sql'] and result['current_version'] == '2'
     assert isinstance(result['duration_ms'], int)
 
-    again = ansible(book)
+    again = ansible_playbook(book)
     result = task_result(again)
     assert result['changed'] is False and result['msg'] == 'All migrations up to date'
 
     (path / '003_broken.sql').write_text('CREATE TABLE ok_part (id int);\nINSERT INTO missing_table VALUES (1);\n')
-    failed = ansible(book)
+    failed = ansible_playbook(book)
     assert failed.returncode != 0
     result = task_result(failed)
     assert result['failed'] is True
@@ -76,11 +57,11 @@ def test_password_never_printed_even_at_vvv(pg_db, tmp_path):
     path = tmp_path / 'migrations'
     path.mkdir()
     (path / '001_init.sql').write_text('SELECT 1;\n')
-    proc = ansible(playbook(tmp_path, pg_db, path), '-vvv')
+    proc = ansible_playbook(playbook(tmp_path, pg_db, path), '-vvv')
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert pg_db['login_password'] not in proc.stdout + proc.stderr
     wrong = dict(pg_db, login_password='wrong-secret-value')
-    proc = ansible(playbook(tmp_path, wrong, path), '-vvv')
+    proc = ansible_playbook(playbook(tmp_path, wrong, path), '-vvv')
     assert proc.returncode != 0
     assert 'password authentication failed' in proc.stdout
     assert 'wrong-secret-value' not in proc.stdout + proc.stderr
@@ -92,14 +73,14 @@ def test_failure_reports_changed_when_the_database_changed_and_check_mode_report
     (path / '001_init.sql').write_text('CREATE TABLE t (id int);\n')
     (path / '002_bad.sql').write_text('INSERT INTO missing VALUES (1);\n')
     book = playbook(tmp_path, pg_db, path)
-    failed = ansible(book)
+    failed = ansible_playbook(book)
     result = task_result(failed)
     assert result['failed'] is True and result['changed'] is True  # 001 and the tracking table stayed
     assert result['applied'] == ['001_init.sql'] and '002_bad.sql failed at line 1' in result['msg']
 
     (path / '002_bad.sql').write_text('CREATE TABLE u (id int);\nCOMMIT;\n\\i other.sql\n')
     for extra in (['--check'], []):
-        proc = ansible(book, *extra)
+        proc = ansible_playbook(book, *extra)
         result = task_result(proc)
         assert result['failed'] is True and result['changed'] is False, extra
         assert "002_bad.sql line 2: 'COMMIT'" in result['msg'] and '002_bad.sql line 3: psql meta-command' \
@@ -107,8 +88,7 @@ def test_failure_reports_changed_when_the_database_changed_and_check_mode_report
 
 
 def test_module_reads_another_tools_layout(pg_db, tmp_path):
-    from migration_tools import fixture
-    proc = ansible(playbook(tmp_path, pg_db, fixture('golang-migrate')))
+    proc = ansible_playbook(playbook(tmp_path, pg_db, fixture('golang-migrate')))
     result = task_result(proc)
     assert proc.returncode == 0, proc.stdout
     assert result['layout'] == 'golang-migrate' and result['msg'] == 'Applied 4 new migration(s)'

@@ -12,8 +12,8 @@ from ansible.module_utils.soulnear.backup import create_backup
 from ansible.module_utils.soulnear.backup_files import BackupError
 from ansible.module_utils.soulnear.backup_settings import make_settings
 from ansible.module_utils.soulnear.rehearsal import kept_name, rehearse
-from test_backup import bot_db_fixture, bot_template  # noqa: F401 - makes the fixtures available here
-from test_backup import table_checksums
+from backupenv import bot_db_fixture, bot_template_fixture  # noqa: F401 - the bot_db fixture
+from backupenv import table_checksums
 
 
 def app_settings(pg_container, db, backup_dir):

@@ -1,7 +1,7 @@
 """restore_database and restore_test (restore.py) and the pg_restore module against a real PostgreSQL container
 and a real (sleeping) bot container.
 
-Real data (pgbench tables plus the bot's tables, fixtures from test_backup.py): back up,
+Real data (pgbench tables plus the bot's tables, tests/support/backupenv.py): back up,
 damage, restore, compare row counts and per-table content checksums; corrupt and truncated
 backups; a restore that fails half-way; the swap with the bot stopped and started.
 """
@@ -23,9 +23,9 @@ from ansible.module_utils.soulnear.backup import create_backup
 from ansible.module_utils.soulnear.backup_files import BackupError
 from ansible.module_utils.soulnear.restore import restore_database, restore_test
 from psycopg2 import sql
-from test_backup import bot_db_fixture, bot_template  # noqa: F401 - makes the fixtures available here
-from test_backup import app_connect, settings_for, table_checksums
-from test_pg_migrate_ansible import ansible
+from ansiblerun import ansible_playbook
+from backupenv import app_connect, bot_db_fixture, bot_template_fixture  # noqa: F401 - the bot_db fixture
+from backupenv import settings_for, table_checksums
 
 BOT_IMAGE = os.environ.get('SOULNEAR_TEST_BOT_IMAGE', 'soulnear/python:3-bookworm')
 
@@ -265,7 +265,7 @@ def test_module_through_ansible(pg_container, bot_db, tmp_path):
     book = tmp_path / 'restore.yml'
     book.write_text(yaml.safe_dump([{'name': 'Restore', 'hosts': 'localhost', 'gather_facts': False,
                                      'tasks': tasks}]))
-    proc = ansible(book, '-vvv')
+    proc = ansible_playbook(book, '-vvv')
     assert proc.returncode == 0, proc.stdout + proc.stderr
     refused, tested, restored = [t['hosts']['localhost'] for t in
                                  json.loads(proc.stdout[proc.stdout.index('{'):])['plays'][0]['tasks']]
