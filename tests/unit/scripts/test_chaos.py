@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                'scripts'))
+from ansiblerun import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 
 import chaos  # noqa: E402
 

@@ -9,7 +9,7 @@ from ansible.module_utils.soulnear import audit
 from ansible.module_utils.soulnear.deploy_common import safe_name
 from ansible.module_utils.soulnear.redeploy import repository_of
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 
 
 def test_one_line_per_record_with_the_common_fields_first(tmp_path):

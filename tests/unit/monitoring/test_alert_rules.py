@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 RULES_DIR = os.path.join(ROOT, 'monitoring', 'prometheus')
 RULES = os.path.join(RULES_DIR, 'alerts.yml')
 RULE_TESTS = os.path.join(RULES_DIR, 'alerts_test.yml')

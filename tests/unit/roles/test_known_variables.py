@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 sys.path.insert(0, os.path.join(ROOT, 'plugins', 'filter'))
 
 from soulnear import did_you_mean  # noqa: E402

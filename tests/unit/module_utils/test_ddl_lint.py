@@ -14,7 +14,7 @@ from ansible.module_utils.soulnear.ddl_lint import RULE_NAMES, RULES, Linter, al
 from ansible.module_utils.soulnear.ddl_tokens import ACCEPTED_TYPE_CHANGES, parse_type, tokens, type_change_rewrites
 from ansible.module_utils.soulnear.sql import scan
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 BIG = (150 * 1024 * 1024, 2000000)   # the incident's table: 143 MB, 2 M rows
 SMALL = (16384, 40)
 

@@ -20,7 +20,7 @@ import uuid
 import pytest
 from pgclient import wait_until
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 FAKE_DIR = os.path.join(ROOT, 'images', 'fake-telegram')
 CONFLICT = 'Conflict: terminated by other getUpdates request; make sure that only one bot instance is running'
 TEST_TIMEOUT = 60   # seconds per test (pytest-timeout is not among the requirements: SIGALRM does it)
