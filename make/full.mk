@@ -1,7 +1,7 @@
 # make test-full: every test of make test, plus the slow ones skipped there (SOULNEAR_TEST_FULL=1; pytest's marker
 # full and the skips that read the variable): the host-loss test of point-in-time recovery with the deployment's own
-# 60 s archive_timeout (tests/integration/test_pitr.py; make test runs it with 10 s); the leader's fault variants
-# (test_leader.py: killed alone, hung, partition, database away, async failover, clock jump, deliberate failover;
+# 60 s archive_timeout (tests/integration/module_utils/test_pitr_restore.py; make test runs it with 10 s); the
+# leader's fault variants (test_leader.py: killed alone, hung, partition, database away, async failover, clock jump, deliberate failover;
 # make test keeps exactly-one-polls, the takeover and the safe redeploy's standby mode); the interrupted and resumed
 # PostgreSQL upgrades (test_upgrade.py); the exporters of Debian 12 and 13 against PostgreSQL 17
 # (test_metrics_exporter.py); in Molecule, two framework bots deployed as a team would (test_bots.py, ~40

@@ -26,7 +26,8 @@ server when it builds a verifier and in libpq when a client logs in, so both sid
 The tables are Python's stringprep module (RFC 3454, Unicode 3.2, exactly the tables pg_saslprep carries); the
 NFKC step uses Python's unicodedata, whose data is newer than 3.2 like PostgreSQL's own. A character assigned
 after Unicode 3.2 is in A.1, which makes the whole password prohibited (used unchanged) before any normalisation
-could differ, so the two agree (tests/integration/test_scram.py checks both against PostgreSQL 15 and 17).
+could differ, so the two agree (tests/integration/module_utils/test_scram.py checks both against PostgreSQL 15 and
+17).
 """
 
 from __future__ import absolute_import, division, print_function

@@ -1,9 +1,9 @@
-"""A database laid out like the postgres role lays it out, for the point-in-time recovery tests (tests/integration/
-test_pitr.py) and the PITR benchmark (bench/bench_pitr.py): a container of the local PostgreSQL image with pgBackRest,
-its data in a named volume, the repository, pgBackRest's configuration (rendered from the role's own template) and
-the log directory bind-mounted from the host, WAL archiving converged with pg_server's code, a bot stand-in, and
-optionally a real S3 server (SeaweedFS, .cache/tools/weed from scripts/test-deps.sh) with a self-signed certificate
-as the offsite repository.
+"""A database laid out like the postgres role lays it out, for the point-in-time recovery tests
+(tests/integration/module_utils/test_pitr_restore.py) and the PITR benchmark (bench/bench_pitr.py): a container of the
+local PostgreSQL image with pgBackRest, its data in a named volume, the repository, pgBackRest's configuration (rendered
+from the role's own template) and the log directory bind-mounted from the host, WAL archiving converged with pg_server's
+code, a bot stand-in, and optionally a real S3 server (SeaweedFS, .cache/tools/weed from scripts/test-deps.sh) with a
+self-signed certificate as the offsite repository.
 
     lab = PitrLab(tmp_path, archive_timeout='10s', s3=True).start()
     ...

@@ -1,7 +1,7 @@
 """A PostgreSQL 15 deployment laid out like the postgres role lays it out, for the major upgrade's tests
-(tests/integration/test_upgrade.py) and benchmark (bench/bench_upgrade.py): PitrLab's container (volume, pgBackRest's
-repository and configuration, log directory, healthcheck with the checkpointer's wake-up, a bot stand-in) with the
-role's secrets file (POSTGRES_PASSWORD_FILE), labels and app role, and a bot-like schema with data.
+(tests/integration/module_utils/test_upgrade.py) and benchmark (bench/bench_upgrade.py): PitrLab's container (volume,
+pgBackRest's repository and configuration, log directory, healthcheck with the checkpointer's wake-up, a bot stand-in)
+with the role's secrets file (POSTGRES_PASSWORD_FILE), labels and app role, and a bot-like schema with data.
 
     lab = UpgradeLab(tmp_path).start()
     lab.load(users=20000, messages=60000)      # a few MB of bot-like rows

@@ -1,7 +1,7 @@
 """Point-in-time recovery on the deployed VPS (issue 13; docs/pitr.md): WAL archiving on, the local repository and
 pgBackRest's configuration private, the schedule, the health checks, and `make backups` / the refusals of
 `make restore TIME=...`. The restores themselves are tested against real containers in
-tests/integration/test_pitr.py."""
+tests/integration/module_utils/test_pitr_restore.py."""
 
 import json
 

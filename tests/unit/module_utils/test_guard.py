@@ -1,6 +1,6 @@
 """The data-loss guard's record and decision (guard.py) without a database: one entry per database name, older
 flat records read and taken over, events kept per database, and the verdicts on observations as observe() returns
-them. The observations against real PostgreSQL are in tests/integration/test_data_guard.py."""
+them. The observations against real PostgreSQL are in tests/integration/module_utils/test_guard.py."""
 
 import json
 import time

@@ -1,6 +1,6 @@
 """migrate_checks.py without a server: versions equal once normalised, migration folders without their file, and
 discover() naming every problem of a directory in one refusal (the server side is in
-tests/integration/test_pg_migrate_refusals.py)."""
+tests/integration/modules/test_pg_migrate_refusals.py)."""
 
 import pytest
 

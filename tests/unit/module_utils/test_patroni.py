@@ -3,7 +3,7 @@
 The bodies have the shape Patroni 3.0 returns (patroni.utils.cluster_as_json: members sorted by name,
 role leader/sync_standby/replica, state, api_url, host, port, timeline, lag in bytes or 'unknown'
 for replicas, 'pause': true in maintenance mode). Nothing is mocked: the function under test opens a
-real connection. tests/integration/test_patroni.py runs it against a real cluster.
+real connection. tests/integration/module_utils/test_patroni.py runs it against a real cluster.
 """
 
 import http.server

@@ -399,7 +399,7 @@ def test_pg_pitr(pitr_lab, tmp_path):
 
 def test_pg_upgrade(pitr_lab, tmp_path):
     """A major upgrade's options: every bad one refused before the old server is touched (no control row: a valid
-    upgrade is tests/integration/test_upgrade.py's, minutes long)."""
+    upgrade is tests/integration/module_utils/test_upgrade.py's, minutes long)."""
     lab = pitr_lab
     base = dict(lab.params(), operation='upgrade', to_version=17, image='soulnear/postgres:17', confirm='soul_bot',
                 container=lab.name, volume=lab.volume, stanza='soulnear', repo_dir=lab.repo_dir, bot_container=lab.bot,

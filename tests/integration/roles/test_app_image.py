@@ -10,7 +10,7 @@ import uuid
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 BASE = 'soulnear/python:3-bookworm'
 
 DOCKERFILE = '''ARG BASE_IMAGE

@@ -25,7 +25,7 @@ from externaldb import ExternalPg
 from pgclient import connect
 from pgcontainer import IMAGE, docker
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 MIGRATIONS = os.path.join(ROOT, 'examples', 'bot', 'database', 'migrations')
 APP_USER, APP_PASSWORD, DB = 'soulnear_app', 'external-app-secret', 'soul_bot'
 

@@ -8,7 +8,7 @@ with a writer committing all along - no mocks (issue 15, docs/patroni.md).
 - The example bot (examples/bot), connected to all the nodes, is healthy after a switchover.
 
 Part of make test (about 45 s with the image built; 10 s more to build it). The figures, by hand:
-    .venv/bin/pytest -s tests/integration/test_patroni.py
+    .venv/bin/pytest -s tests/integration/module_utils/test_patroni.py
 """
 
 import glob
@@ -31,7 +31,7 @@ from pgclient import wait_until
 from pgcluster import free_port
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 BOT_DIR = os.path.join(ROOT, 'examples', 'bot')
 MIGRATIONS_DIR = os.path.join(BOT_DIR, 'database', 'migrations')
 DB = 'soulnear_ha'

@@ -37,7 +37,7 @@ from pgclient import query
 from pgcontainer import PgContainer, docker
 from redeployenv import RedeployEnv
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 LIBRARY = os.path.join(ROOT, 'module_utils')
 BASE_IMAGE = os.environ.get('SOULNEAR_TEST_BOT_BASE_IMAGE', 'soulnear/python:3-bookworm')
 APP_USER, APP_PASSWORD, DB = 'soulnear', 'leader-test-secret', 'soul_bot'

@@ -31,7 +31,7 @@ from pgcontainer import docker
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 BASE_IMAGE = os.environ.get('SOULNEAR_TEST_BOT_BASE_IMAGE', 'soulnear/python:3-bookworm')
 PG_IMAGE = os.environ.get('SOULNEAR_TEST_PG_IMAGE', 'soulnear/postgres:15')
 RUN = uuid.uuid4().hex[:8]

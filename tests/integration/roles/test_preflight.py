@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 BIN = os.path.dirname(sys.executable)
 SECRETS = dict(vault_postgres_password='preflight-test-superuser-pw', vault_app_db_password='preflight-test-app-pw',
                vault_bot_token='123456:preflight-test-token', vault_alert_telegram_token='')

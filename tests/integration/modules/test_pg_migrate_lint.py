@@ -24,7 +24,7 @@ from ansible.module_utils.soulnear.migration_files import MigrationError
 from ansiblerun import run_module
 from pgclient import connect, query, wait_until
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 ROWS = 300000
 INCIDENT = 'ALTER TABLE events ADD COLUMN score int DEFAULT (random()*1000)::int;\n'
 

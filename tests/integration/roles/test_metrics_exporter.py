@@ -16,7 +16,7 @@ import pytest
 
 from pgcontainer import PgContainer, docker
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TEMPLATE = ROOT / 'roles' / 'metrics' / 'templates' / 'postgres-exporter.conf.j2'
 DEADLINE = 900  # apt-get update and install on a loaded machine
 

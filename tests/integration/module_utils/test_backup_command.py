@@ -11,7 +11,7 @@ from ansible.module_utils.soulnear.backup_files import list_backups
 from ansiblerun import ansible_playbook
 from backupenv import bot_db_fixture, bot_template_fixture  # noqa: F401 - the bot_db fixture
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 
 
 def render_host_command(tmp_path, pg_container, db, **overrides):

@@ -6,9 +6,9 @@ import pytest
 from ansible.module_utils.soulnear.migrate import Migrator
 from ansible.module_utils.soulnear.migration_files import MigrationError
 from pgclient import query
-from test_pg_migrate import *  # noqa: F401,F403 - collected again here, streamed
-from test_pg_migrate_safety import *  # noqa: F401,F403
-from test_pg_migrate_safety import exists, write
+from .test_pg_migrate import *  # noqa: F401,F403 - collected again here, streamed
+from .test_pg_migrate_safety import *  # noqa: F401,F403
+from .test_pg_migrate_safety import exists, write
 
 
 @pytest.fixture(autouse=True)

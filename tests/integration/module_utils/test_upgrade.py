@@ -33,7 +33,7 @@ from ansible.module_utils.soulnear import guard as data_guard
 from ansible.module_utils.soulnear import pitr, upgrade
 from ansible.module_utils.soulnear.checks import run_checks
 from ansible.module_utils.soulnear.pitr_restore import restore
-from ansiblerun import run_module
+from ansiblerun import ROOT, run_module
 from pgcontainer import docker
 from pitrenv import DB, PASSWORD, Writer
 from upgradeenv import NEW_IMAGE, OLD_IMAGE, UpgradeLab
@@ -340,11 +340,10 @@ def test_refusals_change_nothing(lab, tmp_path):
 
 def test_make_passes_the_upgrade_values_as_data(tmp_path):
     """make upgrade-postgres-rollback CONFIRM_LOSS='$(shell ...)' reaches Ansible as the string typed."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     work = tmp_path / 'work'
     work.mkdir()
     for name in ('Makefile', 'make', 'scripts'):
-        subprocess.run(['cp', '-r', os.path.join(root, name), str(work)], check=True)
+        subprocess.run(['cp', '-r', os.path.join(ROOT, name), str(work)], check=True)
     record = tmp_path / 'record.json'
     stub = tmp_path / 'ansible-playbook'
     stub.write_text('#!%s\nimport json, os, sys\nargv = sys.argv[1:]\n'

@@ -23,7 +23,7 @@ import pytest
 from pgclient import connect, query, wait_until
 from pgcluster import SUPERUSER_PASSWORD, Cluster, free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 BOT_DIR = os.path.join(ROOT, 'examples', 'bot')
 MIGRATIONS_DIR = os.path.join(BOT_DIR, 'database', 'migrations')
 MIGRATIONS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(MIGRATIONS_DIR, '*.sql')))

@@ -26,7 +26,7 @@ from ansiblerun import ansible_playbook, task_result
 from backupenv import bot_db_fixture, bot_template_fixture  # noqa: F401 - the bot_db and bot_template fixtures
 from backupenv import settings_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansiblerun import ROOT
 
 
 def archive_list(pg_container, path):
