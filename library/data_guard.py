@@ -227,7 +227,7 @@ from ansible.module_utils.soulnear import guard
 from ansible.module_utils.soulnear.backup_files import DEFAULT_NAME_PATTERN
 from ansible.module_utils.soulnear.backup_settings import DEFAULTS as BACKUP_DEFAULTS
 from ansible.module_utils.soulnear.backup_settings import make_settings
-from ansible.module_utils.soulnear.checks import DEFAULTS as CHECK_DEFAULTS
+from ansible.module_utils.soulnear import defaults
 from ansible.module_utils.soulnear.pg import (
     HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, ConnectError, connect, connection_argument_spec)
 from ansible.module_utils.soulnear import validate
@@ -238,8 +238,8 @@ def argument_spec():
     spec.update(
         operation=dict(type='str', choices=list(guard.OPERATIONS), default='check'),
         state_file=dict(type='path', default=guard.DEFAULT_STATE_FILE),
-        required_tables=dict(type='list', elements='str', default=list(CHECK_DEFAULTS['required_tables'])),
-        migrations_table=dict(type='str', default=CHECK_DEFAULTS['migrations_table']),
+        required_tables=dict(type='list', elements='str', default=list(defaults.REQUIRED_TABLES)),
+        migrations_table=dict(type='str', default=defaults.MIGRATIONS_TABLE),
         allow_empty_database=dict(type='bool', default=False),
         confirm=dict(type='str'),
         actor=dict(type='str', default=''),

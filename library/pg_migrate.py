@@ -431,7 +431,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear import validate
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
-from ansible.module_utils.soulnear.migrate import Migrator
+from ansible.module_utils.soulnear.migrate import Migrator, migration_options
 from ansible.module_utils.soulnear.migration_files import MigrationError
 from ansible.module_utils.soulnear.migration_text import parse_version
 
@@ -502,7 +502,7 @@ def check_options(module):
     p = module.params
     options = validate.Options(p, argument_spec())
     validate.connection(options)
-    validate.migration_options(options, p)  # timeouts, retries, lint thresholds, choices, table names
+    migration_options(options, p)  # timeouts, retries, lint thresholds, choices, table names
     options.check('path', migrations_directory)
     options.check(('baseline', 'target'), version)
     options.check('applied_by', validate.nonempty)

@@ -516,6 +516,7 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.containers import DockerError
+from ansible.module_utils.soulnear.migrate import migration_options
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 from ansible.module_utils.soulnear.redeploy import (
     ACTIONS, BACKUP_MODES, DEFAULTS, MIGRATION_MODES, MIGRATION_OPTIONS, PREVIOUS, REHEARSAL_MODES, RedeployError,
@@ -619,7 +620,7 @@ def check_options(module):
         options.add('migration_options', p['migration_options'], validate.Invalid(
             'a dict of the options a deploy can pass to pg_migrate: %s' % ', '.join(MIGRATION_OPTIONS),
             why='it has unknown option(s) %s' % ', '.join(unknown)))
-    validate.migration_options(options, p['migration_options'], 'migration_options.')
+    migration_options(options, p['migration_options'], 'migration_options.')
     options.check(('migration_command', 'migration_check_command', 'command'), _command)
     if p['migrations'] == 'command' and not p['migration_command']:
         options.require('migration_command', 'the bot\'s own migration command (for example alembic upgrade head), '

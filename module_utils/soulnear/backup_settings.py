@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from . import defaults
 from .backup_files import DEFAULT_NAME_PATTERN, BackupError, pattern_regex
 from .pg import connection_argument_spec
 
@@ -19,14 +20,14 @@ COMPRESSIONS = ('auto', 'gzip', 'zstd', 'lz4', 'none')
 VERIFY_MODES = ('list', 'full')
 
 DEFAULTS = dict(
-    container='soulnear_postgres',
-    exec_user='postgres',
+    container=defaults.DB_CONTAINER,
+    exec_user=defaults.DB_EXEC_USER,
     client_image='',
-    backup_dir='/var/backups/soulnear',
+    backup_dir=defaults.BACKUP_DIR,
     name_pattern=DEFAULT_NAME_PATTERN,
     compression='auto',
     compression_level=None,
-    space_margin=1.2,
+    space_margin=defaults.SPACE_MARGIN,
     verify='list',
     keep_daily=7,
     keep_weekly=4,
@@ -36,13 +37,13 @@ DEFAULTS = dict(
     prune=True,
     offsite='',
     bot_container='',
-    bot_stop_timeout=30,
+    bot_stop_timeout=defaults.BOT_STOP_TIMEOUT,
     safety_backup=True,
     owner='',
     no_owner=False,
     largest_tables=5,
     require_checksum=True,
-    maintenance_db='postgres',
+    maintenance_db=defaults.MAINTENANCE_DB,
     analyze=False,
     maintenance_work_mem='256MB',
     data_guard_file='',

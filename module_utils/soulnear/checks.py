@@ -19,7 +19,7 @@ import shlex
 import time
 from datetime import datetime
 
-from . import containers, guard, lease, patroni, pitr
+from . import containers, defaults, guard, lease, patroni, pitr
 from . import leader as bot_leader
 from .backup_files import DEFAULT_NAME_PATTERN, SIDECAR_SUFFIX, check_intact, list_backups
 from .files import disk_usage
@@ -35,11 +35,11 @@ DB_CHECKS = ('tables', 'migrations', 'connections', 'wal_archiving')  # need a d
 DEFAULTS = dict(
     # Tables that must exist (the tables check fails without them); none by default: the data-loss guard watches the
     # database's own tables, whatever the bot calls them (guard.py).
-    required_tables=[],
+    required_tables=list(defaults.REQUIRED_TABLES),
     migrations_path=None,
-    migrations_table='schema_migrations',
+    migrations_table=defaults.MIGRATIONS_TABLE,
     migrations_format='auto',
-    connections_warn_percent=80,
+    connections_warn_percent=defaults.CONNECTIONS_WARN_PERCENT,
     db_container=None,
     # A database this deployment does not own (soulnear_db_mode external): its address, for the report. Its container
     # is not checked and never restarted; its provider or cluster manager does that.
@@ -53,18 +53,18 @@ DEFAULTS = dict(
     restart_counts=None,
     backup_dir=None,
     backup_name_pattern=DEFAULT_NAME_PATTERN,
-    backup_max_age_hours=26.0,
+    backup_max_age_hours=defaults.BACKUP_MAX_AGE_HOURS,
     require_backup=False,
     disk_paths=[],
     db_volume=None,
-    disk_max_used_percent=90,
+    disk_max_used_percent=defaults.DISK_MAX_USED_PERCENT,
     data_guard_file=None,
     # Point-in-time recovery (pitr.py): the stanza enables wal_archiving and physical_backup.
     pitr_stanza=None,
     pitr_repo_dir=None,
-    pitr_backup_max_age_hours=26.0,
-    pitr_archive_ready_max=8,
-    pitr_archive_slack_seconds=15.0,
+    pitr_backup_max_age_hours=defaults.BACKUP_MAX_AGE_HOURS,
+    pitr_archive_ready_max=defaults.ARCHIVE_READY_MAX,
+    pitr_archive_slack_seconds=float(defaults.ARCHIVE_SLACK_SECONDS),
     pitr_check=False,
     # Several bot hosts, one bot (issue 25, leader.py): {lease, me, state_file, ttl_seconds} of this host's leader. The
     # leader check reports who holds the lease; the bot check then expects the bot to run only on its holder.

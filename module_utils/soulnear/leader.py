@@ -47,7 +47,7 @@ import threading
 import time
 from datetime import datetime
 
-from . import alert, containers, lease
+from . import alert, containers, defaults, lease
 from . import lock as deploy_lock
 from .files import append_line
 from .leader_bot import Bot, Watchdog, boottime
@@ -66,7 +66,7 @@ DEFAULTS = dict(
     docker_margin_seconds=2.0,
     state_file='/run/soulnear-leader/state.json',
     log_file=None,
-    bot_stop_timeout=30,
+    bot_stop_timeout=defaults.BOT_STOP_TIMEOUT,
     restart_backoff_max_seconds=60,
 )
 START_MARGIN = 2.0      # a bot is started only with this much of the fence deadline left

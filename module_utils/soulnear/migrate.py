@@ -21,7 +21,7 @@ import os
 import threading
 import time
 
-from .ddl_lint import Linter
+from .ddl_lint import MODES as LINT_MODES, Linter
 from .migrate_checks import refuse_other_history
 from .migrate_streamed import StreamedFile
 from . import validate
@@ -109,7 +109,7 @@ class Migrator:
         self.log = log or (lambda msg: None)
         self.sleep = sleep
         checked = validate.Options(params)  # a library caller (the rehearsal, a bench) skips the module's checks
-        validate.migration_options(checked, params)
+        migration_options(checked, params)
         if checked.problems:
             raise MigrationError(' '.join(problem['msg'] for problem in checked.problems))
         self.layout = params.get('format') or 'auto'
@@ -743,3 +743,36 @@ def status(params, path, table='schema_migrations', layout='auto'):
                     current_version=version_text(plan.current) if plan.current else None)
     finally:
         conn.close()
+
+
+def migration_options(options, values, prefix=''):
+    """pg_migrate's options found in values - the pg_migrate module's parameters, or safe_redeploy's
+    migration_options that it passes on (prefix 'migration_options.' names them so): PostgreSQL timeouts within what
+    the server keeps (whole milliseconds in 32 bits), bounded retries and lint thresholds, the choices, table names,
+    booleans. Here, next to the choices it checks, rather than in validate.py, which every module imports."""
+    # lint_min_rows and lint_min_mb: a larger one overflows the lint's bounded count or byte count; 32 TB is
+    # PostgreSQL's largest table.
+    longest = validate.PG_TIMEOUT_MAX_SECONDS
+    numbers = (('lock_timeout', False, validate.TEN_YEARS, 'seconds'), ('ddl_lock_timeout', False, longest, 'seconds'),
+               ('statement_timeout', False, longest, 'seconds'), ('ddl_lock_retries', True, 100, ''),
+               ('lint_min_rows', True, 10 ** 12, 'rows'), ('lint_min_mb', False, 32 * 1024 * 1024, 'MB'))
+    for key, whole, high, unit in numbers:
+        if values.get(key) is None:
+            continue
+        value = validate.whole_or_number(values[key], whole)
+        if value is None or (whole and not isinstance(value, int)):
+            options.add(prefix + key, values[key], validate.Invalid('a whole number' if whole else 'a number'))
+        else:
+            options.value(prefix + key, value, validate.in_range, 0, high, unit)
+    for key, choices in (('format', FORMATS), ('takeover', TAKEOVER_TOOLS), ('drift', DRIFT_POLICIES),
+                         ('lint', LINT_MODES)):
+        if values.get(key) is not None and values[key] not in choices:
+            options.add(prefix + key, values[key], validate.Invalid('one of %s' % ', '.join(choices)))
+    for key in ('table', 'takeover_table'):
+        if values.get(key) is not None:
+            options.value(prefix + key, values[key], validate.pg_name, 'table')
+    if values.get('out_of_order') is not None and not isinstance(values['out_of_order'], bool):
+        options.add(prefix + 'out_of_order', values['out_of_order'],
+                    validate.Invalid('a boolean, true or false (unquoted)'))
+    if values.get('placeholders') is not None and not isinstance(values['placeholders'], dict):
+        options.add(prefix + 'placeholders', values['placeholders'], validate.Invalid('a dict of placeholder -> value'))

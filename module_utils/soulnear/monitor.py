@@ -44,7 +44,7 @@ import socket
 import time
 from datetime import datetime
 
-from . import alert, containers, metrics
+from . import alert, containers, defaults, metrics
 from . import leader as bot_leader
 from . import lock as deploy_lock
 from .checks import CHECK_ORDER, DEFAULTS, check_container, check_database, docker_time, report_lines, run_checks
@@ -68,8 +68,8 @@ MONITOR_DEFAULTS = dict(
     failures_before_recovery=2,
     max_restarts_per_hour=3,
     recovery_wait_seconds=120,
-    db_stop_timeout=60,
-    bot_stop_timeout=30,
+    db_stop_timeout=defaults.DB_STOP_TIMEOUT,
+    bot_stop_timeout=defaults.BOT_STOP_TIMEOUT,
     realert_minutes=60,
     interval_seconds=60,
     startup_wait_minutes=15,

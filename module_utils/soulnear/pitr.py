@@ -37,7 +37,7 @@ import re
 import subprocess
 import time
 
-from . import containers
+from . import containers, defaults
 from .backup_settings import with_defaults
 from .files import disk_usage, human
 from .pg import ConnectError, connect, describe_error, psycopg2
@@ -50,22 +50,22 @@ BACKUP_TYPES = ('full', 'diff', 'incr')
 STATUS_OK, STATUS_MISSING_PATH, STATUS_NO_BACKUP, STATUS_MISSING_DATA, STATUS_BUSY = 0, 1, 2, 3, 6
 
 DEFAULTS = dict(
-    container='soulnear_postgres',
-    stanza='soulnear',
-    exec_user='postgres',
+    container=defaults.DB_CONTAINER,
+    stanza=defaults.PITR_STANZA,
+    exec_user=defaults.DB_EXEC_USER,
     repo_dir='',
     retention_full=2,
     retention_diff=7,
-    backup_max_age_hours=26.0,
-    archive_ready_max=8,
-    archive_slack_seconds=15,
+    backup_max_age_hours=defaults.BACKUP_MAX_AGE_HOURS,
+    archive_ready_max=defaults.ARCHIVE_READY_MAX,
+    archive_slack_seconds=defaults.ARCHIVE_SLACK_SECONDS,
     command_timeout=6 * 3600,
-    db_stop_timeout=60,
+    db_stop_timeout=defaults.DB_STOP_TIMEOUT,
     bot_container='',
-    bot_stop_timeout=30,
-    bot_healthy_timeout=120,
+    bot_stop_timeout=defaults.BOT_STOP_TIMEOUT,
+    bot_healthy_timeout=defaults.BOT_HEALTHY_TIMEOUT,
     recovery_timeout=1800,
-    space_margin=1.2,
+    space_margin=defaults.SPACE_MARGIN,
     data_guard_file='',
 )
 

@@ -34,8 +34,7 @@ import datetime
 import os
 import time
 
-from . import containers, guard
-from .checks import DEFAULTS as CHECK_DEFAULTS
+from . import containers, defaults, guard
 from .files import disk_usage, human
 from .pg import ConnectError, connect, psycopg2
 from .pitr import DEFAULTS as PITR_DEFAULTS
@@ -279,7 +278,7 @@ def _record_guard(settings, reason, log):
     return guard.accept_restored(
         settings.get('data_guard_file'),
         lambda: connect(dict(settings['conn'], retries=2), application_name='soulnear pitr'),
-        settings['conn'].get('login_db'), CHECK_DEFAULTS['required_tables'], 'pg_pitr', reason, log,
+        settings['conn'].get('login_db'), list(defaults.REQUIRED_TABLES), 'pg_pitr', reason, log,
         errors=(ConnectError,))
 
 

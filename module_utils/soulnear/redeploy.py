@@ -48,7 +48,7 @@ import contextlib
 import os
 import time
 
-from . import audit, containers, lock
+from . import audit, containers, defaults, lock
 from . import leader as bot_leader
 from .bot_container import BotContainer, container_options
 from .deploy_common import (  # noqa: F401 - RedeployError and the helpers are this module's public names too
@@ -79,7 +79,7 @@ MIGRATION_OPTIONS = ('format', 'placeholders', 'takeover', 'takeover_table', 'dr
 # The module's options besides the connection ones (pg.connection_argument_spec): type and default, once.
 DEFAULTS = dict(
     action='deploy',
-    name='soulnear_bot',
+    name=defaults.BOT_CONTAINER,
     image=None,
     image_name=None,
     version=None,
@@ -87,7 +87,7 @@ DEFAULTS = dict(
     current_link='/opt/soulnear/app/current',
     migrations='sql',
     migrations_subdir='database/migrations',
-    migrations_table='schema_migrations',
+    migrations_table=defaults.MIGRATIONS_TABLE,
     migration_options={},
     migration_command=[],
     migration_check_command=[],
@@ -105,9 +105,9 @@ DEFAULTS = dict(
     healthcheck={},
     network=None,
     restart_policy='unless-stopped',
-    stop_timeout=30,
+    stop_timeout=defaults.BOT_STOP_TIMEOUT,
     labels={},
-    healthy_timeout=120,
+    healthy_timeout=defaults.BOT_HEALTHY_TIMEOUT,
     rollback_timeout=300,
     settle_seconds=10.0,
     markers=DEFAULT_MARKERS,
@@ -115,7 +115,7 @@ DEFAULTS = dict(
     conflicting_containers=[],
     db_container=None,
     backup='when_migrations',
-    backup_dir='/var/backups/soulnear',
+    backup_dir=defaults.BACKUP_DIR,
     backup_keep=5,
     backup_login_user=None,
     backup_login_password=None,

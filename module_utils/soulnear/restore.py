@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .backup import create_backup
-from . import guard, metrics
+from . import defaults, guard, metrics
 from .backup import drop_stale_restore_databases
 from .backup_files import (
     FAILURES, SAFETY_NAME_PATTERN, SIDECAR_SUFFIX, BackupError, DirLock, describe_failure, list_backups,
@@ -35,7 +35,6 @@ from .files import free_bytes, human, sha256_file
 from .pg import describe_error, psycopg2, sqlstate_of
 from .pgtools import connect_to, drop_database, feed_archive, owns_server, query, read_toc, require_tools, tool_argv, \
     tool_env, toc_tables, tools_where
-from .checks import DEFAULTS as CHECK_DEFAULTS
 from .retention import prune_safety_backups
 
 if psycopg2 is not None:
@@ -363,7 +362,7 @@ def record_restored(settings, live, path, log=null_log):
     lowers its flag. Returns guard.accept()'s result, None without a guard file; a failure here is logged, never
     raised (the restore itself succeeded)."""
     return guard.accept_restored(settings.get('data_guard_file'), lambda: connect_to(settings, live), live,
-                                 CHECK_DEFAULTS['required_tables'], 'pg_restore',
+                                 list(defaults.REQUIRED_TABLES), 'pg_restore',
                                  'restore of %s into %s completed' % (os.path.basename(path), live), log,
                                  errors=(BackupError,))
 

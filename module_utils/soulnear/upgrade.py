@@ -77,7 +77,7 @@ import socket
 import subprocess
 import time
 
-from . import containers, guard, pitr
+from . import containers, defaults, guard, pitr
 from .backup_settings import with_defaults
 from .files import human
 from .pitr_runner import HELPER_MOUNTS
@@ -106,12 +106,12 @@ DEFAULTS = dict(
     to_version=None,
     route='auto',
     state_file='/var/lib/soulnear/postgres-upgrade.json',
-    backup_dir='/var/backups/soulnear',
+    backup_dir=defaults.BACKUP_DIR,
     logical_backup=True,
     physical_backup='diff',
     start_timeout=300,
     pitr=True,
-    required_tables=(),
+    required_tables=defaults.REQUIRED_TABLES,
     settings=None,
     verify='counts',
 )

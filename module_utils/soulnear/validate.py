@@ -389,7 +389,7 @@ def backup_settings(options, names):
             options.check('compression_level', compression_level, method, *ranges[method])
 
 
-def _whole_or_number(value, whole):
+def whole_or_number(value, whole):
     """A number given as text (a templated value) as a number; None when it is not one."""
     if isinstance(value, str):
         try:
@@ -399,40 +399,3 @@ def _whole_or_number(value, whole):
     if whole and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def migration_options(options, values, prefix=''):
-    """pg_migrate's options found in values - the pg_migrate module's parameters, or safe_redeploy's
-    migration_options that it passes on (prefix 'migration_options.' names them so): PostgreSQL timeouts within what
-    the server keeps (whole milliseconds in 32 bits), bounded retries and lint thresholds, the choices, table names,
-    booleans."""
-    from .ddl_lint import MODES as LINT_MODES
-    from .migrate import DRIFT_POLICIES
-    from .migration_files import FORMATS
-    from .migration_tracking import TAKEOVER_TOOLS
-
-    # lint_min_rows and lint_min_mb: a larger one overflows the lint's bounded count or byte count; 32 TB is
-    # PostgreSQL's largest table.
-    numbers = (('lock_timeout', False, TEN_YEARS, 'seconds'), ('ddl_lock_timeout', False, PG_TIMEOUT_MAX_SECONDS,
-                                                               'seconds'),
-               ('statement_timeout', False, PG_TIMEOUT_MAX_SECONDS, 'seconds'), ('ddl_lock_retries', True, 100, ''),
-               ('lint_min_rows', True, 10 ** 12, 'rows'), ('lint_min_mb', False, 32 * 1024 * 1024, 'MB'))
-    for key, whole, high, unit in numbers:
-        if values.get(key) is None:
-            continue
-        value = _whole_or_number(values[key], whole)
-        if value is None or (whole and not isinstance(value, int)):
-            options.add(prefix + key, values[key], Invalid('a whole number' if whole else 'a number'))
-        else:
-            options.value(prefix + key, value, in_range, 0, high, unit)
-    for key, choices in (('format', FORMATS), ('takeover', TAKEOVER_TOOLS), ('drift', DRIFT_POLICIES),
-                         ('lint', LINT_MODES)):
-        if values.get(key) is not None and values[key] not in choices:
-            options.add(prefix + key, values[key], Invalid('one of %s' % ', '.join(choices)))
-    for key in ('table', 'takeover_table'):
-        if values.get(key) is not None:
-            options.value(prefix + key, values[key], pg_name, 'table')
-    if values.get('out_of_order') is not None and not isinstance(values['out_of_order'], bool):
-        options.add(prefix + 'out_of_order', values['out_of_order'], Invalid('a boolean, true or false (unquoted)'))
-    if values.get('placeholders') is not None and not isinstance(values['placeholders'], dict):
-        options.add(prefix + 'placeholders', values['placeholders'], Invalid('a dict of placeholder -> value'))
