@@ -6,7 +6,8 @@
 The DEFAULTS dicts of the modules and host commands (backup_settings, checks, monitor, leader, pitr, upgrade,
 redeploy) take these values from here instead of restating them, and a module that needs one default imports this
 file (no imports of its own) instead of a whole DEFAULTS dict and everything behind it. ROLE_DEFAULTS names the role
-variables that restate a value for the playbooks; tests/unit/test_defaults.py checks that they agree.
+variables that restate a value for the playbooks; tests/unit/module_utils/test_defaults.py checks that
+they agree.
 """
 
 from __future__ import absolute_import, division, print_function
