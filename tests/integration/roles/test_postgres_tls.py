@@ -339,3 +339,60 @@ def test_the_exporter_verifies_the_server_against_the_deployments_ca(lab):
     assert 'BindReadOnlyPaths=%s/tls/ca.crt:%s' % (lab.config(), ca_in_unit) in read['True-postgres-exporter.conf.j2']
     assert 'DATA_SOURCE_URI="127.0.0.1:5432/soul_bot?sslmode=disable"' in read['False-postgres-exporter.env.j2']
     assert 'BindReadOnlyPaths' not in read['False-postgres-exporter.conf.j2']
+
+
+def data_volume(container):
+    mounts = json.loads(docker('inspect', '-f', '{{json .Mounts}}', container).stdout)
+    return next(m['Name'] for m in mounts if m['Destination'] == '/var/lib/postgresql/data')
+
+
+def wait_exited(container, timeout=90):
+    deadline = time.time() + timeout
+    while docker('inspect', '-f', '{{.State.Running}}', container).stdout.strip() == 'true':
+        assert time.time() < deadline, 'container %s still runs after %s s' % (container, timeout)
+        time.sleep(0.5)
+
+
+def test_back_to_one_server_the_tls_settings_are_reset_before_the_tls_directory_goes(lab, tmp_path):
+    """The bot hosts gone (two hosts made one): the container loses its TLS directory and the listen address; the
+    settings that named them are reset first (reset_settings, as settings.yml runs it), so the same data starts
+    without them. The control: before the reset, the data does not start without the directory. Last in this file:
+    it stops the lab's server."""
+    volume = data_volume(lab.container)
+    plain = lab.container + '-one'
+    docker('stop', '-t', '60', lab.container)
+    try:
+        docker('run', '-d', '--name', plain, '-v', volume + ':/var/lib/postgresql/data', '-p', '127.0.0.1::5432', IMAGE)
+        wait_exited(plain)
+        assert 'pg_hba.conf' in docker('logs', plain).stderr or 'server.crt' in docker('logs', plain).stderr
+        docker('rm', '-f', plain)
+        docker('start', lab.container)
+        lab.published()
+        params = dict(login_host='127.0.0.1', login_port=lab.local_port, login_user='postgres', login_password=PASSWORD,
+                      settings={'tcp_keepalives_idle': 60}, reset_settings=sorted(TLS_SETTINGS),
+                      container=lab.container, retries=0)
+        rc, dry, out = run_module(tmp_path, 'pg_server', params, '--check')
+        assert rc == 0 and sorted(dry['changed_settings']) == sorted(set(TLS_SETTINGS) | {'tcp_keepalives_idle'}), out
+        rc, done, out = run_module(tmp_path, 'pg_server', params)
+        # PostgreSQL does not flag a postmaster setting that returned to its default as pending a restart; the role's
+        # restart comes with the container's recreation (the TLS mount and the listen address go).
+        assert rc == 0 and sorted(done['changed_settings']) == sorted(dry['changed_settings']), out
+        docker('stop', '-t', '60', lab.container)
+        docker('run', '-d', '--name', plain, '-v', volume + ':/var/lib/postgresql/data', '-p', '127.0.0.1::5432', IMAGE)
+        port = int(docker('port', plain, '5432/tcp').stdout.split()[0].rsplit(':', 1)[1])
+        deadline = time.time() + 90
+        while True:
+            try:
+                conn = lab.connect('127.0.0.1', 'postgres', PASSWORD, port=port)
+                break
+            except psycopg2.OperationalError:
+                assert time.time() < deadline, docker('logs', '--tail', '30', plain).stderr
+                time.sleep(0.3)
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('ssl'), current_setting('hba_file')")
+            assert cur.fetchone() == ('off', '/var/lib/postgresql/data/pg_hba.conf')
+        conn.close()
+        rc, again, out = run_module(tmp_path, 'pg_server', dict(params, login_port=port, container=plain))
+        assert rc == 0 and again['changed'] is False, out
+    finally:
+        docker('rm', '-f', plain, check=False)
