@@ -76,12 +76,15 @@ def rehearse(settings, backup_path, apply, log=lambda _m: None):
     (settle: see settle()). Errors of apply propagate (after the drop); restore errors raise BackupError. A login
     without CREATEDB uses the kept <db>__rehearsal (emptied before and after) instead of a new database."""
     live = settings['conn']['login_db']
-    drop_stale_restore_databases(settings, live, log)
     admin = connect_to(settings, settings['maintenance_db'])
     try:
         info = database_info(admin, live)
         owner = info['owner']
         if may_create_databases(admin):
+            # Only a login that makes scratch databases clears the ones a killed run left: a bot host's app role
+            # (which owns them too) would drop one the database host is restoring into at this very moment - the
+            # lock that makes a scratch database without a session a leftover is per host.
+            drop_stale_restore_databases(settings, live, log)
             scratch = scratch_name(live)
             _create_database(admin, scratch, owner, info)
 

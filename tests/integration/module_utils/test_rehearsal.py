@@ -75,6 +75,23 @@ def test_a_login_without_createdb_rehearses_in_the_kept_database(pg_container, b
     assert table_checksums(pg_container, bot_db['name']) == live_before  # the live database untouched
 
 
+def test_a_bot_host_never_drops_the_scratch_database_of_another_hosts_rehearsal(pg_container, bot_db, kept,
+                                                                              tmp_path):
+    """The database host's rehearsal creates <db>__restore_rehearsal_<time> and restores into it; in between it has
+    no session, which is what a killed run's leftover looks like to the host that holds the lock. A bot host's
+    rehearsal at the same moment (its app role owns that database too) must leave it alone."""
+    settings = app_settings(pg_container, bot_db, tmp_path)
+    backup = create_backup(settings, retention=False, offsite=False)
+    other = bot_db['name'] + '__restore_rehearsal_010101'
+    pg_container.query(sql.SQL('CREATE DATABASE {} OWNER {}').format(sql.Identifier(other),
+                                                                     sql.Identifier(bot_db['owner'])))
+    try:
+        rehearse(settings, backup['path'], lambda _scratch: None)
+        assert other in databases(pg_container)
+    finally:
+        pg_container.query(sql.SQL('DROP DATABASE IF EXISTS {}').format(sql.Identifier(other)))
+
+
 def test_a_failing_migration_on_the_kept_database_still_empties_it(pg_container, bot_db, kept, tmp_path):
     settings = app_settings(pg_container, bot_db, tmp_path)
     backup = create_backup(settings, retention=False, offsite=False)
