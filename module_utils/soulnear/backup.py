@@ -235,6 +235,10 @@ def drop_stale_restore_databases(settings, db, log=null_log):
         log('could not look for databases left by a killed restore: %s' % exc)
         return dropped
     try:
+        # Only a login that makes scratch databases (superuser, CREATEDB: the database host) clears them. A bot host's
+        # app role owns them too, but its lock is its own: it would drop one the database host is restoring into.
+        if not query(conn, 'SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user')[0][0]:
+            return dropped
         for name in stale_restore_databases(conn, db):
             drop_database(conn, name)
             dropped.append(name)

@@ -81,11 +81,12 @@ def test_a_bot_host_never_drops_the_scratch_database_of_another_hosts_rehearsal(
     no session, which is what a killed run's leftover looks like to the host that holds the lock. A bot host's
     rehearsal at the same moment (its app role owns that database too) must leave it alone."""
     settings = app_settings(pg_container, bot_db, tmp_path)
-    backup = create_backup(settings, retention=False, offsite=False)
     other = bot_db['name'] + '__restore_rehearsal_010101'
     pg_container.query(sql.SQL('CREATE DATABASE {} OWNER {}').format(sql.Identifier(other),
                                                                      sql.Identifier(bot_db['owner'])))
     try:
+        backup = create_backup(settings, retention=False, offsite=False)  # the pre-deploy backup clears leftovers too
+        assert other in databases(pg_container)
         rehearse(settings, backup['path'], lambda _scratch: None)
         assert other in databases(pg_container)
     finally:
