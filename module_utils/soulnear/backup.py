@@ -42,8 +42,8 @@ from .backup_files import (
     read_sidecar, remove_stale_partials, write_sidecar)
 from .containers import exec_env
 from .files import CHUNK, free_bytes, fsync_dir, human, private_file, remove, sha256_file, write_private
-from .pgtools import archive_toc, connect_to, drop_database, query, require_tools, stderr_tail, tool_argv, \
-    tool_command, tool_env, toc_tables, tools_where, verify_full
+from .pgtools import archive_toc, connect_to, drop_database, may_create_databases, query, require_tools, stderr_tail, \
+    tool_argv, tool_command, tool_env, toc_tables, tools_where, verify_full
 from .retention import apply_retention, prune_safety_backups, retention_plan
 
 
@@ -237,7 +237,7 @@ def drop_stale_restore_databases(settings, db, log=null_log):
     try:
         # Only a login that makes scratch databases (superuser, CREATEDB: the database host) clears them. A bot host's
         # app role owns them too, but its lock is its own: it would drop one the database host is restoring into.
-        if not query(conn, 'SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user')[0][0]:
+        if not may_create_databases(conn):
             return dropped
         for name in stale_restore_databases(conn, db):
             drop_database(conn, name)

@@ -51,6 +51,12 @@ def query(conn, statement, args=None):
         return cur.fetchall() if cur.description else None
 
 
+def may_create_databases(conn):
+    """True when the connection's login makes databases (superuser or CREATEDB): the database host's, not a bot
+    host's app role."""
+    return bool(query(conn, 'SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user')[0][0])
+
+
 def drop_database(conn, name):
     """Terminate the sessions of database name and drop it (gone already is fine)."""
     query(conn, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s '

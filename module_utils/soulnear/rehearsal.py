@@ -32,7 +32,7 @@ import time
 
 from .backup import drop_stale_restore_databases
 from .backup_files import BackupError
-from .pgtools import connect_to, drop_database, query
+from .pgtools import connect_to, drop_database, may_create_databases, query
 from .restore import _create_database, _db_name, database_info, pgsql, restore_into
 
 SUFFIX = '__restore_rehearsal_'
@@ -48,10 +48,6 @@ KEPT_SUFFIX = '__rehearsal'
 def kept_name(live):
     """The database a database host keeps for the rehearsals of its bot hosts' app role (no CREATEDB)."""
     return _db_name(live, KEPT_SUFFIX)
-
-
-def may_create_databases(conn):
-    return bool(query(conn, 'SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user')[0][0])
 
 
 def empty_database(settings, db):
