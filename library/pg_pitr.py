@@ -44,6 +44,7 @@ author: SoulNear operations contributors (!UNKNOWN)
 extends_documentation_fragment:
   - soulnear_connection
   - soulnear_docker_db
+  - soulnear_audit
 options:
   operation:
     description: What to do (see the description).
@@ -254,7 +255,10 @@ log:
   elements: str
 '''
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.soulnear import audit
 from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD_FILE
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 from ansible.module_utils.soulnear import pitr
@@ -290,6 +294,8 @@ def argument_spec():
         recovery_timeout=dict(type='int', default=defaults['recovery_timeout']),
         space_margin=dict(type='float', default=defaults['space_margin']),
         data_guard_file=dict(type='path', default=DATA_GUARD_FILE),
+        audit_log=dict(type='path'),
+        audit_who=dict(type='str'),
     )
     return spec
 
@@ -325,7 +331,7 @@ def check_options(module, settings):
     options.check('bot_container', validate.name, 'container', empty=True)
     options.check('stanza', validate.name, 'stanza')
     options.check('repo_dir', validate.nonempty_path, 'directory', empty=True)
-    options.check('data_guard_file', validate.nonempty_path, 'file', empty=True)
+    options.check(('data_guard_file', 'audit_log'), validate.nonempty_path, 'file', empty=True)
     options.check(('retention_full', 'retention_diff'), validate.in_range, 1, 9999999)
     options.check(('bot_stop_timeout', 'bot_healthy_timeout', 'db_stop_timeout', 'recovery_timeout'), validate.seconds)
     options.check('space_margin', validate.in_range, 0, validate.MAX_SPACE_MARGIN)
@@ -372,6 +378,19 @@ def run(module, settings, log):
                 'repository')
 
 
+def audit_line(module, outcome, result, started):
+    """The audit line of a restore that ran (not of a check-mode run, not of the other operations)."""
+    p = module.params
+    if module.check_mode or p['operation'] != 'restore':
+        return
+    audit.module_run(p['audit_log'], 'restore', p['audit_who'], outcome, module.warn,
+                     duration=result.get('duration', time.time() - started),
+                     downtime=(result.get('bot') or {}).get('downtime'), kind='pitr', target=p['target'],
+                     repo=result.get('repo'), backup=result.get('backup'), recovered_to=result.get('recovered_to'),
+                     kept_volume=result.get('kept_volume'),
+                     recovery_point_ok=(result.get('recovery_point') or {}).get('ok'))
+
+
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
@@ -380,13 +399,16 @@ def main():
     conn = dict((k, module.params[k]) for k in connection_argument_spec())
     settings = pitr.make_settings(conn, **dict((k, module.params[k]) for k in SETTINGS))
     check_options(module, settings)
+    started = time.time()
     try:
         result = run(module, settings, steps.append)
     except pitr.FAILURES as exc:
         failure = dict(getattr(exc, 'result', None) or {})
         failure.pop('msg', None)
         failure['changed'] = bool(failure.get('kept_volume') or failure.get('restored_volume'))
+        audit_line(module, 'failed' if failure['changed'] else 'refused', failure, started)
         module.fail_json(msg=pitr.describe_failure(exc), log=steps, **failure)
+    audit_line(module, 'success' if result.get('changed') else None, result, started)
     result['log'] = steps
     module.exit_json(**result)
 

@@ -160,6 +160,7 @@ options:
 extends_documentation_fragment:
   - soulnear_connection
   - soulnear_connection.client_image
+  - soulnear_audit
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -309,6 +310,7 @@ steps:
 '''
 
 import os
+import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.soulnear.backup_files import FAILURES, describe_failure
@@ -316,7 +318,7 @@ from ansible.module_utils.soulnear.backup_settings import settings_argument_spec
 from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD_FILE
 from ansible.module_utils.soulnear.restore import LATEST, restore_database, restore_test
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
-from ansible.module_utils.soulnear import validate
+from ansible.module_utils.soulnear import audit, validate
 
 # The backup settings this module takes; types, defaults and choices come from backup_settings.
 SETTINGS = ('backup_dir', 'name_pattern', 'container', 'exec_user', 'client_image', 'bot_container', 'bot_stop_timeout',
@@ -333,6 +335,8 @@ def argument_spec():
         backup=dict(type='str', default=LATEST),
         confirm=dict(type='str'),
         test_only=dict(type='bool', default=False),
+        audit_log=dict(type='path'),
+        audit_who=dict(type='str'),
     )
     return spec
 
@@ -353,7 +357,18 @@ def check_options(module):
     validate.connection(options, database=True)
     validate.backup_settings(options, SETTINGS)
     options.check('backup', _backup, module.params['backup_dir'])
+    options.check('audit_log', validate.nonempty_path, 'file', empty=True)
     options.fail(module)
+
+
+def audit_line(module, outcome, result, started):
+    """The audit line of a restore that ran (not of a check-mode run or a restore test)."""
+    p = module.params
+    if module.check_mode or p['test_only']:
+        return
+    audit.module_run(p['audit_log'], 'restore', p['audit_who'], outcome, module.warn,
+                     duration=result.get('duration', time.time() - started),
+                     backup=result.get('restored_from') or p['backup'], safety_backup=result.get('safety_backup'))
 
 
 def main():
@@ -363,6 +378,7 @@ def main():
     check_options(module)
 
     steps = []
+    started = time.time()
     try:
         settings = settings_from_params(module.params, SETTINGS)
         if module.params['test_only']:
@@ -376,7 +392,9 @@ def main():
     except FAILURES as exc:
         failure = dict(getattr(exc, 'result', {}))
         failure['changed'] = bool(failure.get('swapped') or failure.get('safety_backup'))
+        audit_line(module, 'failed' if failure['changed'] else 'refused', failure, started)
         module.fail_json(msg=describe_failure(exc), steps=steps, **failure)
+    audit_line(module, 'success' if result.get('changed') else None, result, started)
     result['steps'] = steps
     module.exit_json(**result)
 

@@ -10,8 +10,9 @@ self-contained JSON object (written with a single append, so concurrent writers 
      "from_version": "3f9c2a1b7d4e", "to_version": "9a8b7c6d5e4f", "result": "success", "failed_step": null,
      "duration": 14.2, "downtime": 1.3, ...}
 
-Writers: the safe_redeploy module (deploy, rollback, migrate, and the bot step of a clean redeploy), and the
-playbooks through the command line (`python3 -m soulnear.audit --log ... --event restore ...`).
+Writers: the safe_redeploy module (deploy, rollback, migrate, and the bot step of a clean redeploy), pg_restore and
+pg_pitr (restore: their audit_log option, through module_run()), and the playbooks through the command line
+(`python3 -m soulnear.audit --log ... --event upgrade-postgres ...`).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -64,6 +65,19 @@ def write(path, record):
 def record(path, event, **fields):
     """entry() + write(); returns the record."""
     return write(path, entry(event, **fields))
+
+
+def module_run(path, event, who, outcome, warn, **fields):
+    """The line of one module run (a restore): written when the run changed something or failed (outcome is
+    'success', 'failed' or 'refused'; None for a run that wrote nothing, which is not recorded). An audit log that
+    cannot be written is a warning (warn), never the run's outcome."""
+    if not path or outcome is None:
+        return None
+    try:
+        return record(path, event, who=who, result=outcome, **fields)
+    except Exception as exc:  # noqa: BLE001 - the audit line never decides a run's outcome
+        warn('could not write the audit log %s: %s' % (path, exc))
+        return None
 
 
 def read(path):

@@ -256,7 +256,9 @@ def test_restore_recreates_a_lost_database(pg_container, bot_db, tmp_path):
 def test_module_through_ansible(pg_container, bot_db, tmp_path):
     backup_dir = tmp_path / 'backups'
     create_backup(settings_for(pg_container, bot_db, backup_dir))
-    params = dict(pg_container.params(bot_db['name']), container=pg_container.name, backup_dir=str(backup_dir))
+    audit_log = tmp_path / 'audit.log'
+    params = dict(pg_container.params(bot_db['name']), container=pg_container.name, backup_dir=str(backup_dir),
+                  audit_log=str(audit_log), audit_who='pytest@controller')
     tasks = [
         {'name': 'Restore without the confirmation', 'pg_restore': dict(params, confirm='yes'), 'ignore_errors': True},
         {'name': 'Restore test', 'pg_restore': dict(params, test_only=True)},
@@ -274,6 +276,11 @@ def test_module_through_ansible(pg_container, bot_db, tmp_path):
     assert 'passed: 7 tables' in tested['msg'] and tested['changed'] is False
     assert restored['changed'] is True
     assert restored['previous_database'].startswith(bot_db['name'] + '__pre_restore_')
+    # The module writes its own audit line: the refusal and the restore, not the restore test.
+    lines = [json.loads(line) for line in audit_log.read_text().splitlines()]
+    assert [(x['event'], x['result'], x['who']) for x in lines] == [('restore', 'refused', 'pytest@controller'),
+                                                                      ('restore', 'success', 'pytest@controller')]
+    assert lines[1]['backup'] == restored['restored_from'] and lines[1]['duration'] > 0
     assert 'Traceback' not in proc.stdout
     assert pg_container.password not in proc.stdout + proc.stderr
 
