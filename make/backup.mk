@@ -18,7 +18,7 @@ backup:
 
 ## Restore a backup: make restore BACKUP=latest|FILE CONFIRM=soul_bot, or a point in time: TIME='...'|latest
 restore:
-	$(PLAY) playbooks/restore.yml 'confirm=CONFIRM' 'time?=TIME' 'pitr_repo?=REPO' 'backup=BACKUP|latest'
+	$(PLAY) playbooks/restore.yml 'restore_confirm=CONFIRM' 'restore_time?=TIME' 'restore_repo?=REPO' 'restore_backup=BACKUP|latest'
 
 ## The logical dumps, the physical backups and the recovery window of point-in-time recovery
 backups:
@@ -32,4 +32,4 @@ guard-status:
 
 ## Accept the current database as the real data and lower the data-loss flag: make guard-clear CONFIRM=soul_bot
 guard-clear:
-	$(PLAY) playbooks/guard.yml 'guard_clear:=true' 'confirm=CONFIRM'
+	$(PLAY) playbooks/guard.yml 'restore_guard_clear:=true' 'restore_confirm=CONFIRM'

@@ -336,11 +336,11 @@ def fault_volume_lost(lab, limit=900):
                            'deploy did NOT refuse (rc %s): %s' % (deploy.returncode, _tail(deploy)))
     status = lab.playbook('playbooks/guard.yml')
     result['notes'].append('guard flag raised' if 'FLAG RAISED' in status.stdout else 'guard flag NOT raised')
-    how = ('-e', 'time=latest') if pitr else ('-e', 'backup=latest')
+    how = ('-e', 'restore_time=latest') if pitr else ('-e', 'restore_backup=latest')
     if pitr and 'make restore TIME=latest' not in said:
         refused = False
         result['notes'].append('the refusal does NOT name the point-in-time restore (make restore TIME=latest)')
-    restore = lab.playbook('playbooks/restore.yml', *how, '-e', 'confirm=%s' % lab.dbname)
+    restore = lab.playbook('playbooks/restore.yml', *how, '-e', 'restore_confirm=%s' % lab.dbname)
     restored = ' '.join(restore.stdout.split())
     behind = 'COMMITS THAT POINT-IN-TIME RECOVERY PROMISES ARE MISSING' in restored
     if restore.returncode != 0 and not behind:
@@ -468,9 +468,10 @@ def fault_corrupt_backup(lab, alert_timeout=150):
     lab.run('dd if=/dev/urandom of=%s bs=1k count=4 seek=8 conv=notrunc status=none' % newest)
     report = lab.report()
     age = report['checks'].get('backup_age', {})
-    restore = lab.playbook('playbooks/restore.yml', '-e', 'backup=%s' % os.path.basename(newest),
-                           '-e', 'confirm=%s' % lab.dbname)
-    latest = lab.playbook('playbooks/restore.yml', '-e', 'backup=latest', '-e', 'confirm=%s' % lab.dbname, '--check')
+    restore = lab.playbook('playbooks/restore.yml', '-e', 'restore_backup=%s' % os.path.basename(newest),
+                           '-e', 'restore_confirm=%s' % lab.dbname)
+    latest = lab.playbook('playbooks/restore.yml', '-e', 'restore_backup=latest',
+                          '-e', 'restore_confirm=%s' % lab.dbname, '--check')
     lines = lab.wait(lambda: [a for a in lab.alerts(lab.health_lines()[before:]) if 'backup_age' in a],
                      alert_timeout, 5)
     checks = dict(

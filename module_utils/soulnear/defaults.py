@@ -27,6 +27,9 @@ BOT_STOP_TIMEOUT = 30                  # seconds docker stop gives the bot
 BOT_HEALTHY_TIMEOUT = 120              # seconds a (re)started bot gets to become ready
 DB_STOP_TIMEOUT = 60                   # seconds docker stop gives PostgreSQL (a clean shutdown checkpoints)
 SPACE_MARGIN = 1.2                     # free space needed: this factor times the database (or data directory)
+COMPRESSION = 'auto'                   # pg_dump's compression: zstd on PostgreSQL 16+, gzip before
+KEEP_SAFETY_BACKUPS = 3                # the safety backups a restore takes first, newest kept
+RECOVERY_TIMEOUT = 1800                # seconds a point-in-time restore waits for the replay and the promotion
 BACKUP_MAX_AGE_HOURS = 26.0            # a daily backup plus slack
 ARCHIVE_READY_MAX = 8                  # WAL segments waiting to be archived before archiving counts as stalled
 ARCHIVE_SLACK_SECONDS = 15             # archive_timeout plus this: the oldest unarchived commit is overdue
@@ -44,6 +47,10 @@ ROLE_DEFAULTS = {
     ('soulnear', 'soulnear_bot_stop_timeout'): BOT_STOP_TIMEOUT,
     ('soulnear', 'soulnear_db_stop_timeout'): DB_STOP_TIMEOUT,
     ('app', 'app_healthy_timeout'): BOT_HEALTHY_TIMEOUT,
+    ('backup', 'backup_space_margin'): SPACE_MARGIN,
+    ('backup', 'backup_compression'): COMPRESSION,
+    ('backup', 'backup_keep_safety_backups'): KEEP_SAFETY_BACKUPS,
+    ('restore', 'restore_recovery_timeout'): RECOVERY_TIMEOUT,
     ('monitoring', 'monitoring_backup_max_age_hours'): BACKUP_MAX_AGE_HOURS,
     ('monitoring', 'monitoring_pitr_backup_max_age_hours'): BACKUP_MAX_AGE_HOURS,
     ('monitoring', 'monitoring_pitr_archive_ready_max'): ARCHIVE_READY_MAX,

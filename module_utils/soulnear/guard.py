@@ -455,9 +455,10 @@ def restore_advice(database, backup_dir=None, pattern=DEFAULT_NAME_PATTERN, pitr
     parts = []
     if pitr:
         parts.append('Point-in-time recovery is on: get back every commit up to the last archived one with: make '
-                     'restore TIME=latest CONFIRM=%s (playbooks/restore.yml -e time=latest -e confirm=%s); the '
-                     'restore lowers this flag. Only when that fails (the repositories are lost too), restore a '
-                     'dump as below, then deploy once with -e backup_pitr_new_history=true (docs/pitr.md).'
+                     'restore TIME=latest CONFIRM=%s (playbooks/restore.yml -e restore_time=latest '
+                     '-e restore_confirm=%s); the restore lowers this flag. Only when that fails (the repositories '
+                     'are lost too), restore a dump as below, then deploy once with -e backup_pitr_new_history=true '
+                     '(docs/pitr.md).'
                      % (database, database))
     if backup_dir:
         try:
@@ -468,9 +469,9 @@ def restore_advice(database, backup_dir=None, pattern=DEFAULT_NAME_PATTERN, pitr
         if good is not None:
             age = (datetime.now() - good['time']).total_seconds() / 3600.0
             parts.append('Restore the newest verified backup, %s (taken %s, %.1f h ago), with: make restore '
-                         'BACKUP=latest CONFIRM=%s (playbooks/restore.yml -e backup=latest -e confirm=%s); the '
-                         'restore lowers this flag.' % (good['name'], good['time'].isoformat(sep=' '), age,
-                                                        database, database))
+                         'BACKUP=latest CONFIRM=%s (playbooks/restore.yml -e restore_backup=latest '
+                         '-e restore_confirm=%s); the restore lowers this flag.'
+                         % (good['name'], good['time'].isoformat(sep=' '), age, database, database))
             if corrupt:
                 parts.append('Newer backups fail their checksum and are skipped: %s.'
                              % ', '.join(b['name'] for b in corrupt))

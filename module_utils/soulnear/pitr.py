@@ -64,7 +64,7 @@ DEFAULTS = dict(
     bot_container='',
     bot_stop_timeout=defaults.BOT_STOP_TIMEOUT,
     bot_healthy_timeout=defaults.BOT_HEALTHY_TIMEOUT,
-    recovery_timeout=1800,
+    recovery_timeout=defaults.RECOVERY_TIMEOUT,
     space_margin=defaults.SPACE_MARGIN,
     data_guard_file='',
 )

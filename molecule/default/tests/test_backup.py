@@ -124,14 +124,22 @@ def test_backup_playbook_prints_the_backup(host):
 
 
 def test_restore_playbook_needs_confirmation_then_restores_and_the_bot_works(host):
-    refused = run_playbook('playbooks/restore.yml', '-e', 'backup=latest')
+    refused = run_playbook('playbooks/restore.yml', '-e', 'restore_backup=latest')
     assert refused.returncode != 0
-    assert 'confirm=soul_bot' in refused.stdout
+    assert 'restore_confirm=soul_bot' in refused.stdout
+    # The names before the restore_ prefix are refused, naming the new one, before the lock is taken.
+    old = run_playbook('playbooks/restore.yml', '-e', 'backup=latest', '-e', 'confirm=soul_bot')
+    assert old.returncode != 0 and 'confirm is no longer read: it was renamed to restore_confirm' in old.stdout
+    assert 'Take the deploy lock' not in old.stdout
     users = psql(host, 'SELECT count(*) FROM users')
 
-    proc = run_playbook('playbooks/restore.yml', '-e', 'backup=latest', '-e', 'confirm=soul_bot')
+    proc = run_playbook('playbooks/restore.yml', '-e', 'restore_backup=latest', '-e', 'restore_confirm=soul_bot')
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'Restored soul_bot from backup_' in proc.stdout
+    assert '(3/4) Restore the database' in proc.stdout
+    # pg_restore wrote the audit line itself.
+    line = json.loads(host.file('/var/log/soulnear/audit.log').content_string.splitlines()[-1])
+    assert (line['event'], line['result']) == ('restore', 'success') and line['backup'].startswith('backup_')
     assert config(host)['db']['superuser_password'] not in proc.stdout + proc.stderr
     previous = psql(host, "SELECT datname FROM pg_database WHERE datname LIKE 'soul\\_bot\\_\\_pre\\_restore\\_%' "
                           "ORDER BY datname DESC LIMIT 1", db='postgres')

@@ -203,7 +203,8 @@ def test_moving_to_a_managed_database_is_refused_until_the_operator_accepts_it(m
     assert managed_query(managed, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
     assert wait_healthy(bot_host, names=('soulnear_bot',))  # the old bot still runs against the database host
 
-    accepted = ansible(managed_inventory, 'playbooks/guard.yml', '-e', 'guard_clear=true', '-e', 'confirm=soul_bot')
+    accepted = ansible(managed_inventory, 'playbooks/guard.yml', '-e', 'restore_guard_clear=true',
+                       '-e', 'restore_confirm=soul_bot')
     assert accepted.returncode == 0, accepted.stdout[-3000:]
 
 
@@ -240,7 +241,7 @@ def test_backup_and_restore_round_trip_on_the_bot_host(managed, managed_inventor
     managed.query("INSERT INTO users (id, username) VALUES (100001, 'after')", db='soul_bot')
     managed.query("DELETE FROM users WHERE id <= 100", db='soul_bot')
 
-    restore = ansible(managed_inventory, 'playbooks/restore.yml', '-e', 'confirm=soul_bot')
+    restore = ansible(managed_inventory, 'playbooks/restore.yml', '-e', 'restore_confirm=soul_bot')
     assert restore.returncode == 0, restore.stdout[-3000:]
     assert managed_query(managed, "SELECT count(*), min(id), max(id) FROM users WHERE username LIKE 'before-%'") \
         == [(300, 1, 300)]

@@ -18,15 +18,15 @@ SECRETS = dict(vault_postgres_password='preflight-test-superuser-pw', vault_app_
                vault_bot_token='123456:preflight-test-token', vault_alert_telegram_token='')
 
 
-def run_preflight(tmp_path, **extra_vars):
+def run_preflight(tmp_path, playbook='deploy.yml', args=('--tags', 'preflight-test-no-step'), **extra_vars):
     inventory = tmp_path / 'hosts.yml'
     host = dict(ansible_connection='local', ansible_python_interpreter=sys.executable, ansible_become=False)
     inventory.write_text(yaml.safe_dump({'soulnear': {'hosts': {'preflight-test': host}}}))
     variables = tmp_path / 'vars.yml'
     variables.write_text(yaml.safe_dump(dict(SECRETS, **extra_vars)))
     env = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'))
-    proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', str(inventory), 'deploy.yml',
-                           '--tags', 'preflight-test-no-step', '-e', '@%s' % variables],
+    proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', str(inventory), playbook, *args,
+                           '-e', '@%s' % variables],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return proc.returncode, ' '.join((proc.stdout + proc.stderr).split())
 
@@ -39,6 +39,18 @@ def test_a_renamed_variable_is_named_with_its_new_name(tmp_path, old, new):
     assert code != 0, output
     assert 'The deploy cannot start (nothing was changed)' in output
     assert '%s is no longer read: it was renamed to %s' % (old, new) in output
+
+
+@pytest.mark.parametrize('playbook, old', [('playbooks/restore.yml', dict(confirm='soul_bot', time='latest')),
+                                           ('playbooks/guard.yml', dict(guard_clear=True, confirm='soul_bot'))])
+def test_an_operation_playbook_refuses_its_old_command_line_names(tmp_path, playbook, old):
+    # The restore's variables took the restore_ prefix: the old ones are refused before the lock, naming the new.
+    code, output = run_preflight(tmp_path, playbook, (), **old)
+    assert code != 0, output
+    assert 'The restore cannot start (nothing was changed)' in output
+    for name in old:
+        assert '%s is no longer read: it was renamed to restore_%s' % (name, name) in output
+    assert 'deploy lock' not in output and 'data-loss guard' not in output.split('cannot start')[-1]
 
 
 def test_metrics_without_the_exporter_password_stops_before_anything_changes(tmp_path):

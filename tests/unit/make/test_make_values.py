@@ -74,7 +74,8 @@ def test_restore_values_are_data(tmp_path, recorder, work, kind):
     assert pwned(work) == [], proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout + proc.stderr
     expected = text  # exactly as typed: make expands nothing in it
-    assert data['vars'] == [dict(confirm=expected, time=expected, pitr_repo=expected, backup='latest')], data
+    assert data['vars'] == [dict(restore_confirm=expected, restore_time=expected, restore_repo=expected,
+                                 restore_backup='latest')], data
     assert data['argv'][:2] == ['-i', 'inv.yml; touch PWNED_inventory']
     assert 'other_var' not in json.dumps(data['vars'][0]).replace(expected, '')
 
@@ -82,7 +83,7 @@ def test_restore_values_are_data(tmp_path, recorder, work, kind):
 def test_every_playbook_target_passes_its_values_as_data(tmp_path, recorder, work):
     text = INJECTIONS['quotes']
     for target, values, expected in (
-            ('guard-clear', dict(CONFIRM=text), dict(guard_clear=True, confirm=text)),
+            ('guard-clear', dict(CONFIRM=text), dict(restore_guard_clear=True, restore_confirm=text)),
             ('redeploy-clean', dict(CONFIRM=text), dict(confirm=text)),
             ('rollback', dict(VERSION=text), dict(app_rollback_version=text)),
             ('redeploy', dict(SOURCE='src dir; touch PWNED_source'),

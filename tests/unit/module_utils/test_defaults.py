@@ -34,6 +34,10 @@ def test_the_defaults_dicts_take_the_shared_values():
             == defaults.BACKUP_DIR)
     assert checks.DEFAULTS['migrations_table'] == redeploy.DEFAULTS['migrations_table'] == defaults.MIGRATIONS_TABLE
     assert checks.DEFAULTS['required_tables'] == list(upgrade.DEFAULTS['required_tables']) == []
+    assert backup_settings.DEFAULTS['compression'] == defaults.COMPRESSION
+    assert backup_settings.DEFAULTS['keep_safety_backups'] == defaults.KEEP_SAFETY_BACKUPS
+    assert backup_settings.DEFAULTS['space_margin'] == pitr.DEFAULTS['space_margin'] == defaults.SPACE_MARGIN
+    assert pitr.DEFAULTS['recovery_timeout'] == defaults.RECOVERY_TIMEOUT
     assert checks.DEFAULTS['backup_max_age_hours'] == pitr.DEFAULTS['backup_max_age_hours'] == 26.0
 
 
