@@ -45,6 +45,7 @@ author: SoulNear operations contributors (!UNKNOWN)
 extends_documentation_fragment:
   - soulnear_connection
   - soulnear_docker_db
+  - soulnear_audit
 options:
   operation:
     description: What to do (see the description).
@@ -320,8 +321,10 @@ log:
   elements: str
 '''
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.soulnear import upgrade, validate
+from ansible.module_utils.soulnear import audit, upgrade, validate
 from ansible.module_utils.soulnear.guard import DEFAULT_STATE_FILE as DATA_GUARD_FILE
 from ansible.module_utils.soulnear.pg import HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR, connection_argument_spec
 
@@ -364,6 +367,8 @@ def argument_spec():
         data_guard_file=dict(type='path', default=DATA_GUARD_FILE),
         required_tables=dict(type='list', elements='str', default=[]),
         settings=dict(type='dict', default={}),
+        audit_log=dict(type='path'),
+        audit_who=dict(type='str'),
     )
     return spec
 
@@ -396,7 +401,7 @@ def check_options(module):
     options.check('state_file', validate.nonempty_path, 'file')
     options.check('backup_dir', validate.nonempty_path, 'directory')
     options.check('repo_dir', validate.nonempty_path, 'directory', empty=True)
-    options.check('data_guard_file', validate.nonempty_path, 'file', empty=True)
+    options.check(('data_guard_file', 'audit_log'), validate.nonempty_path, 'file', empty=True)
     options.check(('retention_full', 'retention_diff'), validate.in_range, 1, 9999999)
     options.check(('bot_stop_timeout', 'bot_healthy_timeout', 'db_stop_timeout', 'start_timeout'), validate.seconds)
     options.check('space_margin', validate.in_range, 0, validate.MAX_SPACE_MARGIN)
@@ -427,6 +432,19 @@ def run(module, settings, log):
     return upgrade.confirm_upgrade(settings, p['confirm'], check_mode=module.check_mode, log=log)
 
 
+def audit_line(module, outcome, result, started):
+    """The audit line (event upgrade-postgres) of an upgrade, a rollback or a confirm that ran, not of a check-mode
+    run or a status."""
+    p = module.params
+    if module.check_mode or p['operation'] == 'status':
+        return
+    audit.module_run(p['audit_log'], 'upgrade-postgres', p['audit_who'], outcome, module.warn,
+                     from_version=result.get('from_version'), to_version=result.get('to_version') or p['to_version'],
+                     duration=result.get('duration', time.time() - started), downtime=result.get('downtime'),
+                     operation=p['operation'], phase=result.get('phase'), kept_volume=result.get('kept_volume'),
+                     write_downtime=result.get('write_downtime'), rollback_dumps=result.get('rollback_dumps') or [])
+
+
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     # status connects to nothing: a deploy's version check runs before the docker_host role installed psycopg2 (a
@@ -437,13 +455,16 @@ def main():
     steps = []
     conn = dict((k, module.params[k]) for k in connection_argument_spec())
     settings = upgrade.make_settings(conn, **dict((k, module.params[k]) for k in SETTINGS))
+    started = time.time()
     try:
         result = run(module, settings, steps.append)
     except upgrade.FAILURES as exc:
         failure = dict(getattr(exc, 'result', None) or {})
         failure.pop('msg', None)
         failure.setdefault('changed', False)
+        audit_line(module, 'failed' if failure['changed'] else 'refused', failure, started)
         module.fail_json(msg=upgrade.describe_failure(exc), log=steps, **failure)
+    audit_line(module, 'success', result, started)
     result['log'] = steps
     if module.params['operation'] == 'status' and not result['ok']:
         result.pop('state', None)  # the message says what to do; make upgrade-postgres-status shows the state

@@ -11,8 +11,8 @@ self-contained JSON object (written with a single append, so concurrent writers 
      "duration": 14.2, "downtime": 1.3, ...}
 
 Writers: the safe_redeploy module (deploy, rollback, migrate, and the bot step of a clean redeploy), pg_restore and
-pg_pitr (restore: their audit_log option, through module_run()), and the playbooks through the command line
-(`python3 -m soulnear.audit --log ... --event upgrade-postgres ...`).
+pg_pitr (restore) and pg_upgrade (upgrade-postgres), each through its audit_log option and module_run(); the command
+line (`python3 -m soulnear.audit --log ... --event ...`) is for scripts.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -68,7 +68,7 @@ def record(path, event, **fields):
 
 
 def module_run(path, event, who, outcome, warn, **fields):
-    """The line of one module run (a restore): written when the run changed something or failed (outcome is
+    """The line of one module run (a restore, an upgrade): written when the run changed something or failed (outcome is
     'success', 'failed' or 'refused'; None for a run that wrote nothing, which is not recorded). An audit log that
     cannot be written is a warning (warn), never the run's outcome."""
     if not path or outcome is None:

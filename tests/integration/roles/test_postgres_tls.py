@@ -314,7 +314,7 @@ def test_the_exporter_verifies_the_server_against_the_deployments_ca(lab):
     with open(os.path.join(role, 'tasks', 'render.yml'), 'w') as handle:
         yaml.safe_dump([{'name': 'Render %s' % name, 'ansible.builtin.copy': {
             'content': "{{ lookup('ansible.builtin.template', '%s') }}" % name,
-            'dest': os.path.join(out_dir, '{{ __soulnear_serves_remote }}-' + name), 'mode': '0600'}}
+            'dest': os.path.join(out_dir, '{{ soulnear_serves_remote }}-' + name), 'mode': '0600'}}
             for name in ('postgres-exporter.env.j2', 'postgres-exporter.conf.j2')], handle)
     book = os.path.join(lab.tmp, 'render.yml')
     with open(book, 'w') as handle:
@@ -327,7 +327,7 @@ def test_the_exporter_verifies_the_server_against_the_deployments_ca(lab):
                ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_ROLES_PATH=os.path.join(lab.tmp, 'roles'))
     for serves in (True, False):
         proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', 'localhost,', '-c', 'local', book,
-                               '-e', json.dumps(dict(__soulnear_serves_remote=serves, soulnear_db_host='127.0.0.1',
+                               '-e', json.dumps(dict(soulnear_serves_remote=serves, soulnear_db_host='127.0.0.1',
                                                          postgres_config_dir=lab.config(),
                                                          metrics_postgres_password='Exporter-Secret-12'))],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
