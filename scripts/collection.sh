@@ -13,7 +13,7 @@
 #   plugins/doc_fragments, plugins/filter -> the same places
 # and rewrites what only resolves in the flat layout to the collection's names:
 #   from ansible.module_utils.soulnear.x import ... -> from ansible_collections.soulnear.deploy.plugins.module_utils.soulnear.x import ...
-#   extends_documentation_fragment: soulnear_connection, soulnear_docker_db -> soulnear.deploy.<the fragment>
+#   extends_documentation_fragment: soulnear_connection, soulnear_docker_db, soulnear_audit -> soulnear.deploy.<the fragment>
 #   a module named in seealso (- module: pg_backup) or in O()/RV() markup (O(pg_backup#module:x))
 #     -> soulnear.deploy.pg_backup: outside a collection a module has no FQCN to name it by
 # The module_utils files import each other relatively (from .x import), which holds in both layouts.
@@ -92,7 +92,7 @@ find "$dest" -name __pycache__ -prune -exec rm -rf {} +
 fqcn_utils="ansible_collections.$namespace.$name.plugins.module_utils.soulnear"
 find "$dest/plugins" -name '*.py' -print0 | xargs -0 sed -i -E \
   -e "s/(from|import) ansible\.module_utils\.soulnear\b/\1 $fqcn_utils/" \
-  -e "s/^(  - )(soulnear_connection|soulnear_docker_db)\b/\1$namespace.$name.\2/"
+  -e "s/^(  - )(soulnear_connection|soulnear_docker_db|soulnear_audit)\b/\1$namespace.$name.\2/"
 modules=$(cd library && ls ./*.py | sed 's|^\./||; s|\.py$||' | paste -sd'|')
 sed -i -E \
   -e "s/^(\s*- module: )($modules)\s*$/\1$namespace.$name.\2/" \
