@@ -138,7 +138,8 @@ def test_restore_playbook_needs_confirmation_then_restores_and_the_bot_works(hos
     assert 'Restored soul_bot from backup_' in proc.stdout
     # pg_restore wrote the audit line itself.
     line = json.loads(host.file('/var/log/soulnear/audit.log').content_string.splitlines()[-1])
-    assert (line['event'], line['result']) == ('restore', 'success') and line['backup'].startswith('backup_')
+    assert (line['event'], line['result']) == ('restore', 'success')
+    assert line['backup'].startswith('/var/backups/soulnear/backup_') and line['safety_backup']
     assert config(host)['db']['superuser_password'] not in proc.stdout + proc.stderr
     previous = psql(host, "SELECT datname FROM pg_database WHERE datname LIKE 'soul\\_bot\\_\\_pre\\_restore\\_%' "
                           "ORDER BY datname DESC LIMIT 1", db='postgres')
