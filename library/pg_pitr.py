@@ -378,14 +378,14 @@ def run(module, settings, log):
                 'repository')
 
 
-def audit_line(module, outcome, result, started):
+def audit_line(module, result, started, failed=False):
     """The audit line of a restore that ran (not of a check-mode run, not of the other operations)."""
     p = module.params
     if module.check_mode or p['operation'] != 'restore':
         return
-    audit.module_run(p['audit_log'], 'restore', p['audit_who'], outcome, module.warn,
-                     duration=result.get('duration', time.time() - started),
-                     downtime=(result.get('bot') or {}).get('downtime'), kind='pitr', target=p['target'],
+    audit.module_run(p['audit_log'], 'restore', p['audit_who'], module.warn, started, result.get('changed'), failed,
+                     duration=result.get('duration'), downtime=(result.get('bot') or {}).get('downtime'),
+                     kind='pitr', target=p['target'],
                      repo=result.get('repo'), backup=result.get('backup'), recovered_to=result.get('recovered_to'),
                      kept_volume=result.get('kept_volume'),
                      recovery_point_ok=(result.get('recovery_point') or {}).get('ok'))
@@ -406,9 +406,9 @@ def main():
         failure = dict(getattr(exc, 'result', None) or {})
         failure.pop('msg', None)
         failure['changed'] = bool(failure.get('kept_volume') or failure.get('restored_volume'))
-        audit_line(module, 'failed' if failure['changed'] else 'refused', failure, started)
+        audit_line(module, failure, started, failed=True)
         module.fail_json(msg=pitr.describe_failure(exc), log=steps, **failure)
-    audit_line(module, 'success' if result.get('changed') else None, result, started)
+    audit_line(module, result, started)
     result['log'] = steps
     module.exit_json(**result)
 

@@ -361,14 +361,14 @@ def check_options(module):
     options.fail(module)
 
 
-def audit_line(module, outcome, result, started):
+def audit_line(module, result, started, failed=False):
     """The audit line of a restore that ran (not of a check-mode run or a restore test)."""
     p = module.params
     if module.check_mode or p['test_only']:
         return
-    audit.module_run(p['audit_log'], 'restore', p['audit_who'], outcome, module.warn,
-                     duration=result.get('duration', time.time() - started),
-                     backup=result.get('restored_from') or p['backup'], safety_backup=result.get('safety_backup'))
+    audit.module_run(p['audit_log'], 'restore', p['audit_who'], module.warn, started, result.get('changed'), failed,
+                     duration=result.get('duration'), backup=result.get('restored_from') or p['backup'],
+                     safety_backup=result.get('safety_backup'))
 
 
 def main():
@@ -392,9 +392,9 @@ def main():
     except FAILURES as exc:
         failure = dict(getattr(exc, 'result', {}))
         failure['changed'] = bool(failure.get('swapped') or failure.get('safety_backup'))
-        audit_line(module, 'failed' if failure['changed'] else 'refused', failure, started)
+        audit_line(module, failure, started, failed=True)
         module.fail_json(msg=describe_failure(exc), steps=steps, **failure)
-    audit_line(module, 'success' if result.get('changed') else None, result, started)
+    audit_line(module, result, started)
     result['steps'] = steps
     module.exit_json(**result)
 

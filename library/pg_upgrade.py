@@ -432,15 +432,16 @@ def run(module, settings, log):
     return upgrade.confirm_upgrade(settings, p['confirm'], check_mode=module.check_mode, log=log)
 
 
-def audit_line(module, outcome, result, started):
+def audit_line(module, result, started, failed=False):
     """The audit line (event upgrade-postgres) of an upgrade, a rollback or a confirm that ran, not of a check-mode
-    run or a status."""
+    run or a status. A successful one is recorded also when it changed nothing (a confirm done before)."""
     p = module.params
     if module.check_mode or p['operation'] == 'status':
         return
-    audit.module_run(p['audit_log'], 'upgrade-postgres', p['audit_who'], outcome, module.warn,
+    audit.module_run(p['audit_log'], 'upgrade-postgres', p['audit_who'], module.warn, started,
+                     result.get('changed') or not failed, failed, duration=result.get('duration'),
                      from_version=result.get('from_version'), to_version=result.get('to_version') or p['to_version'],
-                     duration=result.get('duration', time.time() - started), downtime=result.get('downtime'),
+                     downtime=result.get('downtime'),
                      operation=p['operation'], phase=result.get('phase'), kept_volume=result.get('kept_volume'),
                      write_downtime=result.get('write_downtime'), rollback_dumps=result.get('rollback_dumps') or [])
 
@@ -462,9 +463,9 @@ def main():
         failure = dict(getattr(exc, 'result', None) or {})
         failure.pop('msg', None)
         failure.setdefault('changed', False)
-        audit_line(module, 'failed' if failure['changed'] else 'refused', failure, started)
+        audit_line(module, failure, started, failed=True)
         module.fail_json(msg=upgrade.describe_failure(exc), log=steps, **failure)
-    audit_line(module, 'success', result, started)
+    audit_line(module, result, started)
     result['log'] = steps
     if module.params['operation'] == 'status' and not result['ok']:
         result.pop('state', None)  # the message says what to do; make upgrade-postgres-status shows the state

@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import sys
+import time
 from datetime import datetime, timezone
 
 from . import metrics
@@ -67,14 +68,17 @@ def record(path, event, **fields):
     return write(path, entry(event, **fields))
 
 
-def module_run(path, event, who, outcome, warn, **fields):
-    """The line of one module run (a restore, an upgrade): written when the run changed something or failed (outcome is
-    'success', 'failed' or 'refused'; None for a run that wrote nothing, which is not recorded). An audit log that
-    cannot be written is a warning (warn), never the run's outcome."""
+def module_run(path, event, who, warn, started, changed, failed=False, duration=None, **fields):
+    """The line of one module run (a restore, an upgrade): 'failed' when it failed after changing something, 'refused'
+    when it failed having changed nothing, 'success' when it changed something; a successful run that changed nothing
+    is not recorded. duration defaults to the time since started. An audit log that cannot be written is a warning
+    (warn), never the run's outcome."""
+    outcome = ('failed' if changed else 'refused') if failed else ('success' if changed else None)
     if not path or outcome is None:
         return None
     try:
-        return record(path, event, who=who, result=outcome, **fields)
+        return record(path, event, who=who, result=outcome,
+                      duration=time.time() - started if duration is None else duration, **fields)
     except Exception as exc:  # noqa: BLE001 - the audit line never decides a run's outcome
         warn('could not write the audit log %s: %s' % (path, exc))
         return None
