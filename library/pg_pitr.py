@@ -14,7 +14,7 @@ short_description: Point-in-time recovery of a PostgreSQL container with pgBackR
 description:
   - Drives pgBackRest inside the database container (C(docker exec)), or in a throwaway container of its image with
     its network and bind mounts when the container is stopped or lost its data. The repositories are the ones
-    C(pgbackrest.conf) names (the postgres role writes it) - a directory on the host and, optionally, an encrypted
+    C(pgbackrest.conf) names (the pitr role writes it) - a directory on the host and, optionally, an encrypted
     one in S3-compatible storage.
   - "Gap it fills: no module of community.postgresql or community.docker sets up WAL archiving repositories, takes
     or verifies physical backups, computes the recovery window or restores a server to a point in time; doing it by

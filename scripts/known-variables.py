@@ -14,7 +14,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, 'roles', 'preflight', 'vars', 'known_variables.yml')
-PREFIXES = ('soulnear', 'postgres', 'app', 'backup', 'restore', 'monitoring', 'metrics', 'docker_host', 'preflight')
+PREFIXES = ('soulnear', 'postgres', 'pitr', 'app', 'backup', 'restore', 'monitoring', 'metrics', 'docker_host',
+            'preflight')
 NAME = re.compile(r'(?<![\w.])((?:%s)_[a-z0-9_]+)' % '|'.join(PREFIXES))
 
 

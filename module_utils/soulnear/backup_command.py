@@ -5,7 +5,8 @@
 pitr-backup | pitr-verify | pitr-check | window, run by cron on the database host.
 
 The backup role installs a copy of this package and a small wrapper that calls main(); the configuration
-comes from /etc/soulnear/soulnear.json (soulnear role) and /etc/soulnear/backup.json (backup role).
+comes from /etc/soulnear/soulnear.json (soulnear role), /etc/soulnear/backup.json (backup role) and, for the
+physical backups, /etc/soulnear/pitr.json (pitr role: retention).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -48,7 +49,8 @@ def main(argv=None):
     """soulnear-backup backup|restore-test|list: the command cron runs on the database host."""
     parser = argparse.ArgumentParser(prog='soulnear-backup', description=main.__doc__)
     parser.add_argument('--config-dir', default='/etc/soulnear',
-                        help='directory holding soulnear.json (soulnear role) and backup.json (backup role)')
+                        help='directory holding soulnear.json (soulnear role), backup.json (backup role) and '
+                             'pitr.json (pitr role)')
     sub = parser.add_subparsers(dest='command', required=True)
     sub.add_parser('backup', help='dump, verify, prune, copy offsite; alert and exit 1 on failure')
     test = sub.add_parser('restore-test', help='restore a backup into a throwaway database, check it, drop it')
@@ -67,9 +69,10 @@ def main(argv=None):
     config = {}
     try:
         config = _load_json(os.path.join(args.config_dir, 'soulnear.json'))
-        backup_config = _load_json(os.path.join(args.config_dir, 'backup.json'), required=False)
         if args.command.startswith('pitr-') or args.command == 'window':
-            return _pitr(args, pitr.settings_from_config(config, backup_config), config, log)
+            pitr_config = _load_json(os.path.join(args.config_dir, 'pitr.json'), required=False)
+            return _pitr(args, pitr.settings_from_config(config, pitr_config), config, log)
+        backup_config = _load_json(os.path.join(args.config_dir, 'backup.json'), required=False)
         settings = settings_from_config(config, backup_config)
         if args.command == 'list':
             for item in list_backups(settings['backup_dir'], settings['name_pattern']):

@@ -457,7 +457,7 @@ def restore_advice(database, backup_dir=None, pattern=DEFAULT_NAME_PATTERN, pitr
         parts.append('Point-in-time recovery is on: get back every commit up to the last archived one with: make '
                      'restore TIME=latest CONFIRM=%s (playbooks/restore.yml -e restore_time=latest '
                      '-e restore_confirm=%s); the restore lowers this flag. Only when that fails (the repositories '
-                     'are lost too), restore a dump as below, then deploy once with -e backup_pitr_new_history=true '
+                     'are lost too), restore a dump as below, then deploy once with -e pitr_new_history=true '
                      '(docs/pitr.md).'
                      % (database, database))
     if backup_dir:

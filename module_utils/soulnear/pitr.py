@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Point-in-time recovery with pgBackRest, which runs inside the database container (issue 13).
 
-- The repositories are pgBackRest's own, described by pgbackrest.conf (written by the postgres role, mounted
+- The repositories are pgBackRest's own, described by pgbackrest.conf (written by the pitr role, mounted
   read-only at /etc/pgbackrest): repo1 a directory on the host (bind-mounted at /var/lib/pgbackrest) and,
   optionally, repo2 in S3-compatible storage, encrypted. PostgreSQL hands every finished WAL segment to them
   (archive_command = pgbackrest archive-push; archive_timeout closes a segment at least once a minute while
@@ -91,8 +91,8 @@ def make_settings(conn=None, **options):
     return with_defaults(DEFAULTS, conn, options)
 
 
-def settings_from_config(config, backup_config=None):
-    """Settings from /etc/soulnear/soulnear.json (its pitr and db sections) and backup.json (its pitr section)."""
+def settings_from_config(config, pitr_config=None):
+    """Settings from /etc/soulnear/soulnear.json (its pitr and db sections) and pitr.json (the pitr role: retention)."""
     db = config.get('db') or {}
     pitr = config.get('pitr') or {}
     conn = dict(login_host=db.get('host', '127.0.0.1'), login_port=int(db.get('port', 5432)),
@@ -100,7 +100,7 @@ def settings_from_config(config, backup_config=None):
                 login_db=db.get('name', 'soul_bot'), connect_timeout=10, retries=3)
     options = dict(container=db.get('container'), stanza=pitr.get('stanza'), repo_dir=pitr.get('repo_dir'),
                    bot_container=(config.get('bot') or {}).get('container'))
-    options.update((k, v) for k, v in ((backup_config or {}).get('pitr') or {}).items() if k in DEFAULTS)
+    options.update((k, v) for k, v in (pitr_config or {}).items() if k in DEFAULTS)
     return make_settings(conn, **options)
 
 
@@ -293,7 +293,7 @@ def setup(settings, check_mode=False, log=null_log, archiving_resumed=False, new
                         'running now (%s): this server was re-initialised or is a new one, and WAL archiving to it '
                         'is refused. Fix: to get the data back, restore it - make restore TIME=latest CONFIRM=%s; '
                         'to start a new history on purpose (e.g. after restoring a logical dump onto a new volume), '
-                        'deploy once with -e backup_pitr_new_history=true (the old backups stay as the stanza\'s '
+                        'deploy once with -e pitr_new_history=true (the old backups stay as the stanza\'s '
                         'prior history)' % (', '.join('repo%d' % r['key'] for r in foreign),
                                             foreign[0]['system_id'], system_id,
                                             settings['conn'].get('login_db') or 'the database'))
@@ -640,7 +640,7 @@ def check_physical_backup(options, now=None, archiving=None):
             need = (newest_full or {}).get('repo_size') or 0
             if need and usage['free'] < need:
                 problems.append('the repository disk (%s) has %s free, the newest full backup took %s: the next '
-                                'full backup may not fit. Fix: grow the disk, or lower backup_pitr_retention_full'
+                                'full backup may not fit. Fix: grow the disk, or lower pitr_retention_full'
                                 % (settings['repo_dir'], human(usage['free']), human(need)))
         except OSError as exc:
             problems.append('cannot measure %s: %s' % (settings['repo_dir'], exc))

@@ -26,8 +26,8 @@ from pgcluster import free_port
 from pgcontainer import IMAGE, docker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TEMPLATE = os.path.join(ROOT, 'roles', 'postgres', 'templates', 'pgbackrest.conf.j2')
-ROLE_VARS = os.path.join(ROOT, 'roles', 'postgres', 'vars', 'main.yml')
+TEMPLATE = os.path.join(ROOT, 'roles', 'pitr', 'templates', 'pgbackrest.conf.j2')
+ROLE_VARS = os.path.join(ROOT, 'roles', 'pitr', 'vars', 'main.yml')
 WEED = os.path.join(ROOT, '.cache', 'tools', 'weed')
 PASSWORD = 'pitr-test-superuser-secret'
 DB = 'soul_bot'
@@ -37,16 +37,16 @@ S3_KEY, S3_SECRET, CIPHER = 'pitrtestkey', 'pitr-test-s3-secret-key', 'pitr-test
 
 
 def render_config(**values):
-    """pgbackrest.conf from roles/postgres/templates/pgbackrest.conf.j2 with the role's defaults and values."""
+    """pgbackrest.conf from roles/pitr/templates/pgbackrest.conf.j2 with the role's defaults and values."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters['comment'] = lambda text: '# ' + text
     env.filters['bool'] = lambda value: value in (True, 'true', 'yes', '1', 1)
-    context = dict(ansible_managed='test', soulnear_pitr_repo_dir='(test)', soulnear_pitr_s3_bucket='',
-                   soulnear_pitr_s3_path='/soulnear', soulnear_pitr_s3_endpoint='', soulnear_pitr_s3_port=443,
-                   soulnear_pitr_s3_region='us-east-1', soulnear_pitr_s3_uri_style='path', soulnear_pitr_s3_key='',
-                   soulnear_pitr_s3_key_secret='', soulnear_pitr_s3_verify_tls=True, soulnear_pitr_s3_ca='',
-                   soulnear_pitr_s3_cipher_type='aes-256-cbc', soulnear_pitr_s3_cipher_pass='',
-                   postgres_pitr_process_max=2, soulnear_pitr_stanza=STANZA, soulnear_db_superuser='postgres')
+    context = dict(ansible_managed='test', soulnear_pitr_repo_dir='(test)', pitr_s3_bucket='',
+                   pitr_s3_path='/soulnear', pitr_s3_endpoint='', pitr_s3_port=443,
+                   pitr_s3_region='us-east-1', pitr_s3_uri_style='path', pitr_s3_key='',
+                   pitr_s3_key_secret='', pitr_s3_verify_tls=True, pitr_s3_ca='',
+                   pitr_s3_cipher_type='aes-256-cbc', pitr_s3_cipher_pass='',
+                   pitr_process_max=2, soulnear_pitr_stanza=STANZA, soulnear_db_superuser='postgres')
     context.update(values)
     with open(TEMPLATE) as handle:
         return env.from_string(handle.read()).render(**context)
@@ -54,12 +54,12 @@ def render_config(**values):
 
 def healthcheck(wake=True):
     """The database container's healthcheck as the postgres role sets it with WAL archiving on: pg_isready, then
-    the checkpointer's wake-up after each start (roles/postgres/vars/main.yml); wake=False: pg_isready alone, as
-    before the fix, so a test can show what PostgreSQL does without it."""
+    the checkpointer's wake-up after each start (the pitr role's, roles/pitr/vars/main.yml); wake=False: pg_isready
+    alone, as before the fix, so a test can show what PostgreSQL does without it."""
     with open(ROLE_VARS) as handle:
         role_vars = yaml.safe_load(handle)
     probe = 'pg_isready -h 127.0.0.1 -U postgres -d postgres'
-    return probe + ' || exit 1; ' + role_vars['__postgres_healthcheck_wake'] if wake else probe
+    return probe + ' || exit 1; ' + role_vars['__pitr_healthcheck_wake'] if wake else probe
 
 
 def _own(path, mode=0o700):
@@ -109,9 +109,9 @@ class S3Server:
     def config(self):
         with open(os.path.join(self.work, 's3.crt')) as handle:
             ca = handle.read()
-        return dict(soulnear_pitr_s3_bucket=self.bucket, soulnear_pitr_s3_endpoint=self.name,
-                    soulnear_pitr_s3_port=8443, soulnear_pitr_s3_uri_style='path', soulnear_pitr_s3_key=S3_KEY,
-                    soulnear_pitr_s3_key_secret=S3_SECRET, soulnear_pitr_s3_ca=ca, soulnear_pitr_s3_cipher_pass=CIPHER)
+        return dict(pitr_s3_bucket=self.bucket, pitr_s3_endpoint=self.name,
+                    pitr_s3_port=8443, pitr_s3_uri_style='path', pitr_s3_key=S3_KEY,
+                    pitr_s3_key_secret=S3_SECRET, pitr_s3_ca=ca, pitr_s3_cipher_pass=CIPHER)
 
     def remove(self):
         docker('rm', '-f', self.name, check=False)
@@ -157,7 +157,7 @@ class PitrLab:
         os.chmod(os.path.join(self.config_dir, 'pgbackrest.conf'), 0o600)
         if self.s3:
             with open(os.path.join(self.config_dir, 's3-ca.pem'), 'w') as handle:
-                handle.write(self.s3.config()['soulnear_pitr_s3_ca'])
+                handle.write(self.s3.config()['pitr_s3_ca'])
         self.create_container()
         self.wait_ready()
         self.init_database()

@@ -60,7 +60,9 @@ def test_the_bot_host_runs_only_the_bot(bot_host):
     env = bot_host.check_output('grep -E "^POSTGRES_(HOST|SSLMODE|SSLROOTCERT)=" /etc/soulnear/app.env')
     assert sorted(env.split()) == sorted(['POSTGRES_HOST=' + DB_HOST_IP, 'POSTGRES_SSLMODE=verify-full',
                                           'POSTGRES_SSLROOTCERT=' + CA])
-    assert not bot_host.file('/etc/cron.d/soulnear-backup').exists  # the database host takes the backups
+    # The database host takes the backups, the physical ones too.
+    assert not bot_host.file('/etc/cron.d/soulnear-backup').exists
+    assert not bot_host.file('/etc/cron.d/soulnear-pitr').exists
 
 
 def test_the_bot_reaches_the_database_host_over_verified_tls(db_host, bot_host):

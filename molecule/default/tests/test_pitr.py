@@ -27,10 +27,18 @@ def test_repository_and_configuration_are_private(host):
 
 
 def test_schedule_has_full_diff_and_verify(host):
-    cron = host.file('/etc/cron.d/soulnear-backup').content_string
-    assert 'soulnear-backup pitr-backup --type full >>' in cron
-    assert 'soulnear-backup pitr-backup --type diff >>' in cron
-    assert 'soulnear-backup pitr-verify >>' in cron
+    """The pitr role's own schedule and settings (/etc/cron.d/soulnear-pitr, pitr.json); the backup role's cron file
+    holds the logical backups only."""
+    cron = host.file('/etc/cron.d/soulnear-pitr')
+    assert cron.mode == 0o644 and cron.user == 'root'
+    assert 'soulnear-backup pitr-backup --type full >>' in cron.content_string
+    assert 'soulnear-backup pitr-backup --type diff >>' in cron.content_string
+    assert 'soulnear-backup pitr-verify >>' in cron.content_string
+    assert 'pitr-' not in host.file('/etc/cron.d/soulnear-backup').content_string
+    settings = host.file('/etc/soulnear/pitr.json')
+    assert settings.mode == 0o600 and settings.user == 'root'
+    assert {k: v for k, v in json.loads(settings.content_string).items() if k != '_managed'} == dict(
+        retention_full=2, retention_diff=7)
 
 
 def test_check_and_health_report_the_physical_side(host):

@@ -434,7 +434,7 @@ def test_with_point_in_time_recovery_the_advice_is_the_restore_to_latest_first(t
     assert 'TIME=latest' not in plain and 'make restore BACKUP=latest CONFIRM=soul_bot' in plain
     advice = guard.restore_advice('soul_bot', str(backups), pitr=True)
     first, dump = advice.index('make restore TIME=latest CONFIRM=soul_bot'), advice.index('BACKUP=latest')
-    assert first < dump and newest in advice and 'backup_pitr_new_history=true' in advice
+    assert first < dump and newest in advice and 'pitr_new_history=true' in advice
 
 
 def test_without_a_record_an_empty_database_with_a_backup_that_holds_rows_is_refused(app_db, tmp_path):

@@ -78,7 +78,7 @@ def test_a_reinitialised_cluster_is_refused_until_a_new_history_is_asked_for(lab
     lab.create_container()
     lab.wait_ready()
     lab.init_database()
-    with pytest.raises(pitr.PitrError, match='another database cluster.*backup_pitr_new_history=true'):
+    with pytest.raises(pitr.PitrError, match='another database cluster.*pitr_new_history=true'):
         pitr.setup(lab.settings())
     moved = pitr.setup(lab.settings(), new_history=True)
     assert moved['changed'] and moved['actions'][0].startswith('stanza soulnear moved to the new database cluster')

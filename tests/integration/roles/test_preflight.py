@@ -33,7 +33,11 @@ def run_preflight(tmp_path, playbook='deploy.yml', args=('--tags', 'preflight-te
 
 @pytest.mark.parametrize('old, new', [('postgres_uid', 'soulnear_db_uid'),
                                       ('monitoring_required_tables', 'soulnear_required_tables'),
-                                      ('app_src_dir', 'soulnear_app_src_dir')])
+                                      ('app_src_dir', 'soulnear_app_src_dir'),
+                                      # point-in-time recovery's settings, now the pitr role's
+                                      ('backup_pitr_retention_full', 'pitr_retention_full'),
+                                      ('soulnear_pitr_s3_bucket', 'pitr_s3_bucket'),
+                                      ('postgres_archive_timeout', 'pitr_archive_timeout')])
 def test_a_renamed_variable_is_named_with_its_new_name(tmp_path, old, new):
     code, output = run_preflight(tmp_path, **{old: 'anything'})
     assert code != 0, output
@@ -73,17 +77,17 @@ def test_example_secrets_are_refused_and_no_value_is_printed(tmp_path):
 
 
 def test_an_offsite_pitr_repository_needs_its_endpoint_keys_and_a_long_passphrase(tmp_path):
-    code, output = run_preflight(tmp_path, soulnear_pitr_s3_bucket='offsite', vault_pitr_cipher_pass='short-pass')
+    code, output = run_preflight(tmp_path, pitr_s3_bucket='offsite', vault_pitr_cipher_pass='short-pass')
     assert code != 0, output
-    assert 'soulnear_pitr_s3_bucket is set but soulnear_pitr_s3_endpoint is empty' in output
+    assert 'pitr_s3_bucket is set but pitr_s3_endpoint is empty' in output
     assert 'vault_pitr_s3_key or vault_pitr_s3_key_secret is empty' in output
     assert 'vault_pitr_cipher_pass is not set or shorter than 20 characters' in output
     assert 'short-pass' not in output
-    code, output = run_preflight(tmp_path, soulnear_pitr_s3_bucket='offsite', soulnear_pitr_s3_endpoint='s3.example',
+    code, output = run_preflight(tmp_path, pitr_s3_bucket='offsite', pitr_s3_endpoint='s3.example',
                                  vault_pitr_s3_key='key-id-value', vault_pitr_s3_key_secret='key-secret-value',
                                  vault_pitr_cipher_pass='p' * 32, postgres_uid=999)
     assert code != 0 and 'postgres_uid is no longer read' in output, output
-    assert 'soulnear_pitr_s3_bucket is set' not in output and 'vault_pitr_cipher_pass is not set' not in output
+    assert 'pitr_s3_bucket is set' not in output and 'vault_pitr_cipher_pass is not set' not in output
     assert 'key-secret-value' not in output and 'p' * 32 not in output
 
 
@@ -101,9 +105,9 @@ def test_a_misspelt_variable_is_refused_with_the_name_it_meant(tmp_path):
 
 
 def test_an_unencrypted_or_unverified_offsite_repository_is_warned_about(tmp_path):
-    code, output = run_preflight(tmp_path, soulnear_pitr_s3_bucket='soulnear-backups',
-                                 soulnear_pitr_s3_endpoint='s3.example.com', soulnear_pitr_s3_cipher_type='none',
-                                 soulnear_pitr_s3_verify_tls=False, vault_pitr_s3_key='key-id',
+    code, output = run_preflight(tmp_path, pitr_s3_bucket='soulnear-backups',
+                                 pitr_s3_endpoint='s3.example.com', pitr_s3_cipher_type='none',
+                                 pitr_s3_verify_tls=False, vault_pitr_s3_key='key-id',
                                  vault_pitr_s3_key_secret='key-secret-value')
     assert 'WARNING: the offsite pgBackRest repository (soulnear-backups) is NOT encrypted' in output, output
     assert 'its TLS certificate is NOT verified' in output

@@ -106,14 +106,14 @@ def test_the_role_configuration_with_and_without_the_offsite_repository():
     local = render_config()
     assert 'repo1-path=/var/lib/pgbackrest' in local and 'repo2' not in local
     assert '[soulnear]\npg1-path=/var/lib/postgresql/data' in local
-    offsite = render_config(soulnear_pitr_s3_bucket='b', soulnear_pitr_s3_endpoint='s3.example.net',
-                            soulnear_pitr_s3_key='k', soulnear_pitr_s3_key_secret='s', soulnear_pitr_s3_ca='PEM',
-                            soulnear_pitr_s3_cipher_pass='p' * 30, soulnear_pitr_s3_verify_tls=False)
+    offsite = render_config(pitr_s3_bucket='b', pitr_s3_endpoint='s3.example.net',
+                            pitr_s3_key='k', pitr_s3_key_secret='s', pitr_s3_ca='PEM',
+                            pitr_s3_cipher_pass='p' * 30, pitr_s3_verify_tls=False)
     for line in ('repo2-type=s3', 'repo2-s3-bucket=b', 'repo2-cipher-type=aes-256-cbc', 'repo2-cipher-pass=' + 'p' * 30,
                  'repo2-storage-verify-tls=n', 'repo2-storage-ca-file=/etc/pgbackrest/s3-ca.pem',
                  'repo2-s3-uri-style=path'):
         assert line + '\n' in offsite, line
-    plain = render_config(soulnear_pitr_s3_bucket='b', soulnear_pitr_s3_cipher_type='none')
+    plain = render_config(pitr_s3_bucket='b', pitr_s3_cipher_type='none')
     assert 'repo2-cipher-type=none' in plain and 'repo2-cipher-pass' not in plain
 
 
