@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Write roles/preflight/vars/known_variables.yml: every variable of the project's prefixes that the project defines
-(a role's defaults) or reads (any {{ name }} or name: in roles/, playbooks/, deploy.yml, templates). The preflight
-refuses an inventory variable of those prefixes that is not in it, with "did you mean ...": a typo such as
-postgres_max_conections never deploys silently. tests/unit/test_docs.py fails when the file is out of step.
+"""Write roles/preflight/vars/main/known_variables.yml: every variable of the project's prefixes that the project
+defines (a role's defaults) or reads (any {{ name }} or name: in roles/, playbooks/, deploy.yml, templates). The
+preflight refuses an inventory variable of those prefixes that is not in it, with "did you mean ...": a typo such
+as postgres_max_conections never deploys silently. tests/unit/test_docs.py fails when the file is out of step.
 
     scripts/known-variables.py            rewrite the file
     scripts/known-variables.py --check    exit 1 when it is out of step
@@ -13,7 +13,7 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, 'roles', 'preflight', 'vars', 'known_variables.yml')
+OUT = os.path.join(ROOT, 'roles', 'preflight', 'vars', 'main', 'known_variables.yml')
 PREFIXES = ('soulnear', 'postgres', 'pitr', 'app', 'backup', 'restore', 'monitoring', 'metrics', 'docker_host',
             'preflight')
 NAME = re.compile(r'(?<![\w.])((?:%s)_[a-z0-9_]+)' % '|'.join(PREFIXES))

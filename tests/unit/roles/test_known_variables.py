@@ -1,4 +1,4 @@
-"""The preflight's list of the project's variables (roles/preflight/vars/known_variables.yml) is in step with the
+"""The preflight's list of the project's variables (roles/preflight/vars/main/known_variables.yml) is in step with the
 roles, and the "did you mean" filter finds the name a typo meant."""
 
 import os
