@@ -27,4 +27,4 @@ migrate:
 
 ## Fresh database with every migration after a verified backup: make redeploy-clean CONFIRM=soul_bot
 redeploy-clean:
-	$(PLAY) playbooks/redeploy-clean.yml 'confirm=CONFIRM'
+	$(PLAY) playbooks/redeploy-clean.yml 'redeploy_clean_confirm=CONFIRM'

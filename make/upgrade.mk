@@ -10,15 +10,15 @@ export $(UPGRADE_VARS)
 
 ## Upgrade PostgreSQL to a new major version (postgres_major_version first): make upgrade-postgres VERSION=17 CONFIRM=soul_bot
 upgrade-postgres:
-	$(PLAY) playbooks/upgrade-postgres.yml 'upgrade_operation:="upgrade"' 'upgrade_version=VERSION' 'confirm=CONFIRM'
+	$(PLAY) playbooks/upgrade-postgres.yml 'upgrade_operation:="upgrade"' 'upgrade_version=VERSION' 'upgrade_confirm=CONFIRM'
 
 ## Put the old PostgreSQL back while not confirmed: CONFIRM=soul_bot (CONFIRM_LOSS=soul_bot gives up writes made since)
 upgrade-postgres-rollback:
-	$(PLAY) playbooks/upgrade-postgres.yml 'upgrade_operation:="rollback"' 'confirm=CONFIRM' 'confirm_loss?=CONFIRM_LOSS'
+	$(PLAY) playbooks/upgrade-postgres.yml 'upgrade_operation:="rollback"' 'upgrade_confirm=CONFIRM' 'upgrade_confirm_loss?=CONFIRM_LOSS'
 
 ## Keep the upgrade: drop the old volume and container (no rollback after it): CONFIRM=soul_bot
 upgrade-postgres-confirm:
-	$(PLAY) playbooks/upgrade-postgres.yml 'upgrade_operation:="confirm"' 'confirm=CONFIRM'
+	$(PLAY) playbooks/upgrade-postgres.yml 'upgrade_operation:="confirm"' 'upgrade_confirm=CONFIRM'
 
 ## Where the last PostgreSQL upgrade stands, and the version of the data volume
 upgrade-postgres-status:

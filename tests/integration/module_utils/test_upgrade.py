@@ -353,9 +353,10 @@ def test_make_passes_the_upgrade_values_as_data(tmp_path):
     stub.chmod(0o755)
     text = "$(shell touch PWNED) x'; touch PWNED2; echo '"
     for target, expected in (
-            ('upgrade-postgres', dict(upgrade_operation='upgrade', upgrade_version=text, confirm=text)),
-            ('upgrade-postgres-rollback', dict(upgrade_operation='rollback', confirm=text, confirm_loss=text)),
-            ('upgrade-postgres-confirm', dict(upgrade_operation='confirm', confirm=text)),
+            ('upgrade-postgres', dict(upgrade_operation='upgrade', upgrade_version=text, upgrade_confirm=text)),
+            ('upgrade-postgres-rollback', dict(upgrade_operation='rollback', upgrade_confirm=text,
+                                                        upgrade_confirm_loss=text)),
+            ('upgrade-postgres-confirm', dict(upgrade_operation='confirm', upgrade_confirm=text)),
             ('upgrade-postgres-status', dict(upgrade_operation='status'))):
         proc = subprocess.run(['make', '-s', target, 'ANSIBLE_PLAYBOOK=%s' % stub, 'VENV_PYTHON=%s' % sys.executable,
                                'VERSION=%s' % text, 'CONFIRM=%s' % text, 'CONFIRM_LOSS=%s' % text],

@@ -45,15 +45,19 @@ def test_a_renamed_variable_is_named_with_its_new_name(tmp_path, old, new):
     assert '%s is no longer read: it was renamed to %s' % (old, new) in output
 
 
-@pytest.mark.parametrize('playbook, old', [('playbooks/restore.yml', dict(confirm='soul_bot', time='latest')),
-                                           ('playbooks/guard.yml', dict(guard_clear=True, confirm='soul_bot'))])
-def test_an_operation_playbook_refuses_its_old_command_line_names(tmp_path, playbook, old):
-    # The restore's variables took the restore_ prefix: the old ones are refused before the lock, naming the new.
+@pytest.mark.parametrize('playbook, old, operation, prefix', [
+    ('playbooks/restore.yml', dict(confirm='soul_bot', time='latest'), 'restore', 'restore_'),
+    ('playbooks/guard.yml', dict(guard_clear=True, confirm='soul_bot'), 'restore', 'restore_'),
+    ('playbooks/redeploy-clean.yml', dict(confirm='soul_bot'), 'clean redeploy', 'redeploy_clean_'),
+    ('playbooks/upgrade-postgres.yml', dict(confirm='soul_bot', confirm_loss='soul_bot'), 'PostgreSQL upgrade',
+     'upgrade_')])
+def test_an_operation_playbook_refuses_its_old_command_line_names(tmp_path, playbook, old, operation, prefix):
+    # An operation's variables took its prefix: the old ones are refused before the lock, naming the new.
     code, output = run_preflight(tmp_path, playbook, (), **old)
     assert code != 0, output
-    assert 'The restore cannot start (nothing was changed)' in output
+    assert 'The %s cannot start (nothing was changed)' % operation in output
     for name in old:
-        assert '%s is no longer read: it was renamed to restore_%s' % (name, name) in output
+        assert '%s is no longer read: it was renamed to %s%s' % (name, prefix, name) in output
     assert 'deploy lock' not in output and 'data-loss guard' not in output.split('cannot start')[-1]
 
 

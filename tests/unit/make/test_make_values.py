@@ -84,7 +84,7 @@ def test_every_playbook_target_passes_its_values_as_data(tmp_path, recorder, wor
     text = INJECTIONS['quotes']
     for target, values, expected in (
             ('guard-clear', dict(CONFIRM=text), dict(restore_guard_clear=True, restore_confirm=text)),
-            ('redeploy-clean', dict(CONFIRM=text), dict(confirm=text)),
+            ('redeploy-clean', dict(CONFIRM=text), dict(redeploy_clean_confirm=text)),
             ('rollback', dict(VERSION=text), dict(app_rollback_version=text)),
             ('redeploy', dict(SOURCE='src dir; touch PWNED_source'),
              dict(app_source_dir=str(work / 'src dir; touch PWNED_source'))),
