@@ -24,6 +24,9 @@ description:
   - O(state=absent) releases the lock this O(run_id) holds and nothing else, so a refused run can never
     release the holder's lock; O(force=true) releases any holder's lock (C(make unlock)).
   - O(state=query) only reports.
+  - A run that failed passes the step with its release (O(failed_step), O(audit_log)) and the module writes the
+    run's audit line (event the lock's operation, result C(failed), who the holder, the duration since the lock was
+    taken) - for a run whose own modules did not get to record it (a clean redeploy that fails before its bot step).
 version_added: "1.1.0"
 author: SoulNear operations contributors (!UNKNOWN)
 options:
@@ -60,6 +63,20 @@ options:
     description: With O(state=absent), release the lock whoever holds it (the operator's C(make unlock)).
     type: bool
     default: false
+  failed_step:
+    description: With O(state=absent) and O(audit_log), the step this run failed at; the release then writes the
+      run's audit line. Not for a run whose own modules already recorded the failure.
+    type: str
+  audit_log:
+    description: With O(state=absent) and O(failed_step), the audit log on the host (an absolute path of a file) that
+      gets the failed run's line, when the lock's operation is an audit event (deploy, rollback, migrate, restore,
+      clean-redeploy, upgrade-postgres). A log that cannot be written is a warning, never the release's outcome;
+      nothing is written in check mode.
+    type: path
+  audit_extra:
+    description: Further fields of that line (for example the backup the run took first); they never replace the
+      common ones.
+    type: dict
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -103,6 +120,10 @@ result:
   type: str
   sample: taken
   choices: [taken, renewed, taken over, released, not held, held]
+audited:
+  description: With O(failed_step) and O(audit_log), the audit line the release wrote.
+  returned: when one was written
+  type: dict
 record:
   description: The lock's record after the call (present, query) or the released one (absent).
   returned: when a lock is or was held
@@ -124,9 +145,11 @@ msg:
 '''
 
 import os
+import time
 import uuid
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.soulnear import audit
 from ansible.module_utils.soulnear import lock
 from ansible.module_utils.soulnear import validate
 
@@ -140,6 +163,9 @@ def argument_spec():
         operation=dict(type='str', default='deploy'),
         ttl_minutes=dict(type='int', default=lock.DEFAULT_TTL_MINUTES),
         force=dict(type='bool', default=False),
+        failed_step=dict(type='str'),
+        audit_log=dict(type='path'),
+        audit_extra=dict(type='dict'),
     )
 
 
@@ -166,7 +192,22 @@ def check_options(module):
     options.check('run_id', validate.nonempty, 'the run id this module returned when it took the lock')
     options.check(('holder', 'operation'), validate.nonempty)
     options.check('ttl_minutes', validate.in_range, 1, 525600, 'minutes')
+    options.check('audit_log', validate.nonempty_path, 'file', empty=True)
     options.fail(module)
+
+
+def failed_run_line(module, record):
+    """The audit line of the failed run whose lock was just released (failed_step and audit_log given), or None."""
+    p = module.params
+    if not (p['failed_step'] and p['audit_log']) or module.check_mode:
+        return None
+    if record.get('operation') not in audit.EVENTS:
+        module.warn('no audit line for the failed %s: not an audit event (%s)' % (
+            record.get('operation'), ', '.join(audit.EVENTS)))
+        return None
+    return audit.module_run(p['audit_log'], record['operation'], record.get('holder'), module.warn,
+                            float(record.get('since') or time.time()), changed=True, failed=True,
+                            failed_step=p['failed_step'], **(p['audit_extra'] or {}))
 
 
 def main():
@@ -188,9 +229,11 @@ def main():
             if record is None:
                 module.exit_json(changed=False, result='not held',
                                  msg='deploy lock %s: not held by this run, nothing released' % path)
+            audited = failed_run_line(module, record)
             # The lock is bookkeeping of the run itself: only an operator's forced release is a change.
             module.exit_json(changed=p['force'], result='released', record=record, run_id=record.get('run_id'),
-                             msg='deploy lock %s released (held by %s)' % (path, lock.describe(record)))
+                             msg='deploy lock %s released (held by %s)' % (path, lock.describe(record)),
+                             **(dict(audited=audited) if audited else {}))
         run_id = p['run_id'] or uuid.uuid4().hex[:12]
         result, record = lock.acquire(path, run_id, p['holder'], p['operation'], p['ttl_minutes'],
                                       check_mode=module.check_mode)

@@ -11,19 +11,17 @@ self-contained JSON object (written with a single append, so concurrent writers 
      "duration": 14.2, "downtime": 1.3, ...}
 
 Writers: the safe_redeploy module (deploy, rollback, migrate, and the bot step of a clean redeploy), pg_restore and
-pg_pitr (restore) and pg_upgrade (upgrade-postgres), each through its audit_log option and module_run(); the command
-line (`python3 -m soulnear.audit --log ... --event ...`) is for scripts.
+pg_pitr (restore) and pg_upgrade (upgrade-postgres), each through its audit_log option and module_run(), and
+deploy_lock, whose release records a run that failed where none of them did (a clean redeploy before its bot step).
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import argparse
 import json
 import os
 import socket
-import sys
 import time
 from datetime import datetime, timezone
 
@@ -97,36 +95,3 @@ def read(path):
     except FileNotFoundError:
         pass
     return records
-
-
-def main(argv=None):
-    """python3 -m soulnear.audit --log FILE --event EVENT [--who ...] [--result ...] [--extra key=value ...]"""
-    parser = argparse.ArgumentParser(prog='soulnear.audit', description='Append one line to the audit log.')
-    parser.add_argument('--log', required=True, help='the audit log (soulnear_log_dir/audit.log)')
-    parser.add_argument('--event', required=True, choices=EVENTS)
-    parser.add_argument('--who')
-    parser.add_argument('--from-version', dest='from_version')
-    parser.add_argument('--to-version', dest='to_version')
-    parser.add_argument('--result', default='success', choices=RESULTS)
-    parser.add_argument('--failed-step', dest='failed_step')
-    parser.add_argument('--duration', type=float)
-    parser.add_argument('--downtime', type=float)
-    parser.add_argument('--extra', action='append', default=[], metavar='KEY=VALUE',
-                        help='a further field (repeatable); the value is parsed as JSON when it is JSON')
-    args = parser.parse_args(argv)
-    extra = {}
-    for item in args.extra:
-        key, _unused, value = item.partition('=')
-        try:
-            extra[key] = json.loads(value)
-        except ValueError:
-            extra[key] = value
-    fields = dict((k, v) for k, v in vars(args).items() if k not in ('log', 'event', 'extra') and v not in (None, ''))
-    fields.update((k, v) for k, v in extra.items() if k not in fields)
-    line = record(args.log, args.event, **fields)
-    sys.stdout.write(json.dumps(line) + '\n')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,15 +1,11 @@
-"""The audit log (module_utils/soulnear/audit.py): one JSON line per event, from the modules and the command line."""
+"""The audit log (module_utils/soulnear/audit.py): one JSON line per event, written by the modules."""
 
 import json
 import os
-import subprocess
-import sys
 
 from ansible.module_utils.soulnear import audit
 from ansible.module_utils.soulnear.deploy_common import safe_name
 from ansible.module_utils.soulnear.redeploy import repository_of
-
-from ansiblerun import ROOT
 
 
 def test_one_line_per_record_with_the_common_fields_first(tmp_path):
@@ -33,18 +29,6 @@ def test_one_line_per_record_with_the_common_fields_first(tmp_path):
 def test_extra_fields_never_replace_the_common_ones(tmp_path):
     record = audit.entry('restore', who='bob', time='forged', backup='x.dump')
     assert record['time'] != 'forged' and record['backup'] == 'x.dump'
-
-
-def test_command_line_as_the_playbooks_call_it(tmp_path):
-    log = tmp_path / 'audit.log'
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, 'module_utils'), PYTHONDONTWRITEBYTECODE='1')
-    proc = subprocess.run([sys.executable, '-m', 'soulnear.audit', '--log=%s' % log, '--event=restore',
-                           '--who=ops@laptop', '--result=failed', '--duration=3.5', '--extra=backup=backup_1.dump',
-                           '--extra=safety_backup=null'], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    line = audit.read(str(log))[-1]
-    assert (line['event'], line['who'], line['result'], line['duration'], line['backup'], line['safety_backup']) == \
-        ('restore', 'ops@laptop', 'failed', 3.5, 'backup_1.dump', None)
 
 
 def test_names_used_by_the_redeploy():
