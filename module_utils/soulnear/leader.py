@@ -43,6 +43,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from datetime import datetime
@@ -53,6 +54,13 @@ from .files import append_line
 from .leader_bot import Bot, Watchdog, boottime
 from .leader_bot import watchdog_main as bot_watchdog_main
 from .pg import connect_kwargs, describe_error, psycopg2
+
+
+def _stdout_line(text):
+    """The leader's default log on the host (systemd's journal): one line on stdout, flushed."""
+    sys.stdout.write(text + '\n')
+    sys.stdout.flush()
+
 
 DEFAULTS = dict(
     enabled=False,
@@ -123,8 +131,8 @@ def settings_of(raw):
             problems.append('fence_seconds %g must be at least twice renew_seconds %g (one missed renewal must not '
                             'fence the bot)' % (s['fence_seconds'], s['renew_seconds']))
         if s['poll_seconds'] > s['renew_seconds']:
-            problems.append('poll_seconds %g must not exceed renew_seconds %g' % (s['poll_seconds'],
-                                                                                s['renew_seconds']))
+            problems.append('poll_seconds %g must not exceed renew_seconds %g'
+                            % (s['poll_seconds'], s['renew_seconds']))
     if problems:
         raise LeaderError('the leader\'s settings cannot work: %s. Fix: the monitoring_leader_* variables (or '
                           'leader.json)' % '; '.join(problems))
@@ -281,7 +289,7 @@ class Leader:
         self.lock_ttl_minutes = lock_ttl_minutes or deploy_lock.DEFAULT_TTL_MINUTES
         self.maintenance_file = maintenance_file
         self.alert_config = alert_config or {}
-        self._log = log or (lambda text: print(text, flush=True))
+        self._log = log or _stdout_line
         self.clock = clock
         self.sleep = sleep
         self.me, self.name = self.s['me'], self.s['lease']
@@ -423,8 +431,8 @@ class Leader:
             # A deploy touches the bot only in its swap (above); a restore, a clean redeploy or an upgrade stops it
             # for longer, so the bot waits for the lock.
             if held['held'] and not held['stale'] and record.get('operation') not in LEAVE_TO_DEPLOY:
-                return 'the deploy lock is held (%s by %s)' % (record.get('operation') or 'an operation',
-                                                              record.get('holder') or 'unknown')
+                return 'the deploy lock is held (%s by %s)' % (
+                    record.get('operation') or 'an operation', record.get('holder') or 'unknown')
         return None
 
     # -- the loop -----------------------------------------------------------------------------------------------
@@ -653,8 +661,8 @@ class Leader:
         if self.last_ok + self.fence_after - now < START_MARGIN:
             return
         if self.backoff:
-            self.log('the bot %s is %s (exit code %s): starting it again' % (self.bot.name, state.get('status'),
-                                                                            state.get('exit_code')))
+            self.log('the bot %s is %s (exit code %s): starting it again' % (
+                self.bot.name, state.get('status'), state.get('exit_code')))
         else:
             self.log('starting the bot %s' % self.bot.name)
         self.next_start = now + max(self.backoff, 2.0)
