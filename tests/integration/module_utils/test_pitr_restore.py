@@ -157,11 +157,13 @@ class Sampler(threading.Thread):
         self.join(60)
 
 
-def lose_and_restore(lab, seconds, table='pitr_writes', unarchived=False):
+def lose_and_restore(lab, seconds, table='pitr_writes', unarchived=False, sample_every=2.0):
     """The monitor's sampling, a writer for seconds, then the container and its volume removed; restore latest.
     unarchived: the repository unwritable from the writer's start until the loss, so none of its WAL is archived.
+    sample_every: the sampler's period; the guard keeps its last PROGRESS_KEPT samples, which must reach back past
+    archive_timeout + slack (the monitor: 30 samples a minute apart).
     Returns (restore result, [(id, seconds acknowledged before the loss)] of the rows lost, rows acked)."""
-    sampler = Sampler(lab)
+    sampler = Sampler(lab, every=sample_every)
     sampler.start()
     deadline = time.time() + 60
     while sampler.runs < 1 and time.time() < deadline:
@@ -203,7 +205,9 @@ def host_loss(lab, seconds, archive_timeout, restart=False):
     if restart:
         lab.restart()
     started = time.time()
-    result, lost, acked = lose_and_restore(lab, seconds)
+    # The kept samples (30) span 10 archive_timeouts: 2 s apart for 10 s, 6 s apart for the deployment's 60 s (2 s
+    # apart, the 60 s variant kept only the last minute and the restore had no sample old enough to check against).
+    result, lost, acked = lose_and_restore(lab, seconds, sample_every=max(2.0, archive_timeout / 10.0))
     took = result['duration']
     assert len(acked) > 10 * seconds
     # Only commits of the segment that was still open can be lost: at most archive_timeout plus the archiver's
